@@ -1,0 +1,242 @@
+"""`dalle-eval`: thin click commands over the library functions (each parses, resolves config, calls one)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dalle_eval.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, to_toml
+from dalle_eval.errors import DalleEvalError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def config_options(sections: tuple[str, ...]):
+    """--config FILE|NAME (repeatable) and --set key=value (repeatable); passes `cfg` to the command."""
+
+    def decorate(fn):
+        @click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True,
+                      help="TOML config file or named config (tiny, dalle-1.3b, dalle-12b); repeat to layer.")
+        @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Override one option, e.g. --set train.transformer.steps=100 (repeatable).")
+        @functools.wraps(fn)
+        def wrapper(configs, overrides, **kwargs):
+            try:
+                cfg = load_config(configs, overrides)
+                _print_config(cfg, sections)
+                return fn(cfg=cfg, overrides=overrides, **kwargs)
+            except DalleEvalError as e:
+                raise click.ClickException(str(e)) from None
+
+        return wrapper
+
+    return decorate
+
+
+def _print_config(cfg: Config, sections: tuple[str, ...]) -> None:
+    d = config_to_dict(cfg)
+    click.echo("# resolved config\n" + to_toml({k: d[k] for k in sections}).rstrip() + "\n", err=True)
+
+
+def _summary(title: str, lines: dict, report: Path | None = None) -> None:
+    click.echo(f"\n== {title} ==")
+    for k, v in lines.items():
+        click.echo(f"  {k:<24} {v}")
+    if report is not None:
+        click.echo(f"  {'report':<24} {report}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="dalle-eval")
+def main() -> None:
+    """The DALL·E recipe end to end: build data, train dVAE + transformer, sample, COCO FID, probes.
+
+    Quick start: `make demo` runs every command below on the embedded shapes world.
+    """
+
+
+@main.command("build-dataset")
+@click.option("--source", required=True, help="'shapes' (embedded world) or a url+caption list: parquet/csv/tsv/jsonl.")
+@click.option("--n", type=int, default=None, help="Scenes to render (shapes), or the first N rows of --source.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory.")
+@click.option("--dvae", type=click.Path(path_type=Path), default=None,
+              help="dVAE checkpoint dir: also train BPE and write token shards (OUT/tokens).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="Use this tokenizer.json instead of training BPE.")
+@config_options(("data",))
+def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer):
+    """Image shards + pair table (+ COCO-format split for shapes); with --dvae, token shards.
+
+    \b
+    Example:
+      dalle-eval build-dataset --source shapes --n 5000 --out runs/data
+      dalle-eval build-dataset --source shapes --n 5000 --out runs/data --dvae runs/dvae
+      dalle-eval build-dataset --source pairs.parquet --out runs/web --set data.resolution=256
+    """
+    from pipelines.build import build_dataset
+
+    if dvae is not None and not Path(dvae).exists():
+        raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
+    r = build_dataset(cfg, source, out, n, dvae, tokenizer)
+    lines = {"images": f"{r['images']['n_samples']} ok in {r['images']['n_shards']} shards",
+             "status counts": json.dumps(r["images"]["status_counts"])}
+    if "tokens" in r:
+        t = r["tokens"]
+        lines["tokens"] = f"{t['n_samples']} samples, grid {t['grid']}x{t['grid']}, text vocab {t['text_vocab']}"
+        lines["truncated captions"] = t["truncated_captions"]
+    lines["seconds"] = r["seconds"]
+    _summary("build-dataset", lines, Path(out) / "build_report.json")
+
+
+@main.command()
+@click.option("--stage", type=click.Choice(["dvae", "transformer"]), required=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir from build-dataset.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint dir.")
+@click.option("--resume", is_flag=True, help="Continue from OUT's latest checkpoint (its saved config + --set).")
+@config_options(("dvae", "transformer", "train"))
+def train(cfg, overrides, stage, data, out, resume):
+    """Train the dVAE (stage 1) or the transformer (stage 2).
+
+    \b
+    Example:
+      dalle-eval train --stage dvae --data runs/data --out runs/dvae
+      dalle-eval train --stage transformer --data runs/data --out runs/transformer
+      dalle-eval train --stage transformer --data runs/data --out runs/transformer --resume \\
+          --set train.transformer.steps=2000
+    """
+    from model.train import train as run_train
+
+    saved = Path(out) / "config.json"
+    if resume and saved.exists():
+        cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())["config"]), overrides)
+        click.echo(f"resume: using the config saved in {saved} (plus --set overrides)", err=True)
+    s = run_train(stage, data, cfg, out, resume=resume)
+    lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
+             **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()}}
+    _summary(f"train {stage}", lines, Path(out) / "summary.json")
+
+
+@main.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="Transformer checkpoint dir.")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None, help="JSONL {prompt_id, caption} or one caption per line.")
+@click.option("--caption", default=None, help="A single caption.")
+@click.option("--n", type=int, default=4, show_default=True, help="Images per caption.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Samples dir.")
+@config_options(("sample",))
+def sample(cfg, overrides, ckpt, prompts, caption, n, out):
+    """Generate images autoregressively (temperature, top-k) into a samples dir.
+
+    \b
+    Example:
+      dalle-eval sample --ckpt runs/transformer --caption "a small red circle" --n 8 --out runs/samples
+      dalle-eval sample --ckpt runs/transformer --prompts prompts.jsonl --out runs/samples --set sample.top_k=16
+    """
+    from dalle_eval.generate import read_prompts, run_sample
+    from dalle_eval.report import image_grid
+
+    if (prompts is None) == (caption is None):
+        raise click.ClickException("give exactly one of --prompts FILE or --caption TEXT")
+    items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
+    path = run_sample(ckpt, items, n, out, cfg.sample)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
+    _summary("sample", {"images": len(rows), "samples": path}, grid)
+
+
+@main.command("coco-fid")
+@click.option("--coco", type=click.Path(path_type=Path), required=True, help="COCO-format dir: captions_val*.json + images/.")
+@click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate with this transformer checkpoint.")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Or evaluate this samples dir (any generator).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
+              help="Local FID Inception state dict (default: torchmetrics' own download).")
+@click.option("--random-inception", is_flag=True, help="Use a random-init Inception (offline smoke runs only).")
+@config_options(("sample", "eval"))
+def coco_fid(cfg, overrides, coco, ckpt, images, out, inception_weights, random_inception):
+    """FID and IS of generated images against a COCO-format validation split.
+
+    \b
+    Example:
+      dalle-eval coco-fid --coco runs/data/coco --ckpt runs/transformer --out runs/fid --random-inception
+      dalle-eval coco-fid --coco /data/coco2014 --images my_samples/ --out runs/fid \\
+          --inception-weights pt_inception-2015-12-05-6726825d.pth
+    """
+    from dalle_eval.evaluate import run_coco_fid
+
+    r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception)
+    _summary("coco-fid", {"FID": f"{r['fid']:.3f}", "IS": f"{r['is_mean']:.3f} ± {r['is_std']:.3f}",
+                          "images (real/gen)": f"{r['n_real']}/{r['n_fake']}", "inception": r["inception_weights"]},
+             Path(out) / "report.md")
+
+
+@main.command()
+@click.option("--suite", type=click.Choice(["attributes", "binding", "raven", "all"]), default="all", show_default=True)
+@click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate with this transformer checkpoint.")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@config_options(("sample", "eval"))
+def probes(cfg, overrides, suite, ckpt, images, out):
+    """Attribute and binding probes on the shapes world, scored exactly by the parser.
+
+    \b
+    Example:
+      dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
+      dalle-eval probes --suite binding --images runs/probes/samples --out runs/probes-rescored
+    """
+    from dalle_eval.evaluate import run_probes
+
+    r = run_probes(suite, out, cfg, ckpt, images)
+    lines = {}
+    for row in r["table"]:
+        if row["split"] == "all" and row["check"] in ("colour", "shape", "size", "count", "object", "relation", "image"):
+            lines[f"{row['category']}/{row['check']}"] = f"{100 * row['accuracy']:.1f}% (chance {100 * row['chance']:.1f}%)"
+    if r["not_implemented"]:
+        lines["not implemented yet"] = ", ".join(r["not_implemented"])
+    _summary(f"probes {suite}", lines, Path(out) / "report.md")
+
+
+@main.command()
+@config_options(("transformer",))
+def info(cfg, overrides):
+    """Parameter count of a model config (built on the meta device: no memory).
+
+    \b
+    Example:
+      dalle-eval info --config dalle-12b
+    """
+    from model.transformer import count_parameters
+
+    counts = count_parameters(cfg.transformer)
+    t = cfg.transformer
+    seq = t.text_len + t.image_len
+    flops = 6 * counts["blocks"] + 6 * t.n_layer * seq * t.n_head * t.d_head  # per token, dense-attention bound
+    _summary("info", {"parameters": f"{counts['total']:,} ({counts['total'] / 1e9:.3f} B)",
+                      "in blocks": f"{counts['blocks']:,}", "embeddings + head": f"{counts['embeddings_and_head']:,}",
+                      "sequence": f"{t.text_len} text + {t.image_len} image tokens",
+                      "train FLOPs / token": f"{flops:.3e}"})
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--n", type=int, default=6000, show_default=True, help="Training scenes to render.")
+@config_options(("data", "dvae", "transformer", "train"))
+def demo(cfg, overrides, out, n):
+    """The whole chain on the shapes world: data -> dVAE -> tokens -> transformer -> sample -> probes + FID.
+
+    \b
+    Example:
+      dalle-eval demo --out runs/demo
+    """
+    from dalle_eval.demo import run_demo
+
+    r = run_demo(cfg, out, n)
+    _summary("demo", {k: v for k, v in r["headline"].items()}, Path(out) / "report.md")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

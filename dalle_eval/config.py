@@ -1,0 +1,272 @@
+"""Every option of every stage, as frozen dataclasses, with TOML files and `--set a.b=v` layered on top.
+
+Leaf module: imports nothing else of the project. The defaults are the paper's (Ramesh et al. 2021);
+`model/configs/tiny.toml` scales them down for a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dalle_eval.errors import DalleEvalError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """build-dataset: sources, image size, shards, BPE, dVAE encoding."""
+
+    resolution: int = 256  # pixels; images are center-cropped and resized to this square
+    n_val: int = 256  # shapes world: size of the COCO-format validation split
+    shard_size: int = 1000  # samples per webdataset shard
+    seed: int = 0
+    url_col: str = "url"
+    caption_col: str = "caption"
+    bpe_vocab: int = 16384  # paper: 16,384 lowercased BPE tokens
+    download_processes: int = 1
+    download_threads: int = 16
+    download_timeout: int = 10
+    download_retries: int = 0
+    encode_batch: int = 64
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DVAEConfig:
+    """The discrete VAE (paper appendix A; OpenAI's `dall_e` Encoder/Decoder with sizes as fields)."""
+
+    image_size: int = 256
+    vocab_size: int = 8192
+    group_count: int = 4  # grid = image_size / 2**(group_count-1)
+    n_hid: int = 256
+    n_blk_per_group: int = 2
+    n_init: int = 128
+    input_channels: int = 3
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 2 ** (self.group_count - 1)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The decoder-only sparse transformer (paper section 2.2, appendix B)."""
+
+    text_len: int = 256
+    text_vocab: int = 16384
+    image_vocab: int = 8192
+    grid: int = 32
+    n_layer: int = 64
+    n_head: int = 62
+    d_head: int = 64
+    d_model: int = 3968
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    attention: str = "sparse"  # "sparse" (row/column/conv, paper) or "full" (dense causal)
+    conv_kernel: int = 11  # paper: 11x11 convolutional attention in the last layer
+    text_loss_weight: float = 0.125  # paper: text 1/8, image 7/8
+    image_loss_weight: float = 0.875
+
+    @property
+    def image_len(self) -> int:
+        return self.grid * self.grid
+
+
+@dataclass(frozen=True)
+class DVAETrainConfig:
+    """Stage 1 (paper appendix A.2): AdamW, cosine KL weight warm-up, exponential temperature decay."""
+
+    steps: int = 3_000_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_min: float = 1.25e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    kl_weight: float = 6.6  # beta, increased from 0 with a cosine schedule
+    kl_warmup: int = 5000
+    tau_start: float = 1.0
+    tau_end: float = 1.0 / 16
+    tau_steps: int = 150_000
+    recon_loss: str = "logit_laplace"  # or "mse"
+
+
+@dataclass(frozen=True)
+class TransformerTrainConfig:
+    """Stage 2 (paper appendix B.2): AdamW(0.9, 0.96), wd 4.5e-2, clip 4, warm-up to 4.5e-4."""
+
+    steps: int = 430_000
+    batch_size: int = 1024
+    lr: float = 4.5e-4
+    lr_min: float = 0.0
+    warmup: int = 5000
+    betas: tuple[float, float] = (0.9, 0.96)
+    eps: float = 1e-8
+    weight_decay: float = 4.5e-2
+    grad_clip: float = 4.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dvae: DVAETrainConfig = field(default_factory=DVAETrainConfig)
+    transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_last: int = 2
+    val_fraction: float = 0.02  # held-out share of the training shards for validation loss
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_captions: int = 30000  # paper: 30,000 MS-COCO validation captions
+    fid_batch: int = 32
+    probe_samples: int = 4  # images generated per probe prompt
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    dvae: DVAEConfig = field(default_factory=DVAEConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def named_config_dir() -> Path:
+    return Path(str(resources.files("model") / "configs"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """`tiny` -> model/configs/tiny.toml; anything else is a path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml" and not p.exists():
+        named = named_config_dir() / f"{name_or_path}.toml"
+        if named.exists():
+            return named
+        known = ", ".join(sorted(f.stem for f in named_config_dir().glob("*.toml")))
+        raise DalleEvalError(f"config '{name_or_path}' is neither a file nor a named config ({known})")
+    if not p.exists():
+        raise DalleEvalError(f"config file not found: {p}")
+    return p
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise DalleEvalError(f"{where}: expected a table, got {value!r}")
+        return _build(typ, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise DalleEvalError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(typ)
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and not (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
+        raise DalleEvalError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, where: str, base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise DalleEvalError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    base = base if base is not None else cls()
+    changes = {}
+    for key, value in values.items():
+        sub = f"{where}.{key}" if where else key
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = _build(type(current), value, sub, current)
+        else:
+            changes[key] = _coerce(value, hints[key], sub)
+    return dataclasses.replace(base, **changes)
+
+
+def config_from_dict(values: dict, base: Config | None = None, where: str = "") -> Config:
+    return _build(Config, values, where, base)
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise DalleEvalError(f"--set '{item}': expected key=value, e.g. --set train.seed=3")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings need no quotes: --set train.device=cuda
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(configs: typing.Sequence[str | Path] = (), overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then each TOML file in order, then each `key=value` override."""
+    cfg = Config()
+    for name in configs:
+        path = resolve_config_path(name)
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise DalleEvalError(f"{path}: not valid TOML ({e})") from None
+        cfg = config_from_dict(values, cfg, where=str(path) + ":")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    for item in overrides:
+        cfg = config_from_dict(_parse_override(item), cfg, where="--set ")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def to_toml(values: dict, prefix: str = "") -> str:
+    """Minimal TOML writer for config dicts (scalars, lists of scalars, nested tables)."""
+    lines, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    out = ""
+    if lines:
+        out += (f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n\n"
+    for key, value in tables:
+        out += to_toml(value, f"{prefix}.{key}" if prefix else key)
+    return out

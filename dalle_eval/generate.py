@@ -1,0 +1,85 @@
+"""`sample`: captions -> samples dir (DESIGN.md): `{prompt_id}_{index}.png` + samples.jsonl.
+
+Resumable: images already listed in samples.jsonl are skipped, so a killed run continues.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from dalle_eval.artifacts import append_jsonl, atomic_path, read_jsonl
+from dalle_eval.config import SampleConfig
+from dalle_eval.errors import DalleEvalError
+from model.checkpoint import load_dvae, load_transformer
+from model.sampling import sample_codes
+from model.tokenizer import encode_captions, load_tokenizer, pad_batch
+
+SAMPLES = "samples.jsonl"
+
+
+def read_prompts(path: Path) -> list[dict]:
+    """JSONL with {"prompt_id", "caption"} per line, or plain text with one caption per line."""
+    path = Path(path)
+    if not path.exists():
+        raise DalleEvalError(f"--prompts {path}: file not found")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise DalleEvalError(f"--prompts {path}: no prompts in the file")
+    if path.suffix == ".jsonl":
+        prompts = []
+        for i, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DalleEvalError(f"--prompts {path}:{i}: not a JSON line") from None
+            if "caption" not in row:
+                raise DalleEvalError(f"--prompts {path}:{i}: no 'caption' field")
+            prompts.append({**row, "prompt_id": str(row.get("prompt_id", i - 1))})
+        return prompts
+    return [{"prompt_id": str(i), "caption": line.strip()} for i, line in enumerate(lines)]
+
+
+def image_seed(seed: int, prompt_id: str, index: int) -> int:
+    return zlib.crc32(f"{seed}/{prompt_id}/{index}".encode())
+
+
+def codes_to_images(dvae, codes: torch.Tensor) -> list[Image.Image]:
+    pixels = dvae.decode(codes)  # (B, 3, H, W) in [0, 1]
+    arr = (pixels.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).byte().cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def run_sample(ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleConfig, progress: bool = True) -> Path:
+    """Generate n images per prompt into `out`; returns the samples.jsonl path."""
+    ckpt, out = Path(ckpt), Path(out)
+    model = load_transformer(ckpt)
+    dvae = load_dvae(ckpt / "dvae")
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["prompt_id"], r["index"]) for r in read_jsonl(out / SAMPLES)}
+    todo = [(p, i) for p in prompts for i in range(n) if (str(p["prompt_id"]), i) not in done]
+    L = model.cfg.text_len
+    bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not progress)
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start : start + cfg.batch_size]
+        ids, _ = encode_captions(tok, [p["caption"] for p, _ in chunk], L)
+        seeds = [image_seed(cfg.seed, str(p["prompt_id"]), i) for p, i in chunk]
+        codes = sample_codes(model, model.pad_text(pad_batch(ids, L)), seeds, cfg.temperature, cfg.top_k)
+        for (p, i), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
+            name = f"{p['prompt_id']}_{i}.png"
+            with atomic_path(out / name) as tmp:
+                img.save(tmp, format="PNG")
+            append_jsonl(
+                out / SAMPLES,
+                {"prompt_id": str(p["prompt_id"]), "index": i, "caption": p["caption"], "file": name, "seed": seed,
+                 "temperature": cfg.temperature, "top_k": cfg.top_k, "ckpt": str(ckpt)},
+            )
+        bar.update(len(chunk))
+    bar.close()
+    return out / SAMPLES

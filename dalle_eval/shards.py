@@ -1,0 +1,62 @@
+"""Webdataset shard I/O shared by the data pipeline and training (leaf module).
+
+Every shard is written to a temp file and renamed, so a killed run leaves only whole shards and
+re-runs skip them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from dalle_eval.artifacts import atomic_path
+from dalle_eval.errors import DalleEvalError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def write_shard(path: Path, samples: Iterable[dict]) -> int:
+    """Write samples ({"__key__", "png"/"txt"/"json"/"x.npy": value}) to one tar, atomically."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f) as sink:
+                for sample in samples:
+                    sink.write(sample)
+                    n += 1
+    return n
+
+
+def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:
+    """Decoded samples in shard order: images as RGB PIL, npy as arrays, json as dicts, txt as str."""
+    paths = [str(p) for p in paths]
+    for p in paths:
+        if not Path(p).exists():
+            raise DalleEvalError(f"shard listed in the manifest is missing: {p}")
+    if not paths:
+        return
+    dataset = wds.WebDataset(paths, shardshuffle=False, empty_check=False).decode("pil")
+    for sample in dataset:
+        for ext in IMAGE_EXTS:
+            if ext in sample:
+                sample["image"] = sample.pop(ext).convert("RGB")
+        yield sample
+
+
+def image_to_array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

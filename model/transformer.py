@@ -1,0 +1,127 @@
+"""The DALL·E transformer: decoder-only over [256 text | 1024 image] tokens (paper section 2.2).
+
+Text ids use a separate learned padding token per text position (id = text_vocab + position);
+image positions get row + column embeddings; each layer uses the mask of model/masks.py. Every size
+from `tiny` to `dalle-12b` is this one class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle_eval.config import TransformerConfig
+from model.masks import dense_mask, layer_kinds
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head, self.d_head = cfg.n_head, cfg.d_head
+        inner = cfg.n_head * cfg.d_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * inner)
+        self.proj = nn.Linear(inner, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, nh, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        hidden = cfg.mlp_ratio * cfg.d_model
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), mask))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class DalleTransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, d = cfg.text_len, cfg.d_model
+        self.text_vocab_total = cfg.text_vocab + L  # BPE ids + one padding token per position
+        self.text_emb = nn.Embedding(self.text_vocab_total, d)
+        self.text_pos = nn.Embedding(L, d)
+        self.image_emb = nn.Embedding(cfg.image_vocab, d)
+        self.row_emb = nn.Embedding(cfg.grid, d)
+        self.col_emb = nn.Embedding(cfg.grid, d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, self.text_vocab_total + cfg.image_vocab, bias=False)
+        self.kinds = layer_kinds(cfg.n_layer, cfg.attention)
+        for kind in sorted(set(self.kinds)):
+            self.register_buffer(f"mask_{kind}", dense_mask(kind, L, cfg.grid, cfg.conv_kernel), persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def pad_text(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, L) BPE ids with -1 for padding -> ids where padding at position p is text_vocab + p."""
+        if text.shape[1] != self.cfg.text_len:
+            raise ValueError(f"text must have {self.cfg.text_len} positions, got {text.shape[1]}")
+        if (text >= self.cfg.text_vocab).any():
+            raise ValueError(f"text id {int(text.max())} >= transformer.text_vocab {self.cfg.text_vocab}")
+        pos = torch.arange(self.cfg.text_len, device=text.device).expand_as(text)
+        return torch.where(text < 0, self.cfg.text_vocab + pos, text)
+
+    def forward(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """text (B, L) padded ids, codes (B, n) with n < grid**2 -> logits (B, L + n, V_text + V_image)."""
+        L, g = self.cfg.text_len, self.cfg.grid
+        n = codes.shape[1]
+        pos = torch.arange(n, device=codes.device)
+        x = torch.cat(
+            [
+                self.text_emb(text) + self.text_pos.weight,  # (B, L, d)
+                self.image_emb(codes) + self.row_emb(pos // g) + self.col_emb(pos % g),  # (B, n, d)
+            ],
+            dim=1,
+        )
+        T = L + n
+        for kind, block in zip(self.kinds, self.blocks):
+            x = block(x, getattr(self, f"mask_{kind}")[:T, :T])
+        return self.head(self.ln_f(x))
+
+    def loss(self, text: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Next-token cross-entropy per modality, weighted text 1/8, image 7/8 (paper B.2)."""
+        L, Vt = self.cfg.text_len, self.text_vocab_total
+        logits = self(text, codes[:, :-1])  # the last image token predicts nothing
+        text_loss = F.cross_entropy(logits[:, : L - 1, :Vt].flatten(0, 1), text[:, 1:].flatten())
+        image_loss = F.cross_entropy(logits[:, L - 1 :, Vt:].flatten(0, 1), codes.flatten())
+        total = self.cfg.text_loss_weight * text_loss + self.cfg.image_loss_weight * image_loss
+        return {"loss": total, "text_loss": text_loss, "image_loss": image_loss}
+
+    def image_logits(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Logits over the image vocabulary for the next image token after `codes` (B, n)."""
+        return self(text, codes)[:, -1, self.text_vocab_total :]
+
+
+def count_parameters(cfg: TransformerConfig) -> dict[str, int]:
+    """Parameters by group, built on the meta device (no memory even for dalle-12b)."""
+    with torch.device("meta"):
+        m = DalleTransformer(cfg)
+    blocks = sum(p.numel() for p in m.blocks.parameters())
+    total = sum(p.numel() for p in m.parameters())
+    return {"total": total, "blocks": blocks, "embeddings_and_head": total - blocks}

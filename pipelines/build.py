@@ -1,0 +1,124 @@
+"""`build-dataset`: source -> image shards + pair table (+ COCO-format split) -> token shards.
+
+    OUT/pairs.parquet        one row per input pair: key, url, caption, status, ...
+    OUT/images/              image shards (webdataset: png/jpg + txt + json) + manifest.json
+    OUT/coco/                shapes world only: captions_val.json + images/ for coco-fid
+    OUT/tokens/              with --dvae: token shards + tokenizer.json + dvae/ + manifest.json
+    OUT/build_report.json    counts per status and what each stage did
+
+Each stage records its inputs; a re-run with the same inputs skips finished stages (and finished
+shards of an interrupted stage); changed inputs rebuild that stage from scratch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from dalle_eval.artifacts import MANIFEST, atomic_path, fingerprint, read_json, sha256_file, write_json
+from dalle_eval.config import Config, config_to_dict
+from dalle_eval.errors import DalleEvalError
+from model.tokenizer import train_bpe
+from pipelines.download import download_images
+from pipelines.encode import TOKENIZER, encode_shards
+from pipelines.shapes_source import write_coco_split, write_shapes_shards
+from pipelines.sources import read_pairs
+
+INPUTS = "stage_inputs.json"
+
+
+def _prepare_stage(folder: Path, inputs: dict) -> bool:
+    """True if the stage is already complete for these inputs; wipes it if its inputs changed."""
+    record = folder / INPUTS
+    if record.exists() and read_json(record) != inputs:
+        print(f"{folder}: inputs changed since the last build; rebuilding this stage")
+        shutil.rmtree(folder)
+    if (folder / MANIFEST).exists() and (folder / INPUTS).exists():
+        return True
+    write_json(record, inputs)
+    return False
+
+
+def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
+    d = cfg.data
+    images = out / "images"
+    inputs = {"source": source, "n": n, "resolution": d.resolution, "shard_size": d.shard_size, "seed": d.seed,
+              "url_col": d.url_col, "caption_col": d.caption_col}
+    if source != "shapes":
+        source_path = Path(source)
+        pairs = read_pairs(source_path, d.url_col, d.caption_col)  # validate before touching OUT
+        inputs["source_sha256"] = sha256_file(source_path)
+    if _prepare_stage(images, inputs):
+        print(f"images: already built in {images}, skipping")
+        return read_json(images / MANIFEST)
+
+    if source == "shapes":
+        if not n:
+            raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
+        table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
+        shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
+        write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
+        shards = sorted(images.glob("shard-*.tar"))
+    else:
+        # img2dataset owns its folder (it reads every *.json in it as shard stats)
+        table, shards = download_images(pairs.head(n) if n else pairs, images / "img2dataset", d)
+        table["status"] = table["status"].replace({"success": "ok"})
+    with atomic_path(out / "pairs.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    counts = table["status"].value_counts().to_dict()
+    manifest = {
+        "kind": "images",
+        "source": source,
+        "n_samples": int(counts.get("ok", 0)),
+        "n_shards": len(shards),
+        "shards": [str(p.relative_to(images)) for p in shards],
+        "resolution": d.resolution,
+        "status_counts": {k: int(v) for k, v in counts.items()},
+        "config": config_to_dict(d),
+    }
+    write_json(images / MANIFEST, manifest)
+    return manifest
+
+
+def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> dict:
+    images, tokens = out / "images", out / "tokens"
+    image_manifest = read_json(images / MANIFEST, "image manifest")
+    inputs = {
+        "images": fingerprint(image_manifest),
+        "dvae_sha256": sha256_file(Path(dvae) / "model.safetensors") if (Path(dvae) / "model.safetensors").exists() else None,
+        "tokenizer_sha256": sha256_file(tokenizer) if tokenizer else None,
+        "bpe_vocab": cfg.data.bpe_vocab,
+        "text_len": cfg.transformer.text_len,
+    }
+    if inputs["dvae_sha256"] is None:
+        raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
+    if _prepare_stage(tokens, inputs):
+        print(f"tokens: already built in {tokens}, skipping")
+        return read_json(tokens / MANIFEST)
+    if tokenizer is None:
+        captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
+        tokenizer = tokens / TOKENIZER
+        train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
+    manifest = encode_shards(
+        [images / s for s in image_manifest["shards"]], tokens, dvae, tokenizer,
+        cfg.transformer.text_len, cfg.data.encode_batch, cfg.data.device,
+    )
+    manifest["config"] = config_to_dict(cfg)
+    write_json(tokens / MANIFEST, manifest)
+    return manifest
+
+
+def build_dataset(
+    cfg: Config, source: str, out: Path, n: int | None = None, dvae: Path | None = None, tokenizer: Path | None = None
+) -> dict:
+    out = Path(out)
+    t0 = time.time()
+    report: dict = {"out": str(out), "images": build_images(cfg, source, out, n)}
+    if dvae is not None:
+        report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
+    report["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "build_report.json", report)
+    return report

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny shapes dataset, dVAE and token shards built once per session (CPU, seconds)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from dalle_eval.config import load_config  # noqa: E402
+
+# Smaller than `tiny` so each training step takes milliseconds.
+FAST = [
+    "dvae.n_hid=8",
+    "train.dvae.batch_size=8",
+    "train.dvae.steps=6",
+    "transformer.n_layer=2",
+    "transformer.d_model=64",
+    "transformer.n_head=2",
+    "transformer.d_head=32",
+    "train.transformer.batch_size=8",
+    "train.transformer.steps=6",
+    "train.transformer.warmup=2",
+    "train.log_every=2",
+    "train.ckpt_every=3",
+    "data.shard_size=64",
+    "data.n_val=16",
+    "sample.batch_size=8",
+    "eval.n_captions=8",
+    "eval.fid_batch=8",
+    "eval.probe_samples=1",
+]
+
+
+@pytest.fixture(scope="session")
+def fast_cfg():
+    return load_config(["tiny"], FAST)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory, fast_cfg):
+    from pipelines.build import build_dataset
+
+    out = tmp_path_factory.mktemp("data")
+    build_dataset(fast_cfg, "shapes", out, n=160)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dvae_ckpt(tmp_path_factory, fast_cfg, shapes_data):
+    from model.train import train
+
+    out = tmp_path_factory.mktemp("dvae")
+    train("dvae", shapes_data, fast_cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def token_data(fast_cfg, shapes_data, dvae_ckpt):
+    from pipelines.build import build_dataset
+
+    build_dataset(fast_cfg, "shapes", shapes_data, n=160, dvae=dvae_ckpt)
+    return shapes_data
+
+
+@pytest.fixture(scope="session")
+def transformer_ckpt(tmp_path_factory, fast_cfg, token_data):
+    from model.train import train
+
+    out = tmp_path_factory.mktemp("transformer")
+    train("transformer", token_data, fast_cfg, out, progress=False)
+    return out

@@ -1,0 +1,103 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from dalle_eval.config import load_config
+from model.masks import dense_mask, layer_kinds
+from model.sampling import sample_codes
+from model.train import train
+from model.transformer import DalleTransformer, count_parameters
+
+
+def _losses(path):
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+def test_layer_pattern_is_the_papers():
+    kinds = layer_kinds(8, "sparse")
+    assert kinds == ["row", "row", "column", "row", "row", "row", "column", "conv"]
+
+
+def test_masks_text_causal_image_sees_all_text():
+    L, g = 3, 4
+    for kind in ("row", "column", "conv", "full"):
+        m = dense_mask(kind, L, g, conv_kernel=3)
+        T = L + g * g
+        assert m.shape == (T, T)
+        assert not m.triu(1).any(), f"{kind} mask lets a position see the future"
+        assert m[:L, :L].equal(torch.ones(L, L, dtype=torch.bool).tril())
+        assert m[L:, :L].all(), "every image token attends to all text"
+        assert m.diagonal().all()
+    row, col, conv = (dense_mask(k, L, g, 3)[L:, L:] for k in ("row", "column", "conv"))
+    q = 2 * g + 1  # image position (row 2, col 1)
+    assert row[q].nonzero().flatten().tolist() == list(range(q - g, q + 1))  # previous `grid` positions
+    assert col[q].nonzero().flatten().tolist() == [1, g + 1, q]
+    assert conv[q].nonzero().flatten().tolist() == [4, 5, 6, 8, 9]  # causal 3x3 neighbourhood
+
+
+def test_parameter_counts_on_meta_device():
+    n = count_parameters(load_config(["dalle-12b"]).transformer)["total"]
+    assert abs(n - 12e9) / 12e9 < 0.03
+    assert 1.2e9 < count_parameters(load_config(["dalle-1.3b"]).transformer)["total"] < 1.4e9
+
+
+def test_dvae_loss_goes_down(tmp_path, shapes_data, fast_cfg):
+    cfg = load_config(["tiny"], ["dvae.n_hid=8", "train.dvae.steps=30", "train.dvae.batch_size=8", "train.log_every=10",
+                                 "train.dvae.lr=1e-3", "train.ckpt_every=100"])
+    summary = train("dvae", shapes_data, cfg, tmp_path / "dvae", progress=False)
+    losses = _losses(tmp_path / "dvae" / "metrics.jsonl")
+    assert losses[-1] < losses[0]
+    assert 0 < summary["eval"]["codebook_used_share"] <= 1 and summary["eval"]["val_psnr_db"] > 0
+
+
+def test_transformer_loss_goes_down(tmp_path, token_data, fast_cfg):
+    cfg = dataclasses.replace(fast_cfg, train=dataclasses.replace(
+        fast_cfg.train, transformer=dataclasses.replace(fast_cfg.train.transformer, steps=30, lr=3e-3), log_every=10))
+    train("transformer", token_data, cfg, tmp_path / "tf", progress=False)
+    losses = _losses(tmp_path / "tf" / "metrics.jsonl")
+    assert losses[-1] < losses[0] - 0.5
+    assert (tmp_path / "tf" / "tokenizer.json").exists() and (tmp_path / "tf" / "dvae" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage", ["dvae", "transformer"])
+def test_resume_gives_the_same_losses(tmp_path, token_data, fast_cfg, stage):
+    """Stop after step 3, resume to 6: the losses equal an uninterrupted 6-step run (logged every 2)."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(stage, token_data, fast_cfg, full, progress=False)
+    train(stage, token_data, fast_cfg, part, progress=False, stop_at=3)
+    assert (part / "latest").read_text().strip() == "step-00000003"
+    train(stage, token_data, fast_cfg, part, resume=True, progress=False)
+    a, b = _losses(full / "metrics.jsonl"), _losses(part / "metrics.jsonl")
+    assert len(a) == 3 and a == pytest.approx(b, abs=1e-6)
+
+
+def test_refuses_to_overwrite_without_resume(tmp_path, token_data, fast_cfg):
+    from dalle_eval.errors import DalleEvalError
+
+    train("dvae", token_data, fast_cfg, tmp_path / "d", progress=False)
+    with pytest.raises(DalleEvalError, match="pass --resume"):
+        train("dvae", token_data, fast_cfg, tmp_path / "d", progress=False)
+
+
+def test_mismatched_manifest_is_refused(tmp_path, token_data, fast_cfg):
+    from dalle_eval.errors import DalleEvalError
+
+    cfg = dataclasses.replace(fast_cfg, transformer=dataclasses.replace(fast_cfg.transformer, grid=16))
+    with pytest.raises(DalleEvalError, match="grid=8 but transformer.grid=16"):
+        train("transformer", token_data, cfg, tmp_path / "tf", progress=False)
+
+
+def test_sampling_shapes_and_seed_determinism(fast_cfg):
+    torch.manual_seed(0)
+    model = DalleTransformer(fast_cfg.transformer)
+    text = model.pad_text(torch.tensor([[5, 6, 7] + [-1] * 21, [8, 9, -1] + [-1] * 21]))
+    a = sample_codes(model, text, seeds=[1, 2], top_k=16)
+    b = sample_codes(model, text, seeds=[1, 2], top_k=16)
+    c = sample_codes(model, text, seeds=[3, 4], top_k=16)
+    assert a.shape == (2, 8, 8) and a.dtype == torch.long
+    assert a.min() >= 0 and a.max() < fast_cfg.transformer.image_vocab
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    single = sample_codes(model, text[:1], seeds=[1], top_k=16)  # a seed's image does not depend on its batch
+    assert torch.equal(single[0], a[0])
