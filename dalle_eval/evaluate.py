@@ -47,7 +47,7 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
 
 
 def _probe_markdown(report: dict, results: list[dict], folder: Path, out: Path) -> None:
-    rows = [r for r in report["table"] if r["split"] != "all" or True]
+    rows = report["table"]
     md = f"# Probes: {report['suite']}\n\nImages: `{report['samples_dir']}` ({report['n_images']} images, {report['n_prompts']} prompts). "
     md += "Each check is exact (the shapes-world parser reads the image); 95% Wilson intervals; chance beside each.\n\n"
     md += md_table(rows, ["suite", "category", "check", "split", "n", "accuracy", "ci95", "chance"],

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl, atomic_path, read_jsonl
+from dalle_eval.artifacts import append_jsonl, atomic_path, read_jsonl, write_json
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
 from model.checkpoint import load_dvae, load_transformer
@@ -62,6 +63,7 @@ def run_sample(ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleCo
     dvae = load_dvae(ckpt / "dvae")
     tok = load_tokenizer(ckpt / "tokenizer.json")
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg)})
     done = {(r["prompt_id"], r["index"]) for r in read_jsonl(out / SAMPLES)}
     todo = [(p, i) for p in prompts for i in range(n) if (str(p["prompt_id"]), i) not in done]
     L = model.cfg.text_len

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shapes import COLOURS, HELDOUT, SHAPES, SIZES, Scene, caption, parse_image, relation_holds
+from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, caption, parse_image, relation_holds
 from dalle_eval.shapes.scene import Obj, sample_spec
 
 SUITES = ("attributes", "binding", "raven")

@@ -7,8 +7,8 @@ re-runs skip them.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import webdataset as wds
@@ -27,12 +27,10 @@ def shard_name(index: int) -> str:
 def write_shard(path: Path, samples: Iterable[dict]) -> int:
     """Write samples ({"__key__", "png"/"txt"/"json"/"x.npy": value}) to one tar, atomically."""
     n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            with wds.TarWriter(f) as sink:
-                for sample in samples:
-                    sink.write(sample)
-                    n += 1
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+        for sample in samples:
+            sink.write(sample)
+            n += 1
     return n
 
 

@@ -50,7 +50,7 @@ def latest_state(ckpt: Path) -> Path | None:
 
 def load_train_state(state_dir: Path) -> tuple[dict, dict]:
     weights = load_file(state_dir / "model.safetensors")
-    train = torch.load(state_dir / "train.pt", weights_only=False)  # our own file: optimizer + RNG state
+    train = torch.load(state_dir / "train.pt", weights_only=True)  # optimizer state + step: tensors and numbers
     return weights, train
 
 

@@ -81,7 +81,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         widths = [2**g * cfg.n_hid for g in range(cfg.group_count)]  # OpenAI: 1, 2, 4, 8 x n_hid
-        pool = lambda: nn.MaxPool2d(kernel_size=2)  # noqa: E731
+        pool = lambda: nn.MaxPool2d(kernel_size=2)
         self.blocks = nn.Sequential(
             OrderedDict(
                 [
@@ -107,7 +107,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         widths = [2**g * cfg.n_hid for g in reversed(range(cfg.group_count))]  # OpenAI: 8, 4, 2, 1 x n_hid
-        up = lambda: nn.Upsample(scale_factor=2, mode="nearest")  # noqa: E731
+        up = lambda: nn.Upsample(scale_factor=2, mode="nearest")
         self.blocks = nn.Sequential(
             OrderedDict(
                 [

@@ -11,7 +11,7 @@ Text attends causally to text; every image token attends to all text; image -> i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise DalleEvalError(f"tokenizer file not found: {path}")
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+    except Exception as e:  # noqa: BLE001 — tokenizers raises a bare Exception on malformed files
         raise DalleEvalError(f"{path}: not a tokenizers JSON file ({e})") from None
 
 

@@ -68,7 +68,7 @@ class DalleTransformer(nn.Module):
             self.register_buffer(f"mask_{kind}", dense_mask(kind, L, cfg.grid, cfg.conv_kernel), persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
-            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+            if name.endswith(("proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod

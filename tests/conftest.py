@@ -6,9 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
-from dalle_eval.config import load_config  # noqa: E402
+from dalle_eval.config import load_config
 
 # Smaller than `tiny` so each training step takes milliseconds.
 FAST = [

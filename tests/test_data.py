@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dalle_eval.cli import main
-from dalle_eval.shards import iter_shards
 from dalle_eval.shapes import HELDOUT
+from dalle_eval.shards import iter_shards
 
 
 def test_shapes_build_round_trip(shapes_data):
@@ -65,7 +65,7 @@ def test_bad_source_gives_one_clear_line(tmp_path, content, name, message):
 
 
 class _Images(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path.startswith("/img/"):
             buf = io.BytesIO()
             Image.new("RGB", (80, 60), (200, 30, 30)).save(buf, format="PNG")

@@ -43,7 +43,7 @@ def test_fid_self_zero_other_positive_and_matches_torchmetrics(tmp_path, incepti
     diff = fid_is(a, b, inception, batch=6, progress=False)
     assert abs(same["fid"]) < 1e-3 and diff["fid"] > 1.0
     ref = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(inception), antialias=False)
-    load = lambda ps: torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in ps])).permute(0, 3, 1, 2)  # noqa: E731
+    load = lambda ps: torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in ps])).permute(0, 3, 1, 2)
     ref.update(load(a), real=True)
     ref.update(load(b), real=False)
     assert diff["fid"] == pytest.approx(float(ref.compute()), rel=1e-3)

@@ -57,7 +57,7 @@ class Scene:
         return {"kind": self.kind, "relation": self.relation, "objects": [asdict(o) for o in self.objects]}
 
     @staticmethod
-    def from_json(d: dict) -> "Scene":
+    def from_json(d: dict) -> Scene:
         return Scene(d["kind"], tuple(Obj(**o) for o in d["objects"]), d.get("relation"))
 
     @property
