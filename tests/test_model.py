@@ -103,3 +103,25 @@ def test_sampling_shapes_and_seed_determinism(fast_cfg):
     assert torch.equal(a, b) and not torch.equal(a, c)
     single = sample_codes(model, text[:1], seeds=[1], top_k=16)  # a seed's image does not depend on its batch
     assert torch.equal(single[0], a[0])
+
+
+def test_cli_train_then_resume_with_more_steps(tmp_path, token_data):
+    from click.testing import CliRunner
+
+    from dalle_eval.cli import main
+    from tests.conftest import FAST
+
+    sets = [x for item in FAST for x in ("--set", item)]
+    out = tmp_path / "tf"
+    args = ["train", "--stage", "transformer", "--data", str(token_data), "--out", str(out)]
+    r = CliRunner().invoke(main, args + sets)
+    assert r.exit_code == 0, r.output
+    assert "== train transformer ==" in r.output and "val_image_loss" in r.output
+    r = CliRunner().invoke(main, args + sets)
+    assert r.exit_code == 1 and "pass --resume" in r.output
+    r = CliRunner().invoke(main, args + ["--resume", "--set", "train.transformer.steps=8"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    assert (out / "latest").read_text().strip() == "step-00000008"
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["transformer"]["d_model"] == 64  # the checkpoint's config, not the default `tiny`
