@@ -127,22 +127,35 @@ def train(cfg, overrides, stage, data, out, resume):
 @click.option("--caption", default=None, help="A single caption.")
 @click.option("--n", type=int, default=4, show_default=True, help="Images per caption.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Samples dir.")
+@click.option("--image", type=click.Path(path_type=Path), default=None, help="Complete this image (with --keep-rows or --region).")
+@click.option("--keep-rows", type=int, default=None, help="Keep the image's top R token rows, regenerate the rest.")
+@click.option("--region", default=None, metavar="X0,Y0", help="Regenerate the token rectangle from column X0, row Y0 to the bottom-right.")
 @config_options(("sample",))
-def sample(cfg, overrides, ckpt, prompts, caption, n, out):
+def sample(cfg, overrides, ckpt, prompts, caption, n, out, image, keep_rows, region):
     """Generate images autoregressively (temperature, top-k) into a samples dir.
 
     \b
     Example:
       dalle-eval sample --ckpt runs/transformer --caption "a small red circle" --n 8 --out runs/samples
       dalle-eval sample --ckpt runs/transformer --prompts prompts.jsonl --out runs/samples --set sample.top_k=16
+      dalle-eval sample --ckpt runs/transformer --caption "a large blue square" --image scene.png --keep-rows 4 --out runs/completed
     """
     from dalle_eval.generate import read_prompts, run_sample
     from dalle_eval.report import image_grid
 
     if (prompts is None) == (caption is None):
         raise click.ClickException("give exactly one of --prompts FILE or --caption TEXT")
+    if (image is None) != (keep_rows is None and region is None) or (keep_rows is not None and region is not None):
+        raise click.ClickException("image completion needs --image with exactly one of --keep-rows R or --region X0,Y0")
+    corner = None
+    if region is not None:
+        try:
+            corner = tuple(int(v) for v in region.split(","))
+            assert len(corner) == 2
+        except (ValueError, AssertionError):
+            raise click.ClickException(f"--region {region!r}: expected two integers X0,Y0 (token column, row)") from None
     items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
-    path = run_sample(ckpt, items, n, out, cfg.sample)
+    path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
     _summary("sample", {"images": len(rows), "samples": path}, grid)

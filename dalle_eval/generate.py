@@ -10,6 +10,7 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -18,7 +19,7 @@ from dalle_eval.artifacts import append_jsonl, atomic_path, read_jsonl, write_js
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
 from model.checkpoint import load_dvae, load_transformer
-from model.sampling import sample_codes
+from model.sampling import completion_keep, sample_codes
 from model.tokenizer import encode_captions, load_tokenizer, pad_batch
 
 SAMPLES = "samples.jsonl"
@@ -56,14 +57,43 @@ def codes_to_images(dvae, codes: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def run_sample(ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleConfig, progress: bool = True) -> Path:
-    """Generate n images per prompt into `out`; returns the samples.jsonl path."""
+def image_to_codes(dvae, path: Path) -> torch.Tensor:
+    """Center-crop and resize an image to the dVAE's size, encode -> (1, g, g) codes."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except OSError as e:
+        raise DalleEvalError(f"--image {path}: unreadable image ({e})") from None
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    size = dvae.cfg.image_size
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+    return dvae.encode(x)
+
+
+def run_sample(
+    ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleConfig, progress: bool = True,
+    image: Path | None = None, keep_rows: int | None = None, region: tuple[int, int] | None = None,
+) -> Path:
+    """Generate n images per prompt into `out`; returns the samples.jsonl path.
+
+    With `image` and keep_rows or region: image completion, the kept tokens come from the image.
+    """
     ckpt, out = Path(ckpt), Path(out)
     model = load_transformer(ckpt)
     dvae = load_dvae(ckpt / "dvae")
     tok = load_tokenizer(ckpt / "tokenizer.json")
+    known = keep = None
+    if image is not None:
+        try:
+            keep = completion_keep(model.cfg.grid, keep_rows, region)
+        except ValueError as e:
+            raise DalleEvalError(f"--keep-rows/--region: {e}") from None
+        known = image_to_codes(dvae, Path(image))
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg)})
+    write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg), "image": str(image) if image else None,
+                                            "keep_rows": keep_rows, "region": list(region) if region else None})
     done = {(r["prompt_id"], r["index"]) for r in read_jsonl(out / SAMPLES)}
     todo = [(p, i) for p in prompts for i in range(n) if (str(p["prompt_id"]), i) not in done]
     L = model.cfg.text_len
@@ -72,7 +102,9 @@ def run_sample(ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleCo
         chunk = todo[start : start + cfg.batch_size]
         ids, _ = encode_captions(tok, [p["caption"] for p, _ in chunk], L)
         seeds = [image_seed(cfg.seed, str(p["prompt_id"]), i) for p, i in chunk]
-        codes = sample_codes(model, model.pad_text(pad_batch(ids, L)), seeds, cfg.temperature, cfg.top_k)
+        text = model.pad_text(pad_batch(ids, L))
+        prior = None if known is None else known.expand(len(chunk), -1, -1)
+        codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep)
         for (p, i), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
             name = f"{p['prompt_id']}_{i}.png"
             with atomic_path(out / name) as tmp:

@@ -22,6 +22,32 @@ def uniforms_for(seeds: list[int], n: int) -> torch.Tensor:
     return torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """Inverse-CDF draw: logits (B, V), u (B,) uniforms -> (B,) token ids."""
+    cdf = torch.softmax(filter_logits(logits.float(), temperature, top_k), dim=-1).cumsum(-1)  # (B, V)
+    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=cdf.shape[-1] - 1)
+
+
+def completion_keep(grid: int, keep_rows: int | None = None, region: tuple[int, int] | None = None) -> torch.Tensor:
+    """(grid*grid,) bool: True where a known image token is kept (paper section 3 completions).
+
+    keep_rows=R keeps the top R rows and regenerates everything below; region=(x0, y0) regenerates
+    the rectangle from column x0, row y0 to the bottom-right corner (the Raven cell) and keeps the rest.
+    """
+    rows = torch.arange(grid).repeat_interleave(grid)
+    cols = torch.arange(grid).repeat(grid)
+    if (keep_rows is None) == (region is None):
+        raise ValueError("give exactly one of keep_rows or region")
+    if keep_rows is not None:
+        if not 0 <= keep_rows <= grid:
+            raise ValueError(f"keep_rows must be in [0, {grid}], got {keep_rows}")
+        return rows < keep_rows
+    x0, y0 = region
+    if not (0 <= x0 < grid and 0 <= y0 < grid):
+        raise ValueError(f"region corner ({x0}, {y0}) is outside the {grid}x{grid} grid")
+    return ~((rows >= y0) & (cols >= x0))
+
+
 @torch.no_grad()
 def sample_codes(
     model: DalleTransformer,
@@ -29,21 +55,46 @@ def sample_codes(
     seeds: list[int],
     temperature: float = 1.0,
     top_k: int = 0,
+    use_cache: bool = True,
+    known: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """text (B, L) padded ids -> (B, grid, grid) image codes, one token at a time in raster order.
 
     Token t of image b is drawn by inverse-CDF sampling with the t-th uniform of seed b, so output
     is bit-identical for a seed whatever the batch size or the other prompts in the batch.
+    With the KV cache each step runs one position through the network; use_cache=False recomputes
+    the whole prefix every step (the reference the cache is tested against).
+    Completion: `known` (B, grid, grid) codes and `keep` (grid*grid,) bool keep those tokens fixed.
     """
     model.eval()
     B, g = text.shape[0], model.cfg.grid
+    N = g * g
     if len(seeds) != B:
         raise ValueError(f"need one seed per row: {len(seeds)} seeds for {B} rows")
-    u = uniforms_for(seeds, g * g).to(text.device)  # (B, g*g)
-    codes = torch.zeros(B, 0, dtype=torch.long, device=text.device)
-    for t in range(g * g):
-        logits = filter_logits(model.image_logits(text, codes).float(), temperature, top_k)
-        cdf = torch.softmax(logits, dim=-1).cumsum(-1)  # (B, V)
-        nxt = (cdf < u[:, t : t + 1] * cdf[:, -1:]).sum(-1, keepdim=True).clamp(max=cdf.shape[-1] - 1)
-        codes = torch.cat([codes, nxt], dim=1)
+    u = uniforms_for(seeds, N).to(text.device)  # (B, N)
+    codes = torch.zeros(B, N, dtype=torch.long, device=text.device)
+    keep = torch.zeros(N, dtype=torch.bool) if keep is None else keep.cpu()
+    if keep.any():
+        codes[:, keep.to(codes.device)] = known.reshape(B, N).to(codes.device)[:, keep.to(codes.device)]
+    n0 = int(keep.long().cumprod(0).sum())  # the kept prefix goes through the network in one call
+    cache = model.new_cache(B) if use_cache else None
+    logits = model.image_logits(text, codes[:, :n0], cache) if n0 < N else None
+    for t in range(n0, N):
+        if not keep[t]:
+            codes[:, t] = _draw(logits, u[:, t], temperature, top_k)
+        if t + 1 < N:
+            logits = model.image_logits(None, codes[:, t : t + 1], cache) if use_cache else model.image_logits(text, codes[:, : t + 1])
     return codes.view(B, g, g)
+
+
+@torch.no_grad()
+def image_log_probs(model: DalleTransformer, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """log p(code_t | text, codes_<t) for every image token: text (B, L), codes (B, g, g) -> (B, g*g).
+
+    Sum over a region (e.g. a completion_keep complement) to rank captions or Raven candidates.
+    """
+    model.eval()
+    flat = codes.reshape(codes.shape[0], -1)
+    logits = model(text, flat[:, :-1])[:, model.cfg.text_len - 1 :, model.text_vocab_total :]  # (B, N, V)
+    return torch.log_softmax(logits.float(), -1).gather(-1, flat[:, :, None]).squeeze(-1)

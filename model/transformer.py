@@ -17,6 +17,16 @@ from dalle_eval.config import TransformerConfig
 from model.masks import dense_mask, layer_kinds
 
 
+class KVCache:
+    """Preallocated keys/values of every layer for incremental decoding; `length` positions are filled."""
+
+    def __init__(self, cfg: TransformerConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -26,9 +36,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if cache is not None:  # append this call's keys/values, attend over everything so far
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]  # (B, nh, start+T, hs)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -44,8 +59,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -87,21 +102,30 @@ class DalleTransformer(nn.Module):
         pos = torch.arange(self.cfg.text_len, device=text.device).expand_as(text)
         return torch.where(text < 0, self.cfg.text_vocab + pos, text)
 
-    def forward(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """text (B, L) padded ids, codes (B, n) with n < grid**2 -> logits (B, L + n, V_text + V_image)."""
+    def forward(self, text: torch.Tensor | None, codes: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V_text + V_image) for the T positions this call adds.
+
+        Without a cache (or with an empty one): text (B, L) padded ids + codes (B, n), n < grid**2.
+        With a filled cache: text=None and codes (B, t) = the next t image tokens; earlier positions'
+        keys/values come from the cache, and each layer's mask rows are those of the full sequence.
+        """
         L, g = self.cfg.text_len, self.cfg.grid
+        start = cache.length if cache is not None else 0
+        parts = []
+        if start == 0:
+            parts.append(self.text_emb(text) + self.text_pos.weight)  # (B, L, d)
+        elif text is not None:
+            raise ValueError("text goes in the first call only; later calls add image tokens to the cache")
         n = codes.shape[1]
-        pos = torch.arange(n, device=codes.device)
-        x = torch.cat(
-            [
-                self.text_emb(text) + self.text_pos.weight,  # (B, L, d)
-                self.image_emb(codes) + self.row_emb(pos // g) + self.col_emb(pos % g),  # (B, n, d)
-            ],
-            dim=1,
-        )
-        T = L + n
-        for kind, block in zip(self.kinds, self.blocks):
-            x = block(x, getattr(self, f"mask_{kind}")[:T, :T])
+        if n:
+            pos = torch.arange(max(0, start - L), max(0, start - L) + n, device=codes.device)
+            parts.append(self.image_emb(codes) + self.row_emb(pos // g) + self.col_emb(pos % g))  # (B, n, d)
+        x = torch.cat(parts, dim=1)
+        T = x.shape[1]
+        for i, (kind, block) in enumerate(zip(self.kinds, self.blocks)):
+            x = block(x, getattr(self, f"mask_{kind}")[start : start + T, : start + T], cache, i)
+        if cache is not None:
+            cache.length += T
         return self.head(self.ln_f(x))
 
     def loss(self, text: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,9 +137,13 @@ class DalleTransformer(nn.Module):
         total = self.cfg.text_loss_weight * text_loss + self.cfg.image_loss_weight * image_loss
         return {"loss": total, "text_loss": text_loss, "image_loss": image_loss}
 
-    def image_logits(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Logits over the image vocabulary for the next image token after `codes` (B, n)."""
-        return self(text, codes)[:, -1, self.text_vocab_total :]
+    def image_logits(self, text: torch.Tensor | None, codes: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits over the image vocabulary for the image token after the last position."""
+        return self(text, codes, cache)[:, -1, self.text_vocab_total :]
+
+    def new_cache(self, batch: int) -> KVCache:
+        p = self.head.weight
+        return KVCache(self.cfg, batch, self.cfg.text_len + self.cfg.image_len - 1, p.device, p.dtype)
 
 
 def count_parameters(cfg: TransformerConfig) -> dict[str, int]:

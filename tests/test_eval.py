@@ -127,3 +127,21 @@ def test_cli_chain_end_to_end(tmp_path, transformer_ckpt, shapes_data, inception
 
     r = run(main, ["probes", "--suite", "raven", "--images", str(tmp_path / "p" / "samples"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "not implemented yet" in r.output
+
+
+def test_cli_image_completion(tmp_path, transformer_ckpt):
+    from dalle_eval.shapes.scene import Obj
+
+    scene = place(Scene("single", (Obj("square", "blue", "large"),)), random.Random(0))
+    render(scene, 96).save(tmp_path / "scene.png")  # any size: center-cropped and resized to the dVAE's
+    base = ["sample", "--ckpt", str(transformer_ckpt), "--caption", "a large blue square", "--n", "2",
+            "--image", str(tmp_path / "scene.png")]
+    r = CliRunner().invoke(main, base + ["--keep-rows", "4", "--out", str(tmp_path / "rows")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, base + ["--region", "5,6", "--out", str(tmp_path / "region")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "region" / "sample_config.json").read_text())["region"] == [5, 6]
+    r = CliRunner().invoke(main, base + ["--region", "5", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "expected two integers" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "exactly one of --keep-rows" in r.output

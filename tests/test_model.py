@@ -125,3 +125,64 @@ def test_cli_train_then_resume_with_more_steps(tmp_path, token_data):
     assert (out / "latest").read_text().strip() == "step-00000008"
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["transformer"]["d_model"] == 64  # the checkpoint's config, not the default `tiny`
+
+
+@pytest.mark.parametrize("attention, n_layer", [("sparse", 4), ("full", 2)])  # sparse 4 layers: row, row, column, conv
+def test_kv_cache_logits_equal_full_recompute(fast_cfg, attention, n_layer):
+    from model.sampling import _draw
+
+    cfg = dataclasses.replace(fast_cfg.transformer, attention=attention, n_layer=n_layer)
+    torch.manual_seed(0)
+    model = DalleTransformer(cfg).eval()
+    assert set(model.kinds) == ({"row", "column", "conv"} if attention == "sparse" else {"full"})
+    text = model.pad_text(torch.tensor([[5, 6, 7] + [-1] * 21, [8, 9, 10] + [-1] * 21]))
+    codes = torch.zeros(2, cfg.image_len, dtype=torch.long)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        cached = model.image_logits(text, codes[:, :0], cache)
+        for t in range(cfg.image_len):
+            full = model.image_logits(text, codes[:, :t])
+            assert (cached - full).abs().max() <= 1e-4, f"step {t}"
+            codes[:, t] = _draw(full, torch.rand(2), 1.0, 0)
+            if t + 1 < cfg.image_len:
+                cached = model.image_logits(None, codes[:, t : t + 1], cache)
+    u = [1, 2]
+    assert torch.equal(sample_codes(model, text, u, use_cache=True), sample_codes(model, text, u, use_cache=False))
+
+
+def test_completion_keeps_known_tokens(fast_cfg):
+    from model.sampling import completion_keep
+
+    torch.manual_seed(0)
+    model = DalleTransformer(fast_cfg.transformer)
+    g = fast_cfg.transformer.grid
+    text = model.pad_text(torch.tensor([[5, 6] + [-1] * 22]))
+    known = torch.randint(0, fast_cfg.transformer.image_vocab, (1, g, g))
+    rows = completion_keep(g, keep_rows=3)
+    assert rows.sum() == 3 * g and rows[: 3 * g].all()
+    out = sample_codes(model, text, [0], known=known, keep=rows)
+    assert torch.equal(out[0, :3], known[0, :3]) and not torch.equal(out[0, 3:], known[0, 3:])
+    region = completion_keep(g, region=(5, 6))  # the Raven-style bottom-right rectangle
+    assert (~region).sum() == (g - 5) * (g - 6)
+    out = sample_codes(model, text, [0], known=known, keep=region)
+    keep2d = region.view(g, g)
+    assert torch.equal(out[0][keep2d], known[0][keep2d]) and not torch.equal(out[0][~keep2d], known[0][~keep2d])
+    assert torch.equal(out, sample_codes(model, text, [0], known=known, keep=region, use_cache=False))
+    with pytest.raises(ValueError, match="outside"):
+        completion_keep(g, region=(g, 0))
+
+
+def test_image_log_probs_rank_the_training_caption(fast_cfg):
+    """Per-token log-probabilities sum to the model's own image loss; batched scoring is per row."""
+    from model.sampling import image_log_probs
+
+    torch.manual_seed(0)
+    model = DalleTransformer(fast_cfg.transformer).eval()
+    g = fast_cfg.transformer.grid
+    text = model.pad_text(torch.tensor([[5, 6] + [-1] * 22, [7, 8] + [-1] * 22]))
+    codes = torch.randint(0, fast_cfg.transformer.image_vocab, (2, g, g))
+    with torch.no_grad():
+        lp = image_log_probs(model, text, codes)
+        assert lp.shape == (2, g * g) and (lp <= 0).all()
+        assert -lp.mean() == pytest.approx(float(model.loss(text, codes.view(2, -1))["image_loss"]), rel=1e-5)
+        assert torch.allclose(image_log_probs(model, text[1:], codes[1:]), lp[1:], atol=1e-5)
