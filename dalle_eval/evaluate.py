@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def read_coco(coco: Path, n: int, seed: int) -> list[dict]:
             continue
         seen.add(a["image_id"])
         chosen.append({"prompt_id": str(a["image_id"]), "caption": a["caption"], "image": str(image_dir / images[a["image_id"]])})
-    import random
-
     random.Random(seed).shuffle(chosen)
     return sorted(chosen[:n], key=lambda c: int(c["prompt_id"]) if c["prompt_id"].isdigit() else c["prompt_id"])
 

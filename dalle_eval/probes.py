@@ -27,7 +27,9 @@ CHANCE = {
     "size": 1 / N_SIZES,
     "count": 1 / 3,  # counts 2, 3, 4
     "object": P_OBJECT,
-    "relation": 1 / 2,  # a random placement satisfies a stated relation about half the time
+    # relation: both objects present with all attributes and the stated relation holding; a random
+    # placement satisfies a stated relation about half the time
+    "relation": P_OBJECT**2 / 2,
 }
 
 
@@ -114,7 +116,7 @@ def chance_of(check: str, prompt: dict) -> float:
         return P_OBJECT
     if check == "image":
         n = len(prompt["spec"]["objects"])
-        return P_OBJECT**n * (CHANCE["relation"] if prompt["spec"]["relation"] else 1.0)
+        return P_OBJECT**n * (0.5 if prompt["spec"]["relation"] else 1.0)
     return CHANCE[check]
 
 

@@ -18,7 +18,7 @@ def md_table(rows: list[dict], columns: list[str], fmt: dict | None = None) -> s
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x:.2g}%" if 0 < x < 0.001 else f"{100 * x:.1f}%"
 
 
 def ci(x: list[float]) -> str:
