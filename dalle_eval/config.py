@@ -75,6 +75,8 @@ class TransformerConfig:
     dropout: float = 0.0
     attention: str = "sparse"  # "sparse" (row/column/conv, paper) or "full" (dense causal)
     conv_kernel: int = 11  # paper: 11x11 convolutional attention in the last layer
+    attention_backend: str = "auto"  # "sdpa" (dense bool mask), "flex" (FlexAttention block mask), auto: flex on CUDA
+    checkpoint_activations: bool = False  # recompute each block in backward (memory for compute)
     text_loss_weight: float = 0.125  # paper: text 1/8, image 7/8
     image_loss_weight: float = 0.875
 
@@ -123,6 +125,7 @@ class TrainConfig:
     transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # or "bf16": autocast matmuls to bfloat16 (weights and optimizer stay fp32)
     log_every: int = 50
     ckpt_every: int = 500
     keep_last: int = 2

@@ -96,7 +96,7 @@ class DVAETask:
     def evaluate(self) -> dict:
         """Reconstruction MSE / PSNR on held-out images and codebook usage (paper-style report)."""
         self.model.eval()
-        x = self.val_images.float() / 255.0
+        x = self.val_images.to(next(self.model.parameters()).device).float() / 255.0
         codes = torch.cat([self.model.encode(x[i : i + 64]) for i in range(0, len(x), 64)])
         rec = torch.cat([self.model.decode(codes[i : i + 64]) for i in range(0, len(x), 64)])
         mse = float(F.mse_loss(rec, x))

@@ -106,7 +106,8 @@ class TransformerTask:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
-        text, codes = self.val_data
+        device = next(self.model.parameters()).device
+        text, codes = (t.to(device) for t in self.val_data)
         parts = [self.model.loss(text[i : i + 64], codes[i : i + 64]) for i in range(0, len(codes), 64)]
         sizes = [min(64, len(codes) - i) for i in range(0, len(codes), 64)]
         avg = {k: sum(float(p[k]) * n for p, n in zip(parts, sizes)) / len(codes) for k in parts[0]}

@@ -39,6 +39,12 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) 
     return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(_to(b, device) for b in batch)
+
+
 def make_task(stage: str, cfg: Config, data: Path, out: Path):
     if stage == "dvae":
         from model.stage1 import DVAETask
@@ -64,7 +70,9 @@ def train(
         raise DalleEvalError(f"{out} already holds a checkpoint ({state.name}); pass --resume to continue it or pick a new --out")
     torch.manual_seed(cfg.train.seed)
     task = make_task(stage, cfg, Path(data), out)
-    model, opt = task.model, task.optimizer()
+    device = torch.device(cfg.train.device)
+    model = task.model.to(device)
+    opt = task.optimizer()
     steps = task.steps
     start = 0
     if state is not None:
@@ -79,6 +87,9 @@ def train(
     write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": task.data_info})
 
     tc = cfg.train
+    if tc.precision not in ("fp32", "bf16"):
+        raise DalleEvalError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     metrics_path = out / "metrics.jsonl"
     window_t, window_n = time.time(), 0
     bar = tqdm(range(start, steps), desc=f"train {stage}", unit="step", disable=not progress, initial=start, total=steps)
@@ -87,10 +98,11 @@ def train(
         lr = task.lr(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = task.batch(step)
+        batch = _to(task.batch(step), device)
         torch.manual_seed(step_seed(tc.seed, step))  # noise of step s depends on s only: exact resume
         model.train()
-        losses = task.loss(batch, step)
+        with autocast:
+            losses = task.loss(batch, step)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = task.clip_gradients()

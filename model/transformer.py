@@ -11,10 +11,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from dalle_eval.config import TransformerConfig
-from model.masks import dense_mask, layer_kinds
+from model.masks import dense_mask, layer_kinds, mask_mod
 
 
 class KVCache:
@@ -44,8 +45,13 @@ class Attention(nn.Module):
             cache.k[layer, :, :, start : start + T] = k
             cache.v[layer, :, :, start : start + T] = v
             k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]  # (B, nh, start+T, hs)
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, nh, T, hs)
+        if isinstance(mask, torch.Tensor):
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, nh, T, hs)
+        else:  # a FlexAttention BlockMask built from the same mask_mod (no attention dropout there)
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=mask)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -79,6 +85,9 @@ class DalleTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.text_vocab_total + cfg.image_vocab, bias=False)
         self.kinds = layer_kinds(cfg.n_layer, cfg.attention)
+        if cfg.attention_backend not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"transformer.attention_backend must be auto, sdpa or flex, got {cfg.attention_backend!r}")
+        self._block_masks: dict = {}
         for kind in sorted(set(self.kinds)):
             self.register_buffer(f"mask_{kind}", dense_mask(kind, L, cfg.grid, cfg.conv_kernel), persistent=False)
         self.apply(self._init)
@@ -122,11 +131,28 @@ class DalleTransformer(nn.Module):
             parts.append(self.image_emb(codes) + self.row_emb(pos // g) + self.col_emb(pos % g))  # (B, n, d)
         x = torch.cat(parts, dim=1)
         T = x.shape[1]
+        flex = cache is None and (self.cfg.attention_backend == "flex" or (self.cfg.attention_backend == "auto" and x.is_cuda))
         for i, (kind, block) in enumerate(zip(self.kinds, self.blocks)):
-            x = block(x, getattr(self, f"mask_{kind}")[start : start + T, : start + T], cache, i)
+            mask = self.block_mask(kind, T, x.device) if flex else getattr(self, f"mask_{kind}")[start : start + T, : start + T]
+            if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, i)
         if cache is not None:
             cache.length += T
         return self.head(self.ln_f(x))
+
+    def block_mask(self, kind: str, T: int, device: torch.device):
+        """FlexAttention block mask of the first T positions, from the same mask_mod as the dense mask."""
+        key = (kind, T, str(device))
+        if key not in self._block_masks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            allowed = mask_mod(kind, self.cfg.text_len, self.cfg.grid, self.cfg.conv_kernel)
+            self._block_masks[key] = create_block_mask(
+                lambda b, h, q, kv: allowed(q, kv), B=None, H=None, Q_LEN=T, KV_LEN=T, device=device
+            )
+        return self._block_masks[key]
 
     def loss(self, text: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy per modality, weighted text 1/8, image 7/8 (paper B.2)."""

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -186,3 +187,39 @@ def test_image_log_probs_rank_the_training_caption(fast_cfg):
         assert lp.shape == (2, g * g) and (lp <= 0).all()
         assert -lp.mean() == pytest.approx(float(model.loss(text, codes.view(2, -1))["image_loss"]), rel=1e-5)
         assert torch.allclose(image_log_probs(model, text[1:], codes[1:]), lp[1:], atol=1e-5)
+
+
+def test_flex_attention_backend_matches_sdpa(fast_cfg):
+    """One mask definition, two backends: FlexAttention (eager on CPU here) equals dense-mask SDPA."""
+    pytest.importorskip("torch.nn.attention.flex_attention", reason="FlexAttention needs torch >= 2.5")
+    import warnings
+
+    cfg = dataclasses.replace(fast_cfg.transformer, n_layer=4)  # row, row, column, conv
+    torch.manual_seed(0)
+    sdpa = DalleTransformer(dataclasses.replace(cfg, attention_backend="sdpa")).eval()
+    flex = DalleTransformer(dataclasses.replace(cfg, attention_backend="flex")).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    text = sdpa.pad_text(torch.tensor([[5, 6, 7] + [-1] * 21]))
+    codes = torch.randint(0, cfg.image_vocab, (1, cfg.image_len - 1))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()" on CPU
+        assert (sdpa(text, codes) - flex(text, codes)).abs().max() < 1e-5
+
+
+def test_activation_checkpointing_same_gradients(fast_cfg):
+    torch.manual_seed(0)
+    plain = DalleTransformer(fast_cfg.transformer)
+    ckpt = DalleTransformer(dataclasses.replace(fast_cfg.transformer, checkpoint_activations=True))
+    ckpt.load_state_dict(plain.state_dict())
+    text = plain.pad_text(torch.tensor([[5, 6, 7] + [-1] * 21] * 2))
+    codes = torch.randint(0, fast_cfg.transformer.image_vocab, (2, fast_cfg.transformer.image_len))
+    for m in (plain, ckpt):
+        m.loss(text, codes)["loss"].backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_bf16_autocast_trains(tmp_path, token_data, fast_cfg):
+    cfg = dataclasses.replace(fast_cfg, train=dataclasses.replace(fast_cfg.train, precision="bf16"))
+    summary = train("transformer", token_data, cfg, tmp_path / "bf16", progress=False)
+    assert all(math.isfinite(v) for v in summary["final_train"].values())
