@@ -86,8 +86,13 @@ def read_manifest(folder: str | Path, what: str) -> dict:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
+    append_jsonl_rows(path, [record])
+
+
+def append_jsonl_rows(path: str | Path, records: list[dict]) -> None:
+    """Append rows in one write (a group of rows lands together or, on a crash, is redone)."""
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write("".join(json.dumps(r) + "\n" for r in records))
         f.flush()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -125,13 +126,16 @@ def train(cfg, overrides, stage, data, out, resume):
 @click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="Transformer checkpoint dir.")
 @click.option("--prompts", type=click.Path(path_type=Path), default=None, help="JSONL {prompt_id, caption} or one caption per line.")
 @click.option("--caption", default=None, help="A single caption.")
-@click.option("--n", type=int, default=4, show_default=True, help="Images per caption.")
+@click.option("--n", "--keep", "n", type=int, default=4, show_default=True, help="Images kept per caption.")
+@click.option("--rerank", type=int, default=None, help="Draw N candidates per caption, keep the best --keep by CLIP score.")
+@click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (sets sample.clip_model).")
+@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (sets sample.clip_pretrained).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Samples dir.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Complete this image (with --keep-rows or --region).")
 @click.option("--keep-rows", type=int, default=None, help="Keep the image's top R token rows, regenerate the rest.")
 @click.option("--region", default=None, metavar="X0,Y0", help="Regenerate the token rectangle from column X0, row Y0 to the bottom-right.")
 @config_options(("sample",))
-def sample(cfg, overrides, ckpt, prompts, caption, n, out, image, keep_rows, region):
+def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_pretrained, out, image, keep_rows, region):
     """Generate images autoregressively (temperature, top-k) into a samples dir.
 
     \b
@@ -139,6 +143,8 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, out, image, keep_rows, reg
       dalle-eval sample --ckpt runs/transformer --caption "a small red circle" --n 8 --out runs/samples
       dalle-eval sample --ckpt runs/transformer --prompts prompts.jsonl --out runs/samples --set sample.top_k=16
       dalle-eval sample --ckpt runs/transformer --caption "a large blue square" --image scene.png --keep-rows 4 --out runs/completed
+      dalle-eval sample --ckpt runs/transformer --prompts prompts.txt --rerank 64 --keep 4 \
+          --clip-model ViT-B-32 --clip-pretrained /models/vit-b-32-openai.bin --out runs/reranked
     """
     from dalle_eval.generate import read_prompts, run_sample
     from dalle_eval.report import image_grid
@@ -154,6 +160,8 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, out, image, keep_rows, reg
             assert len(corner) == 2
         except (ValueError, AssertionError):
             raise click.ClickException(f"--region {region!r}: expected two integers X0,Y0 (token column, row)") from None
+    clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
+    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
     items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
     path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner)
     rows = [json.loads(x) for x in path.read_text().splitlines()]

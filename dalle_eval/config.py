@@ -138,6 +138,10 @@ class SampleConfig:
     top_k: int = 0  # 0 = off
     batch_size: int = 32
     seed: int = 0
+    device: str = "cpu"
+    rerank: int = 0  # > 1: draw this many candidates per caption, keep the best by CLIP (paper: 512)
+    clip_model: str = "ViT-B-32"  # open_clip model name, or a model-config JSON path
+    clip_pretrained: str = ""  # open_clip tag or local checkpoint path; "" = random init (tests only)
 
 
 @dataclass(frozen=True)

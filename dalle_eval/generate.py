@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl, atomic_path, read_jsonl, write_json
+from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl, write_json
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
 from model.checkpoint import load_dvae, load_transformer
@@ -69,7 +69,26 @@ def image_to_codes(dvae, path: Path) -> torch.Tensor:
     size = dvae.cfg.image_size
     im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
     x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
-    return dvae.encode(x)
+    return dvae.encode(x.to(next(dvae.parameters()).device))
+
+
+def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer) -> None:
+    """Save a prompt's images (the best n by CLIP when reranking) and append their rows together."""
+    p = cands[0][0]
+    scores = scorer.scores([c[3] for c in cands], [p["caption"]] * len(cands)).tolist() if scorer else None
+    order = sorted(range(len(cands)), key=lambda i: -scores[i]) if scorer else range(len(cands))
+    rows = []
+    for rank, i in enumerate(list(order)[:n]):
+        _, j, seed, img = cands[i]
+        name = f"{p['prompt_id']}_{rank}.png"
+        with atomic_path(out / name) as tmp:
+            img.save(tmp, format="PNG")
+        row = {"prompt_id": str(p["prompt_id"]), "index": rank, "caption": p["caption"], "file": name, "seed": seed,
+               "temperature": cfg.temperature, "top_k": cfg.top_k, "ckpt": str(ckpt)}
+        if scorer:
+            row.update(clip_score=scores[i], rank=rank, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
+        rows.append(row)
+    append_jsonl_rows(out / SAMPLES, rows)
 
 
 def run_sample(
@@ -81,8 +100,8 @@ def run_sample(
     With `image` and keep_rows or region: image completion, the kept tokens come from the image.
     """
     ckpt, out = Path(ckpt), Path(out)
-    model = load_transformer(ckpt)
-    dvae = load_dvae(ckpt / "dvae")
+    model = load_transformer(ckpt).to(cfg.device)
+    dvae = load_dvae(ckpt / "dvae").to(cfg.device)
     tok = load_tokenizer(ckpt / "tokenizer.json")
     known = keep = None
     if image is not None:
@@ -90,30 +109,37 @@ def run_sample(
             keep = completion_keep(model.cfg.grid, keep_rows, region)
         except ValueError as e:
             raise DalleEvalError(f"--keep-rows/--region: {e}") from None
-        known = image_to_codes(dvae, Path(image))
+        known = image_to_codes(dvae, Path(image)).cpu()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg), "image": str(image) if image else None,
                                             "keep_rows": keep_rows, "region": list(region) if region else None})
-    done = {(r["prompt_id"], r["index"]) for r in read_jsonl(out / SAMPLES)}
-    todo = [(p, i) for p in prompts for i in range(n) if (str(p["prompt_id"]), i) not in done]
+    scorer = None
+    if cfg.rerank > 1:
+        from dalle_eval.clip_rerank import ClipScorer
+
+        if cfg.rerank < n:
+            raise DalleEvalError(f"sample.rerank={cfg.rerank} draws fewer candidates than the {n} kept per caption")
+        scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained or None, cfg.device)
+    n_draw = cfg.rerank if scorer else n
+    counts: dict[str, int] = {}
+    for r in read_jsonl(out / SAMPLES):
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+    todo = [(p, j) for p in prompts if counts.get(str(p["prompt_id"]), 0) < n for j in range(n_draw)]
     L = model.cfg.text_len
-    bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not progress)
+    pending: dict[str, list] = {}
+    bar = tqdm(total=len(todo), desc=f"sample (best {n} of {n_draw} by CLIP)" if scorer else "sample", unit="img",
+               disable=not progress)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start : start + cfg.batch_size]
         ids, _ = encode_captions(tok, [p["caption"] for p, _ in chunk], L)
-        seeds = [image_seed(cfg.seed, str(p["prompt_id"]), i) for p, i in chunk]
-        text = model.pad_text(pad_batch(ids, L))
+        seeds = [image_seed(cfg.seed, str(p["prompt_id"]), j) for p, j in chunk]
+        text = model.pad_text(pad_batch(ids, L).to(cfg.device))
         prior = None if known is None else known.expand(len(chunk), -1, -1)
         codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep)
-        for (p, i), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
-            name = f"{p['prompt_id']}_{i}.png"
-            with atomic_path(out / name) as tmp:
-                img.save(tmp, format="PNG")
-            append_jsonl(
-                out / SAMPLES,
-                {"prompt_id": str(p["prompt_id"]), "index": i, "caption": p["caption"], "file": name, "seed": seed,
-                 "temperature": cfg.temperature, "top_k": cfg.top_k, "ckpt": str(ckpt)},
-            )
+        for (p, j), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
+            pending.setdefault(str(p["prompt_id"]), []).append((p, j, seed, img))
+            if len(pending[str(p["prompt_id"])]) == n_draw:  # all candidates of this prompt are in
+                _write_prompt(pending.pop(str(p["prompt_id"])), n, out, cfg, ckpt, scorer)
         bar.update(len(chunk))
     bar.close()
     return out / SAMPLES

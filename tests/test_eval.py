@@ -145,3 +145,51 @@ def test_cli_image_completion(tmp_path, transformer_ckpt):
     assert r.exit_code == 1 and "expected two integers" in r.output
     r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "bad")])
     assert r.exit_code == 1 and "exactly one of --keep-rows" in r.output
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A small open_clip model config and random weights saved to disk (no downloads)."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clip")
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (folder / "tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(folder / "tiny-clip.json"))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    torch.save(model.state_dict(), folder / "tiny-clip.pt")
+    return folder / "tiny-clip.json", folder / "tiny-clip.pt"
+
+
+def test_clip_rerank_keeps_the_best_candidates(tmp_path, transformer_ckpt, tiny_clip):
+    from dalle_eval.clip_rerank import ClipScorer
+
+    model_cfg, weights = tiny_clip
+    base = ["sample", "--ckpt", str(transformer_ckpt), "--caption", "a small red circle", "--set", "sample.batch_size=8"]
+    assert CliRunner().invoke(main, base + ["--n", "4", "--out", str(tmp_path / "all")]).exit_code == 0
+    r = CliRunner().invoke(main, base + ["--rerank", "4", "--keep", "2", "--clip-model", str(model_cfg),
+                                         "--clip-pretrained", str(weights), "--out", str(tmp_path / "best")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "best" / "samples.jsonl").read_text().splitlines()]
+    assert [x["rank"] for x in rows] == [0, 1] and all(x["rerank"] == 4 for x in rows)
+    assert rows[0]["clip_score"] >= rows[1]["clip_score"]
+    # the candidates are the plain samples 0..3 (same seeds): the kept two are the two best by CLIP
+    scorer = ClipScorer(str(model_cfg), str(weights))
+    images = [Image.open(tmp_path / "all" / f"0_{j}.png").convert("RGB") for j in range(4)]
+    scores = scorer.scores(images, ["a small red circle"] * 4)
+    best = scores.argsort(descending=True)[:2].tolist()
+    assert [x["candidate"] for x in rows] == best
+    assert rows[0]["clip_score"] == pytest.approx(float(scores[best[0]]), abs=1e-5)
+    kept = (tmp_path / "best" / "0_0.png").read_bytes()
+    assert kept == (tmp_path / "all" / f"0_{best[0]}.png").read_bytes()
+
+
+def test_clip_tag_offline_fails_fast(monkeypatch):
+    from dalle_eval.clip_rerank import ClipScorer
+    from dalle_eval.errors import DalleEvalError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DalleEvalError, match="clip-pretrained|file not found"):
+        ClipScorer("RN50", "/nonexistent/weights.pt")
