@@ -102,6 +102,7 @@ class DVAETrainConfig:
     tau_end: float = 1.0 / 16
     tau_steps: int = 150_000
     recon_loss: str = "logit_laplace"  # or "mse"
+    ema: float = 0.999  # parameter EMA decay (0 = off); checkpoints export the averaged weights
 
 
 @dataclass(frozen=True)

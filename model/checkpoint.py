@@ -23,16 +23,21 @@ from dalle_eval.errors import DalleEvalError
 STATE = "state"
 
 
-def save_state(ckpt: Path, step: int, model: torch.nn.Module, train_state: dict, keep_last: int) -> Path:
+def save_state(
+    ckpt: Path, step: int, model: torch.nn.Module, train_state: dict, keep_last: int, export: dict | None = None
+) -> Path:
+    """export: the weights users load (e.g. a parameter EMA); default the model's own weights."""
     ckpt = Path(ckpt)
     name = f"step-{step:08d}"
     final = ckpt / STATE / name
     with atomic_dir(final) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        if export is not None:
+            save_file({k: v.detach().contiguous() for k, v in export.items()}, tmp / "export.safetensors")
         torch.save(train_state, tmp / "train.pt")
     with atomic_path(ckpt / "model.safetensors") as tmp:
         tmp.unlink()
-        os.link(final / "model.safetensors", tmp)
+        os.link(final / ("export.safetensors" if export is not None else "model.safetensors"), tmp)
     with atomic_path(ckpt / "latest") as tmp:
         tmp.write_text(name + "\n")
     for old in sorted((ckpt / STATE).glob("step-*"))[:-keep_last] if keep_last > 0 else []:

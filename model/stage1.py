@@ -54,6 +54,7 @@ class DVAETask:
         self.model = DVAE(cfg.dvae).to(memory_format=torch.channels_last)
         self.steps, self.batch_size = self.tc.steps, self.tc.batch_size
         self.data_info = {"folder": str(folder), "n_train": len(self.train_images), "n_val": n_val}
+        self.ema: dict | None = None
         g = cfg.dvae.grid
         self.kl_scale = g * g / (3 * size * size)
 
@@ -92,9 +93,32 @@ class DVAETask:
     def extra_metrics(self, step: int) -> dict:
         return {"beta": self.beta(step), "tau": self.tau(step)}
 
+    def after_step(self) -> None:
+        """Parameter EMA (paper A.2: decay 0.999); the exported weights are the average."""
+        if not self.tc.ema:
+            return
+        params = self.model.state_dict()
+        if self.ema is None:
+            self.ema = {k: v.detach().clone() for k, v in params.items()}
+            return
+        for k, v in params.items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v.detach(), 1 - self.tc.ema)
+
+    def extra_state(self) -> dict:
+        return {"ema": self.ema} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema = state.get("ema")
+
+    def export_weights(self) -> dict | None:
+        return self.ema
+
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Reconstruction MSE / PSNR on held-out images and codebook usage (paper-style report)."""
+        """Reconstruction MSE / PSNR on held-out images and codebook usage, with the exported weights."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema)
         self.model.eval()
         x = self.val_images.to(next(self.model.parameters()).device).float() / 255.0
         codes = torch.cat([self.model.encode(x[i : i + 64]) for i in range(0, len(x), 64)])

@@ -103,6 +103,18 @@ class TransformerTask:
     def extra_metrics(self, step: int) -> dict:
         return {}
 
+    def after_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def export_weights(self) -> dict | None:
+        return None
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()

@@ -79,6 +79,7 @@ def train(
         weights, train_state = load_train_state(state)
         model.load_state_dict(weights)
         opt.load_state_dict(train_state["optimizer"])
+        task.load_extra_state(train_state.get("extra", {}))
         start = train_state["step"]
         print(f"resuming {out} from step {start}")
     elif resume:
@@ -107,6 +108,7 @@ def train(
         losses["loss"].backward()
         grad_norm = task.clip_gradients()
         opt.step()
+        task.after_step()
         window_n += task.batch_size
         last = {k: float(v.detach()) for k, v in losses.items()}
         if (step + 1) % tc.log_every == 0 or step + 1 == steps:
@@ -117,7 +119,8 @@ def train(
             bar.set_postfix(loss=f"{last['loss']:.4f}")
             window_t, window_n = now, 0
         if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at):
-            save_state(out, step + 1, model, {"step": step + 1, "optimizer": opt.state_dict()}, tc.keep_last)
+            state = {"step": step + 1, "optimizer": opt.state_dict(), "extra": task.extra_state()}
+            save_state(out, step + 1, model, state, tc.keep_last, task.export_weights())
         if step + 1 == stop_at:
             break
     bar.close()

@@ -223,3 +223,18 @@ def test_bf16_autocast_trains(tmp_path, token_data, fast_cfg):
     cfg = dataclasses.replace(fast_cfg, train=dataclasses.replace(fast_cfg.train, precision="bf16"))
     summary = train("transformer", token_data, cfg, tmp_path / "bf16", progress=False)
     assert all(math.isfinite(v) for v in summary["final_train"].values())
+
+
+def test_dvae_ema_is_exported_and_resumed(tmp_path, shapes_data, fast_cfg):
+    from safetensors.torch import load_file
+
+    cfg = dataclasses.replace(fast_cfg, train=dataclasses.replace(
+        fast_cfg.train, dvae=dataclasses.replace(fast_cfg.train.dvae, ema=0.9)))
+    full, part = tmp_path / "full", tmp_path / "part"
+    train("dvae", shapes_data, cfg, full, progress=False)
+    train("dvae", shapes_data, cfg, part, progress=False, stop_at=3)
+    train("dvae", shapes_data, cfg, part, resume=True, progress=False)
+    exported, raw = load_file(full / "model.safetensors"), load_file(full / "state" / "step-00000006" / "model.safetensors")
+    assert any(not torch.equal(exported[k], raw[k]) for k in raw)  # users get the average, not the last step
+    resumed = load_file(part / "model.safetensors")
+    assert all(torch.allclose(exported[k], resumed[k], atol=1e-6) for k in exported)
