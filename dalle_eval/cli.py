@@ -117,6 +117,9 @@ def train(cfg, overrides, stage, data, out, resume):
         cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())["config"]), overrides)
         click.echo(f"resume: using the config saved in {saved} (plus --set overrides)", err=True)
     s = run_train(stage, data, cfg, out, resume=resume)
+    if s.get("preempted"):
+        _summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
+        return
     lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
              **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()}}
     _summary(f"train {stage}", lines, Path(out) / "summary.json")

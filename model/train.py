@@ -8,6 +8,8 @@ computes the same losses as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +39,24 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) 
         return lr * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) ask the loop to checkpoint and return cleanly."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _to(batch, device: torch.device):
@@ -93,6 +113,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     metrics_path = out / "metrics.jsonl"
     window_t, window_n = time.time(), 0
+    stop = _StopOnSignal()
     bar = tqdm(range(start, steps), desc=f"train {stage}", unit="step", disable=not progress, initial=start, total=steps)
     last: dict = {}
     for step in bar:
@@ -118,12 +139,17 @@ def train(
             append_jsonl(metrics_path, rec)
             bar.set_postfix(loss=f"{last['loss']:.4f}")
             window_t, window_n = now, 0
-        if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at):
+        if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at) or stop.signal:
             state = {"step": step + 1, "optimizer": opt.state_dict(), "extra": task.extra_state()}
             save_state(out, step + 1, model, state, tc.keep_last, task.export_weights())
-        if step + 1 == stop_at:
+        if step + 1 == stop_at or stop.signal:
             break
     bar.close()
+    stop.restore()
+    if stop.signal:  # preempted: the checkpoint is saved, `--resume` continues exactly
+        print(f"received {stop.signal}: saved {out} at step {step + 1}; continue with --resume")
+        return {"stage": stage, "steps": steps, "stopped_at": step + 1, "preempted": stop.signal, "final_train": last,
+                "eval": {}, "ckpt": str(out)}
     summary = {"stage": stage, "steps": steps, "final_train": last, "eval": task.evaluate(), "ckpt": str(out)}
     write_json(out / "summary.json", summary)
     return summary

@@ -238,3 +238,33 @@ def test_dvae_ema_is_exported_and_resumed(tmp_path, shapes_data, fast_cfg):
     assert any(not torch.equal(exported[k], raw[k]) for k in raw)  # users get the average, not the last step
     resumed = load_file(part / "model.safetensors")
     assert all(torch.allclose(exported[k], resumed[k], atol=1e-6) for k in exported)
+
+
+def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, token_data):
+    """Preemption: SIGTERM mid-run saves a checkpoint and exits 0; --resume continues from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import FAST
+
+    out = tmp_path / "tf"
+    sets = [x for item in FAST + ["train.transformer.steps=100000", "train.ckpt_every=100000"] for x in ("--set", item)]
+    cmd = [sys.executable, "-m", "dalle_eval.cli", "train", "--stage", "transformer", "--data", str(token_data),
+           "--out", str(out), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "stopped by SIGTERM" in output
+    step = int((out / "latest").read_text().strip().split("-")[1])
+    assert step >= 2
+    r = subprocess.run(cmd[:-len(sets)] + ["--resume", "--set", f"train.transformer.steps={step + 2}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming {out} from step {step}" in r.stdout
+    assert (out / "latest").read_text().strip() == f"step-{step + 2:08d}"
