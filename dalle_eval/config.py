@@ -137,6 +137,7 @@ class TrainConfig:
 class SampleConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus sampling; 1 = off
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"

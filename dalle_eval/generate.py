@@ -84,7 +84,7 @@ def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path,
         with atomic_path(out / name) as tmp:
             img.save(tmp, format="PNG")
         row = {"prompt_id": str(p["prompt_id"]), "index": rank, "caption": p["caption"], "file": name, "seed": seed,
-               "temperature": cfg.temperature, "top_k": cfg.top_k, "ckpt": str(ckpt)}
+               "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "ckpt": str(ckpt)}
         if scorer:
             row.update(clip_score=scores[i], rank=rank, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
         rows.append(row)
@@ -135,7 +135,7 @@ def run_sample(
         seeds = [image_seed(cfg.seed, str(p["prompt_id"]), j) for p, j in chunk]
         text = model.pad_text(pad_batch(ids, L).to(cfg.device))
         prior = None if known is None else known.expand(len(chunk), -1, -1)
-        codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep)
+        codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep, top_p=cfg.top_p)
         for (p, j), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
             pending.setdefault(str(p["prompt_id"]), []).append((p, j, seed, img))
             if len(pending[str(p["prompt_id"])]) == n_draw:  # all candidates of this prompt are in

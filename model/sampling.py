@@ -7,13 +7,21 @@ import torch
 from model.transformer import DalleTransformer
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus: the smallest set holding probability >= top_p)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # tokens after the nucleus is already full
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
 
@@ -22,9 +30,9 @@ def uniforms_for(seeds: list[int], n: int) -> torch.Tensor:
     return torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
-def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int, top_p: float = 1.0) -> torch.Tensor:
     """Inverse-CDF draw: logits (B, V), u (B,) uniforms -> (B,) token ids."""
-    cdf = torch.softmax(filter_logits(logits.float(), temperature, top_k), dim=-1).cumsum(-1)  # (B, V)
+    cdf = torch.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1).cumsum(-1)  # (B, V)
     return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=cdf.shape[-1] - 1)
 
 
@@ -56,6 +64,7 @@ def sample_codes(
     temperature: float = 1.0,
     top_k: int = 0,
     use_cache: bool = True,
+    top_p: float = 1.0,
     known: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -82,10 +91,24 @@ def sample_codes(
     logits = model.image_logits(text, codes[:, :n0], cache) if n0 < N else None
     for t in range(n0, N):
         if not keep[t]:
-            codes[:, t] = _draw(logits, u[:, t], temperature, top_k)
+            codes[:, t] = _draw(logits, u[:, t], temperature, top_k, top_p)
         if t + 1 < N:
             logits = model.image_logits(None, codes[:, t : t + 1], cache) if use_cache else model.image_logits(text, codes[:, : t + 1])
     return codes.view(B, g, g)
+
+
+@torch.no_grad()
+def score(
+    model: DalleTransformer, text: torch.Tensor, codes: torch.Tensor, region: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (per-token log-probs (B, g*g), their sum over `region` (g*g,) bool, default all) per row.
+
+    Rank a caption against foils (same codes, other texts) or Raven candidates (same text, other
+    codes in the answer region) by the model's own log p(image codes | text).
+    """
+    lp = image_log_probs(model, text, codes)
+    mask = torch.ones(lp.shape[1], dtype=torch.bool, device=lp.device) if region is None else region.to(lp.device)
+    return lp, lp[:, mask].sum(-1)
 
 
 @torch.no_grad()

@@ -268,3 +268,31 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, token_data):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming {out} from step {step}" in r.stdout
     assert (out / "latest").read_text().strip() == f"step-{step + 2:08d}"
+
+
+def test_top_k_top_p_filtering():
+    from model.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda out: torch.isfinite(out)[0].tolist()
+    assert kept(filter_logits(logits, 1.0, 2)) == [True, True, False, False]
+    assert kept(filter_logits(logits, 1.0, 0, top_p=0.75)) == [True, True, False, False]  # 0.5 + 0.3 >= 0.75
+    assert kept(filter_logits(logits, 1.0, 0, top_p=0.5)) == [True, False, False, False]
+    assert kept(filter_logits(logits, 1.0, 0, top_p=1.0)) == [True] * 4
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert kept(filter_logits(shuffled, 1.0, 0, top_p=0.75)) == [False, True, False, True]
+
+
+def test_score_sums_over_a_region(fast_cfg):
+    from model.sampling import completion_keep, score
+
+    torch.manual_seed(0)
+    model = DalleTransformer(fast_cfg.transformer).eval()
+    g = fast_cfg.transformer.grid
+    text = model.pad_text(torch.tensor([[5, 6] + [-1] * 22]))
+    codes = torch.randint(0, fast_cfg.transformer.image_vocab, (1, g, g))
+    per_token, total = score(model, text, codes)
+    region = ~completion_keep(g, region=(4, 4))
+    _, part = score(model, text, codes, region)
+    assert total.item() == pytest.approx(per_token.sum().item(), rel=1e-6)
+    assert part.item() == pytest.approx(per_token[0, region].sum().item(), rel=1e-6) and part > total
