@@ -213,12 +213,13 @@ def probes(cfg, overrides, suite, ckpt, images, out):
       dalle-eval probes --suite binding --images runs/probes/samples --out runs/probes-rescored
     """
     from dalle_eval.evaluate import run_probes
+    from dalle_eval.report import pct
 
     r = run_probes(suite, out, cfg, ckpt, images)
     lines = {}
     for row in r["table"]:
         if row["split"] == "all" and row["check"] in ("colour", "shape", "size", "count", "object", "relation", "image"):
-            lines[f"{row['category']}/{row['check']}"] = f"{100 * row['accuracy']:.1f}% (chance {100 * row['chance']:.1f}%)"
+            lines[f"{row['category']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
     if r["not_implemented"]:
         lines["not implemented yet"] = ", ".join(r["not_implemented"])
     _summary(f"probes {suite}", lines, Path(out) / "report.md")
