@@ -8,7 +8,10 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench lint clean
+PEER    ?= .venv-peer
+PEER_PIP := $(PEER)/bin/python -m pip
+
+.PHONY: install demo test bench bench-peers lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,8 +31,21 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
+# lucidrains' dalle-pytorch only imports with an old stack (../shared/ENV.md): its own venv, never the main one.
+$(PEER)/.installed: constraints.txt
+	test -x $(PEER)/bin/python || python3 -m venv $(PEER)
+	$(PEER_PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PEER_PIP) install -q -c constraints.txt --no-deps dall-e dalle-pytorch taming-transformers-rom1504
+	$(PEER_PIP) install -q -c constraints.txt axial-positional-embedding einops rotary-embedding-torch omegaconf \
+		transformers Cython "setuptools<81" "pytorch-lightning<2" attrs ftfy regex requests tqdm pillow
+	$(PEER_PIP) install -q -c constraints.txt --no-build-isolation youtokentome
+	touch $@
+
+bench-peers: $(PEER)/.installed
+	$(PEER)/bin/python benchmarks/peer_dalle_pytorch.py
+
 lint: install
 	$(VENV)/bin/ruff check dalle_eval pipelines model tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEER) runs
