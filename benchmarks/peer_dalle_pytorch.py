@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dalle_eval.config import DVAEConfig, TransformerConfig  # noqa: E402
-from model.dvae import DVAE  # noqa: E402
-from model.sampling import sample_codes  # noqa: E402
-from model.transformer import DalleTransformer  # noqa: E402
+from dalle_eval.config import DVAEConfig, TransformerConfig
+from model.dvae import DVAE
+from model.sampling import sample_codes
+from model.transformer import DalleTransformer
 
 BATCH, TEXT_LEN, TEXT_VOCAB, IMAGE_VOCAB, GRID = 4, 32, 1000, 512, 16
 
