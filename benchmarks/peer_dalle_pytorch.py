@@ -34,40 +34,53 @@ def time_it(fn, repeats: int = 2) -> float:
     return best
 
 
-def ours(attention: str) -> float:
+SIZES = {  # name: (batch, text_len, text_vocab, image_vocab, image px, vae layers, dim, depth, heads)
+    "tiny": (BATCH, TEXT_LEN, TEXT_VOCAB, IMAGE_VOCAB, 64, 2, 256, 4, 4),
+    "mid": (1, 64, 16384, 8192, 256, 3, 512, 12, 8),  # 32x32 = 1024 image tokens
+}
+
+
+def ours(size: str, attention: str) -> float:
+    batch, text_len, text_vocab, image_vocab, px, vae_layers, dim, depth, heads = SIZES[size]
     torch.manual_seed(0)
-    cfg = TransformerConfig(text_len=TEXT_LEN, text_vocab=TEXT_VOCAB, image_vocab=IMAGE_VOCAB, grid=GRID, n_layer=4,
-                            n_head=4, d_head=64, d_model=256, attention=attention, conv_kernel=11)
+    grid = px // 2**vae_layers
+    cfg = TransformerConfig(text_len=text_len, text_vocab=text_vocab, image_vocab=image_vocab, grid=grid, n_layer=depth,
+                            n_head=heads, d_head=64, d_model=dim, attention=attention, conv_kernel=11)
     model = DalleTransformer(cfg).eval()
-    dvae = DVAE(DVAEConfig(image_size=64, vocab_size=IMAGE_VOCAB, group_count=3, n_hid=32, n_blk_per_group=1, n_init=64)).eval()
-    text = model.pad_text(torch.randint(0, TEXT_VOCAB, (BATCH, TEXT_LEN)))
-    top_k = int(0.1 * IMAGE_VOCAB)  # = dalle-pytorch's filter_thres 0.9
+    dvae = DVAE(DVAEConfig(image_size=px, vocab_size=image_vocab, group_count=vae_layers + 1, n_hid=32,
+                           n_blk_per_group=1, n_init=64)).eval()
+    text = model.pad_text(torch.randint(0, text_vocab, (batch, text_len)))
+    top_k = int(0.1 * image_vocab)  # = dalle-pytorch's filter_thres 0.9
 
     def run():
-        dvae.decode(sample_codes(model, text, list(range(BATCH)), top_k=top_k))
+        dvae.decode(sample_codes(model, text, list(range(batch)), top_k=top_k))
 
-    return time_it(run)
+    return time_it(run, repeats=2 if size == "tiny" else 1)
 
 
-def theirs(attn_types: tuple[str, ...]) -> float:
+def theirs(size: str, attn_types: tuple[str, ...]) -> float:
     from dalle_pytorch import DALLE, DiscreteVAE
 
+    batch, text_len, text_vocab, image_vocab, px, vae_layers, dim, depth, heads = SIZES[size]
     torch.manual_seed(0)
-    vae = DiscreteVAE(image_size=64, num_layers=2, num_tokens=IMAGE_VOCAB, codebook_dim=256, hidden_dim=64)
-    dalle = DALLE(dim=256, vae=vae, num_text_tokens=TEXT_VOCAB, text_seq_len=TEXT_LEN, depth=4, heads=4, dim_head=64,
-                  attn_types=attn_types).eval()
-    text = torch.randint(1, TEXT_VOCAB, (BATCH, TEXT_LEN))
+    vae = DiscreteVAE(image_size=px, num_layers=vae_layers, num_tokens=image_vocab, codebook_dim=256, hidden_dim=64)
+    dalle = DALLE(dim=dim, vae=vae, num_text_tokens=text_vocab, text_seq_len=text_len, depth=depth, heads=heads,
+                  dim_head=64, attn_types=attn_types).eval()
+    text = torch.randint(1, text_vocab, (batch, text_len))
     return time_it(lambda: dalle.generate_images(text, filter_thres=0.9, use_cache=True), repeats=1)
 
 
 def main() -> None:
     torch.set_grad_enabled(False)
-    n_tokens = BATCH * GRID * GRID
-    for ours_attn, their_attn in (("full", ("full",)), ("sparse", ("axial_row", "axial_col", "conv_like"))):
-        a, b = ours(ours_attn), theirs(their_attn)
-        print(f"generate {BATCH} images x {GRID * GRID} tokens, {ours_attn} attention: ours {a:6.2f} s "
-              f"({n_tokens / a:6.0f} tok/s) | dalle-pytorch (use_cache=True) {b:6.2f} s ({n_tokens / b:5.0f} tok/s) | "
-              f"ours is {b / a:5.1f}x faster")
+    sizes = sys.argv[1:] or ["tiny"]  # `mid` takes minutes on the peer's side
+    for size in sizes:
+        batch, _, _, _, px, vae_layers, *_ = SIZES[size]
+        n_tokens = batch * (px // 2**vae_layers) ** 2
+        for ours_attn, their_attn in (("full", ("full",)), ("sparse", ("axial_row", "axial_col", "conv_like"))):
+            a, b = ours(size, ours_attn), theirs(size, their_attn)
+            print(f"{size}: generate {batch} image(s) x {n_tokens // batch} tokens, {ours_attn} attention: ours {a:6.2f} s "
+                  f"({n_tokens / a:6.0f} tok/s) | dalle-pytorch (use_cache=True) {b:6.2f} s ({n_tokens / b:5.0f} tok/s) | "
+                  f"ours is {b / a:5.1f}x faster")
 
 
 if __name__ == "__main__":
