@@ -296,3 +296,25 @@ def test_score_sums_over_a_region(fast_cfg):
     _, part = score(model, text, codes, region)
     assert total.item() == pytest.approx(per_token.sum().item(), rel=1e-6)
     assert part.item() == pytest.approx(per_token[0, region].sum().item(), rel=1e-6) and part > total
+
+
+def test_dvae_losses_and_paper_schedules(shapes_data):
+    import math as m
+
+    from model.dvae import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+    from model.stage1 import DVAETask
+
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.allclose(unmap_pixels(map_pixels(x)), x, atol=1e-6) and map_pixels(x).min() >= 0.1
+    mu, ln_b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4) * 0.1
+    y = map_pixels(x)
+    density = torch.exp(-(torch.logit(y) - mu).abs() / ln_b.exp()) / (2 * ln_b.exp() * y * (1 - y))  # paper eq. A.3
+    assert logit_laplace_nll(torch.cat([mu, ln_b], 1), x).item() == pytest.approx(-density.log().mean().item(), rel=1e-5)
+    assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).item() == pytest.approx(0, abs=1e-6)
+    assert kl_to_uniform(torch.eye(16)[0].view(1, 16, 1, 1) * 1e4).item() == pytest.approx(m.log(16), rel=1e-4)
+    cfg = load_config([])  # paper defaults: beta 0 -> 6.6 over 5k (cosine), tau 1 -> 1/16 over 150k (exponential)
+    cfg = dataclasses.replace(cfg, dvae=dataclasses.replace(cfg.dvae, image_size=64, n_hid=8, vocab_size=64))
+    task = DVAETask(cfg, shapes_data)
+    assert task.beta(0) == 0 and task.beta(2500) == pytest.approx(3.3) and task.beta(10_000) == pytest.approx(6.6)
+    assert task.tau(0) == 1 and task.tau(75_000) == pytest.approx(0.25) and task.tau(200_000) == pytest.approx(1 / 16)
+    assert task.lr(0) == pytest.approx(1e-4) and task.lr(cfg.train.dvae.steps) == pytest.approx(1.25e-6)
