@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl, write_json
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
-from model.checkpoint import load_dvae, load_transformer
+from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from model.sampling import completion_keep, sample_codes
 from model.tokenizer import encode_captions, load_tokenizer, pad_batch
 
@@ -101,8 +101,8 @@ def run_sample(
     """
     ckpt, out = Path(ckpt), Path(out)
     model = load_transformer(ckpt).to(cfg.device)
-    dvae = load_dvae(ckpt / "dvae").to(cfg.device)
-    tok = load_tokenizer(ckpt / "tokenizer.json")
+    dvae = load_dvae(ckpt / DVAE_DIR).to(cfg.device)
+    tok = load_tokenizer(ckpt / TOKENIZER)
     known = keep = None
     if image is not None:
         try:

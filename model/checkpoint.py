@@ -21,6 +21,8 @@ from dalle_eval.config import Config, config_from_dict
 from dalle_eval.errors import DalleEvalError
 
 STATE = "state"
+# Token folders and transformer checkpoints carry the tokenizer and dVAE they were made with.
+TOKENIZER, DVAE_DIR = "tokenizer.json", "dvae"
 
 
 def save_state(

@@ -16,12 +16,11 @@ from dalle_eval.artifacts import read_manifest
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import iter_shards
+from model.checkpoint import DVAE_DIR, TOKENIZER
 from model.stage1 import resolve_data_dir
 from model.tokenizer import pad_batch
 from model.train import batch_indices, cosine_lr
 from model.transformer import DalleTransformer
-
-TOKENIZER, DVAE_DIR = "tokenizer.json", "dvae"
 
 
 def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:

@@ -21,9 +21,10 @@ import pandas as pd
 from dalle_eval.artifacts import MANIFEST, atomic_path, fingerprint, read_json, sha256_file, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from model.checkpoint import TOKENIZER
 from model.tokenizer import train_bpe
 from pipelines.download import download_images
-from pipelines.encode import TOKENIZER, encode_shards
+from pipelines.encode import encode_shards
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
 from pipelines.sources import read_pairs
 
@@ -47,6 +48,8 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
     images = out / "images"
     inputs = {"source": source, "n": n, "resolution": d.resolution, "shard_size": d.shard_size, "seed": d.seed,
               "url_col": d.url_col, "caption_col": d.caption_col}
+    if source == "shapes" and not n:
+        raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
     if source != "shapes":
         source_path = Path(source)
         pairs = read_pairs(source_path, d.url_col, d.caption_col)  # validate before touching OUT
@@ -56,8 +59,6 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
         return read_json(images / MANIFEST)
 
     if source == "shapes":
-        if not n:
-            raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
         table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
         shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
         write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)

@@ -17,11 +17,8 @@ from tqdm import tqdm
 from dalle_eval.artifacts import MANIFEST, sha256_file, write_json
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import image_to_array, iter_shards, shard_name, write_shard
-from model.checkpoint import load_dvae, read_ckpt_config
+from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, read_ckpt_config
 from model.tokenizer import encode_captions, load_tokenizer
-
-TOKENIZER = "tokenizer.json"
-DVAE_DIR = "dvae"
 
 
 def copy_dvae(dvae_ckpt: Path, dest: Path) -> Path:

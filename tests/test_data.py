@@ -106,3 +106,9 @@ def test_url_list_downloads_with_img2dataset(tmp_path, image_server, fast_cfg):
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
     assert sorted(s["txt"] for s in samples) == sorted(r["caption"] for r in rows[:6])
     assert all(s["image"].size == (64, 64) for s in samples)
+
+
+def test_shapes_without_n_is_refused_before_touching_out(tmp_path):
+    result = CliRunner().invoke(main, ["build-dataset", "--source", "shapes", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "needs --n" in result.output
+    assert not (tmp_path / "out").exists()
