@@ -99,9 +99,14 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer):
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir from build-dataset.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint dir.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's latest checkpoint (its saved config + --set).")
+@click.option("--on-bad-shard", type=click.Choice(["skip", "fail"]), default=None,
+              help="A truncated/corrupt shard: skip it (logged by name, counted) or fail. [default: skip]")
 @config_options(("dvae", "transformer", "train"))
-def train(cfg, overrides, stage, data, out, resume):
-    """Train the dVAE (stage 1) or the transformer (stage 2).
+def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
+    """Train the dVAE (stage 1) or the transformer (stage 2), in one process or under torchrun.
+
+    Streams the shards (split across ranks and workers, shuffled, endless), checkpoints every
+    train.ckpt_every steps and on SIGTERM/SIGINT (then exits 0), and logs OUT/metrics.jsonl.
 
     \b
     Example:
@@ -109,6 +114,8 @@ def train(cfg, overrides, stage, data, out, resume):
       dalle-eval train --stage transformer --data runs/data --out runs/transformer
       dalle-eval train --stage transformer --data runs/data --out runs/transformer --resume \\
           --set train.transformer.steps=2000
+      torchrun --nproc_per_node 8 -m dalle_eval.cli train --stage transformer --config dalle-1.3b \\
+          --data /data/cc12m --out runs/1.3b --set train.parallel=fsdp --set train.precision=bf16
     """
     from model.train import train as run_train
 
@@ -116,13 +123,28 @@ def train(cfg, overrides, stage, data, out, resume):
     if resume and saved.exists():
         cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())["config"]), overrides)
         click.echo(f"resume: using the config saved in {saved} (plus --set overrides)", err=True)
+    if on_bad_shard:
+        cfg = apply_overrides(cfg, [f"train.on_bad_shard={on_bad_shard}"])
     s = run_train(stage, data, cfg, out, resume=resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     if s.get("preempted"):
         _summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
         return
     lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
-             **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()}}
+             **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
+             "ranks": s["data"]["world_size"], "unreadable shards skipped": len(s["bad_shards"])}
     _summary(f"train {stage}", lines, Path(out) / "summary.json")
+
+
+@main.command("plot-metrics")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="PNG path [default: RUN_DIR/loss_curves.png].")
+def plot_metrics(run_dir, out):
+    """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm."""
+    from dalle_eval.plots import plot_metrics as plot
+
+    click.echo(f"wrote {plot(run_dir, out)}")
 
 
 @main.command()

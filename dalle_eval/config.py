@@ -90,7 +90,8 @@ class DVAETrainConfig:
     """Stage 1 (paper appendix A.2): AdamW, cosine KL weight warm-up, exponential temperature decay."""
 
     steps: int = 3_000_000
-    batch_size: int = 8
+    batch_size: int = 8  # global batch per update
+    micro_batch: int = 0  # per rank per forward; 0 = batch_size / ranks (no accumulation)
     lr: float = 1e-4
     lr_min: float = 1.25e-6
     betas: tuple[float, float] = (0.9, 0.999)
@@ -110,10 +111,15 @@ class TransformerTrainConfig:
     """Stage 2 (paper appendix B.2): AdamW(0.9, 0.96), wd 4.5e-2, clip 4, warm-up to 4.5e-4."""
 
     steps: int = 430_000
-    batch_size: int = 1024
+    batch_size: int = 1024  # global batch per update
+    micro_batch: int = 0  # per rank per forward; 0 = batch_size / ranks (no gradient accumulation)
     lr: float = 4.5e-4
     lr_min: float = 0.0
     warmup: int = 5000
+    schedule: str = "plateau"  # after warm-up: "plateau" (halve when val loss stalls, paper), "halving", "cosine"
+    halve_every: int = 0  # "halving": steps between halvings
+    plateau_patience: int = 3  # "plateau": validations without improvement before halving
+    plateau_threshold: float = 1e-3  # "plateau": relative val-loss improvement that counts
     betas: tuple[float, float] = (0.9, 0.96)
     eps: float = 1e-8
     weight_decay: float = 4.5e-2
@@ -130,7 +136,21 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     keep_last: int = 2
-    val_fraction: float = 0.02  # held-out share of the training shards for validation loss
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard, sharded checkpoints)
+    compile: bool = False  # torch.compile the model
+    # data streaming (model/stream.py)
+    data_streams: int = 0  # fixed count makes the sample order independent of the number of ranks; 0 = ranks x workers
+    num_workers: int = 1  # DataLoader worker processes per rank
+    shuffle_shards: int = 4  # samples are shuffled within windows of this many shards
+    on_bad_shard: str = "skip"  # a truncated/corrupt shard: "skip" (logged by name, counted) or "fail"
+    val_shards: int = 1  # the manifest's last shards, held out for validation
+    val_samples: int = 512  # at most this many held-out samples per validation
+    val_every: int = 1000  # steps between validations (also feeds the plateau schedule)
+    sample_every: int = 0  # steps between sample grids (stage 2) / reconstruction grids (stage 1); 0 = off
+    sample_prompts: tuple[str, ...] = ("a red circle", "a small blue square", "a green triangle", "a yellow square")
+    max_bad_steps: int = 10  # non-finite loss/gradient: skip the step; this many in a row stops the run
+    tensorboard: bool = False  # also log scalars to OUT/tb (needs `pip install tensorboard`)
+    peak_tflops: float = 0.0  # device peak for MFU; 0 = measure a matmul once at start
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,15 @@ def ci(x: list[float]) -> str:
     return f"[{100 * x[0]:.1f}, {100 * x[1]:.1f}]"
 
 
-def image_grid(items: list[tuple[Path, str]], out: Path, cols: int = 6, cell: int = 128) -> Path:
-    """Images with a caption strip under each, `cols` per row, saved as one PNG."""
+def image_grid(items: list[tuple[Path | Image.Image, str]], out: Path, cols: int = 6, cell: int = 128) -> Path:
+    """Images (paths or PIL) with a caption strip under each, `cols` per row, saved as one PNG."""
     rows = max(1, (len(items) + cols - 1) // cols)
     strip = 28
     grid = Image.new("RGB", (cols * cell, rows * (cell + strip)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for i, (path, text) in enumerate(items):
         r, c = divmod(i, cols)
-        with Image.open(path) as im:
+        with path if isinstance(path, Image.Image) else Image.open(path) as im:
             grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (c * cell, r * (cell + strip)))
         words, lines = text.split(), ["", ""]
         for w in words:  # two short lines of caption

@@ -7,6 +7,7 @@ re-runs skip them.
 from __future__ import annotations
 
 import io
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,6 +33,12 @@ def write_shard(path: Path, samples: Iterable[dict]) -> int:
             sink.write(sample)
             n += 1
     return n
+
+
+def count_samples(path: Path) -> int:
+    """Samples in one shard (distinct webdataset keys), read from the tar index without decoding."""
+    with tarfile.open(path) as tf:
+        return len({m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
 
 
 def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:

@@ -12,58 +12,51 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from dalle_eval.artifacts import read_manifest
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import image_to_array, iter_shards
+from dalle_eval.shards import IMAGE_EXTS
 from model.dvae import DVAE, kl_to_uniform, logit_laplace_nll
-from model.train import batch_indices, cosine_lr
+from model.schedule import LRSchedule
 
 
-def resolve_data_dir(data: Path, kind: str) -> Path:
-    """Accept the dataset root (OUT of build-dataset) or the shard folder itself."""
-    data = Path(data)
-    for folder in (data / kind, data):
-        if (folder / "manifest.json").exists():
-            return folder
-    raise DalleEvalError(f"--data {data}: no {kind}/manifest.json — build it with `dalle-eval build-dataset` first")
-
-
-def load_images(folder: Path) -> torch.Tensor:
-    manifest = read_manifest(folder, "image shards")
-    arrays = [image_to_array(s["image"]) for s in iter_shards(folder / p for p in manifest["shards"])]
-    if not arrays:
-        raise DalleEvalError(f"{folder}: the image shards hold no samples")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+def decode_image(sample: dict) -> tuple[torch.Tensor]:
+    """An image-shard sample -> (uint8 (3, H, W),)."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return (torch.from_numpy(np.asarray(sample[ext].convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1),)
+    raise KeyError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_EXTS)})")
 
 
 class DVAETask:
-    def __init__(self, cfg: Config, data: Path):
+    def __init__(self, cfg: Config):
         self.cfg, self.tc = cfg, cfg.train.dvae
-        folder = resolve_data_dir(data, "images")
-        images = load_images(folder)
-        size = cfg.dvae.image_size
-        if images.shape[-1] != size or images.shape[-2] != size:
-            raise DalleEvalError(
-                f"{folder}: images are {images.shape[-1]}x{images.shape[-2]} px but dvae.image_size is {size}"
-            )
-        n_val = max(1, int(len(images) * cfg.train.val_fraction))
-        self.train_images, self.val_images = images[:-n_val], images[-n_val:]
         # channels_last: ~2x faster convolutions on CPU (oneDNN) for these narrow layers
         self.model = DVAE(cfg.dvae).to(memory_format=torch.channels_last)
-        self.steps, self.batch_size = self.tc.steps, self.tc.batch_size
-        self.data_info = {"folder": str(folder), "n_train": len(self.train_images), "n_val": n_val}
+        self.decode = decode_image
+        self.fingerprints: dict = {}
         self.ema: dict | None = None
-        g = cfg.dvae.grid
+        size, g = cfg.dvae.image_size, cfg.dvae.grid
         self.kl_scale = g * g / (3 * size * size)
+        self.tokens_per_sample = g * g
+        self.flops_per_sample = _flops_per_image(self.model, size)
+
+    def check_sample(self, sample: tuple, folder: Path) -> None:
+        size = self.cfg.dvae.image_size
+        if tuple(sample[0].shape[-2:]) != (size, size):
+            h, w = sample[0].shape[-2:]
+            raise DalleEvalError(f"{folder}: images are {w}x{h} px but dvae.image_size is {size}")
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        raise DalleEvalError("the dVAE trains with train.parallel=ddp (FSDP is for the transformer)")
 
     def optimizer(self) -> torch.optim.Optimizer:
         t = self.tc
         return torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
 
-    def lr(self, step: int) -> float:
-        return cosine_lr(step, self.steps, self.tc.lr, self.tc.lr_min)
+    def schedule(self) -> LRSchedule:
+        return LRSchedule("cosine", self.tc.lr, self.tc.lr_min, self.tc.steps)
 
     def beta(self, step: int) -> float:  # cosine increase 0 -> kl_weight over kl_warmup steps
         return self.tc.kl_weight * 0.5 * (1 - math.cos(math.pi * min(1.0, step / max(1, self.tc.kl_warmup))))
@@ -72,12 +65,11 @@ class DVAETask:
         t = min(1.0, step / max(1, self.tc.tau_steps))
         return self.tc.tau_start * (self.tc.tau_end / self.tc.tau_start) ** t
 
-    def batch(self, step: int) -> torch.Tensor:
-        idx = batch_indices(self.cfg.train.seed, step, len(self.train_images), self.batch_size)
-        return (self.train_images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
+    def prepare(self, batch, device: torch.device) -> torch.Tensor:
+        return (batch[0].to(device, non_blocking=True).float() / 255.0).contiguous(memory_format=torch.channels_last)
 
-    def loss(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        stats, logits = self.model(x, self.tau(step))
+    def loss(self, forward, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        stats, logits = forward(x, self.tau(step))
         if self.tc.recon_loss == "logit_laplace":
             recon = logit_laplace_nll(stats, x)
         elif self.tc.recon_loss == "mse":
@@ -115,19 +107,25 @@ class DVAETask:
         return self.ema
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Reconstruction MSE / PSNR on held-out images and codebook usage, with the exported weights."""
-        if self.ema is not None:
-            self.model.load_state_dict(self.ema)
+    def _reconstruct(self, val: list[tuple], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.model.eval()
-        x = self.val_images.to(next(self.model.parameters()).device).float() / 255.0
+        x = torch.stack([s[0] for s in val]).to(device).float() / 255.0
         codes = torch.cat([self.model.encode(x[i : i + 64]) for i in range(0, len(x), 64)])
         rec = torch.cat([self.model.decode(codes[i : i + 64]) for i in range(0, len(x), 64)])
+        return x, codes, rec
+
+    @torch.no_grad()
+    def evaluate(self, val: list[tuple], device: torch.device, final: bool = False) -> dict:
+        """Reconstruction MSE / PSNR on held-out images and codebook usage (at the end: exported weights)."""
+        if final and self.ema is not None:
+            self.model.load_state_dict(self.ema)
+        x, codes, rec = self._reconstruct(val, device)
         mse = float(F.mse_loss(rec, x))
         counts = torch.bincount(codes.flatten(), minlength=self.cfg.dvae.vocab_size).float()
         p = counts / counts.sum()
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
         return {
+            "val_loss": mse,
             "val_mse": mse,
             "val_psnr_db": 10 * math.log10(1 / max(mse, 1e-12)),
             "codebook_perplexity": math.exp(entropy),
@@ -135,3 +133,24 @@ class DVAETask:
             "n_val_images": len(x),
         }
 
+    def sample_grid(self, val: list[tuple], path: Path, device: torch.device, main: bool) -> None:
+        """Held-out images (top row) and their reconstructions through the codes (bottom row)."""
+        from dalle_eval.report import image_grid
+
+        x, _, rec = self._reconstruct(val[:8], device)
+        to_pil = [Image.fromarray((p.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()) for p in (*x, *rec)]
+        if main:
+            image_grid([(im, "input" if i < len(x) else "reconstruction") for i, im in enumerate(to_pil)], path, cols=len(x))
+
+
+def _flops_per_image(model: DVAE, size: int) -> float:
+    """Forward + backward FLOPs of one image, counted on the meta device (no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        meta = DVAE(model.cfg)
+        x = torch.zeros(1, 3, size, size)
+        with FlopCounterMode(display=False) as counter:
+            stats, logits = meta(x, 1.0)
+            (stats.sum() + logits.sum()).backward()
+    return float(counter.get_total_flops())

@@ -1,26 +1,27 @@
 """Stage 2: the transformer on token shards (paper appendix B.2).
 
-The token manifest is checked against the model config before anything trains, and the tokenizer
-and dVAE the tokens were made with are copied into the checkpoint dir, so it samples on its own.
+The token manifest is checked against the model config, and the tokenizer and dVAE files against the
+manifest's fingerprints, before anything trains. The tokenizer and dVAE are copied into the checkpoint
+dir, so it samples on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from dalle_eval.artifacts import read_manifest
+from dalle_eval.artifacts import sha256_file
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import iter_shards
-from model.checkpoint import DVAE_DIR, TOKENIZER
-from model.stage1 import resolve_data_dir
-from model.tokenizer import pad_batch
-from model.train import batch_indices, cosine_lr
-from model.transformer import DalleTransformer
+from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
+from model.schedule import LRSchedule
+from model.tokenizer import encode_captions, load_tokenizer, pad_batch
+from model.transformer import DalleTransformer, count_parameters
 
 
 def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
@@ -38,43 +39,44 @@ def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
                 f"{folder}/manifest.json has {name}={have} but transformer.{name}={want} (must be {rel} it); "
                 "rebuild the tokens or change the model config"
             )
+    for what, path, key in (("tokenizer", folder / TOKENIZER, "tokenizer_sha256"),
+                            ("dVAE", folder / DVAE_DIR / "model.safetensors", "dvae_sha256")):
+        have = sha256_file(path) if path.exists() else "missing"
+        if have != manifest[key]:
+            raise DalleEvalError(f"{path}: the {what} file has sha256 {have[:12]} but {folder}/manifest.json "
+                                 f"records {manifest[key][:12]}; the tokens were made with another {what} — rebuild them")
 
 
-def load_tokens(folder: Path, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    manifest = read_manifest(folder, "token shards")
-    texts, codes = [], []
-    for s in iter_shards(folder / p for p in manifest["shards"]):
-        texts.append(s["text.npy"])
-        codes.append(s["codes.npy"].astype(np.int64).reshape(-1))
-    if not codes:
-        raise DalleEvalError(f"{folder}: the token shards hold no samples")
-    return pad_batch(texts, text_len), torch.from_numpy(np.stack(codes))  # (N, L), (N, g*g)
+def decode_tokens(sample: dict, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token-shard sample -> (text ids padded with -1 to text_len, flat image codes), int64."""
+    return pad_batch([sample["text.npy"]], text_len)[0], torch.from_numpy(sample["codes.npy"].astype(np.int64).reshape(-1))
 
 
 class TransformerTask:
-    def __init__(self, cfg: Config, data: Path, out: Path):
+    def __init__(self, cfg: Config, folder: Path, manifest: dict, out: Path, copy_assets: bool = True):
         self.cfg, self.tc = cfg, cfg.train.transformer
-        folder = resolve_data_dir(data, "tokens")
-        manifest = read_manifest(folder, "token shards")
         check_manifest(manifest, cfg, folder)
-        text, codes = load_tokens(folder, cfg.transformer.text_len)
-        n_val = max(1, int(len(codes) * cfg.train.val_fraction))
         self.model = DalleTransformer(cfg.transformer)
-        text = self.model.pad_text(text)
-        self.train_data = (text[:-n_val], codes[:-n_val])
-        self.val_data = (text[-n_val:], codes[-n_val:])
-        self.steps, self.batch_size = self.tc.steps, self.tc.batch_size
-        self.tokens_per_sample = cfg.transformer.text_len + cfg.transformer.image_len
-        self.data_info = {
-            "folder": str(folder),
-            "n_train": len(codes) - n_val,
-            "n_val": n_val,
-            "tokenizer_sha256": manifest["tokenizer_sha256"],
-            "dvae_sha256": manifest["dvae_sha256"],
-        }
-        out.mkdir(parents=True, exist_ok=True)  # the checkpoint samples on its own: copy tokenizer + dVAE
-        shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)
-        shutil.copytree(folder / DVAE_DIR, out / DVAE_DIR, dirs_exist_ok=True)
+        t = cfg.transformer
+        self.decode = functools.partial(decode_tokens, text_len=t.text_len)
+        self.fingerprints = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dvae_sha256": manifest["dvae_sha256"]}
+        self.tokens_per_sample = t.text_len + t.image_len
+        T = self.tokens_per_sample  # FLOPs per token: 6 N + 12 L d T (PaLM, appendix B), x T tokens
+        self.flops_per_sample = T * (6 * count_parameters(t)["blocks"] + 12 * t.n_layer * t.n_head * t.d_head * T)
+        self.out = out
+        if copy_assets:  # the checkpoint samples on its own: copy tokenizer + dVAE
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)
+            shutil.copytree(folder / DVAE_DIR, out / DVAE_DIR, dirs_exist_ok=True)
+        self.folder = folder
+
+    def check_sample(self, sample: tuple, folder: Path) -> None:
+        if sample[1].numel() != self.cfg.transformer.image_len:
+            raise DalleEvalError(f"{folder}: samples hold {sample[1].numel()} image codes, the model expects "
+                                 f"{self.cfg.transformer.image_len}")
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        return list(self.model.blocks)
 
     def optimizer(self) -> torch.optim.Optimizer:
         """AdamW; no weight decay on gains, biases and embeddings (paper B.2)."""
@@ -86,18 +88,21 @@ class TransformerTask:
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=t.eps)
 
-    def lr(self, step: int) -> float:
-        return cosine_lr(step, self.steps, self.tc.lr, self.tc.lr_min, self.tc.warmup)
+    def schedule(self) -> LRSchedule:
+        t = self.tc
+        return LRSchedule(t.schedule, t.lr, t.lr_min, t.steps, t.warmup, t.halve_every, t.plateau_patience,
+                          t.plateau_threshold)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = batch_indices(self.cfg.train.seed, step, len(self.train_data[1]), self.batch_size)
-        return self.train_data[0][idx], self.train_data[1][idx]
+    def prepare(self, batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        text, codes = batch
+        return self.model.pad_text(text).to(device, non_blocking=True), codes.to(device, non_blocking=True)
 
-    def loss(self, batch, step: int) -> dict[str, torch.Tensor]:
-        return self.model.loss(*batch)
+    def loss(self, forward, batch, step: int) -> dict[str, torch.Tensor]:
+        return self.model.loss(*batch, forward=forward)
 
     def clip_gradients(self) -> float:
-        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def extra_metrics(self, step: int) -> dict:
         return {}
@@ -115,11 +120,29 @@ class TransformerTask:
         return None
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, val: list[tuple], device: torch.device, final: bool = False) -> dict:
         self.model.eval()
-        device = next(self.model.parameters()).device
-        text, codes = (t.to(device) for t in self.val_data)
-        parts = [self.model.loss(text[i : i + 64], codes[i : i + 64]) for i in range(0, len(codes), 64)]
-        sizes = [min(64, len(codes) - i) for i in range(0, len(codes), 64)]
-        avg = {k: sum(float(p[k]) * n for p, n in zip(parts, sizes)) / len(codes) for k in parts[0]}
-        return {f"val_{k}": v for k, v in avg.items()} | {"n_val": len(codes)}
+        totals: dict[str, float] = {}
+        for i in range(0, len(val), 64):
+            text, codes = self.prepare([torch.stack(p) for p in zip(*val[i : i + 64])], device)
+            for k, v in self.model.loss(text, codes).items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(text)
+        return {f"val_{k}": v / len(val) for k, v in totals.items()} | {"n_val": len(val)}
+
+    @torch.no_grad()
+    def sample_grid(self, val: list[tuple], path: Path, device: torch.device, main: bool) -> None:
+        """Images for the fixed train.sample_prompts, decoded by the run's dVAE (one row per prompt)."""
+        from dalle_eval.report import image_grid
+        from model.sampling import sample_codes
+
+        prompts = list(self.cfg.train.sample_prompts)
+        tok = load_tokenizer(self.out / TOKENIZER)
+        ids, _ = encode_captions(tok, prompts, self.cfg.transformer.text_len)
+        self.model.eval()
+        text = self.model.pad_text(pad_batch(ids, self.cfg.transformer.text_len)).to(device)
+        codes = sample_codes(self.model, text, list(range(len(prompts))), self.cfg.sample.temperature, self.cfg.sample.top_k)
+        if not main:
+            return
+        pixels = load_dvae(self.out / DVAE_DIR).to(device).decode(codes)
+        images = [Image.fromarray((p.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()) for p in pixels]
+        image_grid(list(zip(images, prompts)), path, cols=len(prompts))

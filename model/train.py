@@ -1,12 +1,15 @@
-"""One training loop for both stages; the stage-specific parts live in stage1.py and stage2.py.
+"""One training loop for both stages, single-process or under `torchrun` (DDP / FSDP2).
 
-Exact resume: the batch of step s and the random noise of step s (Gumbel, dropout) are drawn from
-generators seeded by (seed, s) alone, and model + optimizer state is checkpointed, so a resumed run
-computes the same losses as an uninterrupted one.
+The stage-specific parts live in stage1.py and stage2.py; data streaming in stream.py; process groups
+and wrapping in distributed.py. Exact resume: the sample order is a pure function of the seed and the
+stream positions saved in each checkpoint; the random noise of step s (Gumbel, dropout) is seeded by
+(seed, s, rank) alone; model, optimizer and schedule state are checkpointed. A resumed run computes the
+same losses as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -16,29 +19,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl, read_json, write_json
+from dalle_eval.artifacts import append_jsonl, read_json, read_manifest, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from model.checkpoint import latest_state, load_train_state, save_state
+from model import distributed
+from model.checkpoint import latest_state, load_state, save_state
+from model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_shard
 
 STAGES = ("dvae", "transformer")
-
-
-def step_seed(seed: int, step: int) -> int:
-    return seed * 1_000_003 + step
-
-
-def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor:
-    """The sample indices of step `step` (with replacement): a function of (seed, step) only."""
-    return torch.randint(n, (batch_size,), generator=torch.Generator().manual_seed(step_seed(seed, step)))
-
-
-def cosine_lr(step: int, total: int, lr: float, lr_min: float, warmup: int = 0) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from lr to lr_min."""
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class _StopOnSignal:
@@ -59,100 +47,259 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _to(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    return type(batch)(_to(b, device) for b in batch)
+def resolve_data_dir(data: Path, kind: str) -> Path:
+    """Accept the dataset root (OUT of build-dataset) or the shard folder itself."""
+    data = Path(data)
+    for folder in (data / kind, data):
+        if (folder / "manifest.json").exists():
+            return folder
+    raise DalleEvalError(f"--data {data}: no {kind}/manifest.json — build it with `dalle-eval build-dataset` first")
 
 
-def make_task(stage: str, cfg: Config, data: Path, out: Path):
+def make_task(stage: str, cfg: Config, folder: Path, manifest: dict, out: Path, main: bool):
     if stage == "dvae":
         from model.stage1 import DVAETask
 
-        return DVAETask(cfg, data)
+        return DVAETask(cfg)
     if stage == "transformer":
         from model.stage2 import TransformerTask
 
-        return TransformerTask(cfg, data, out)
+        return TransformerTask(cfg, folder, manifest, out, copy_assets=main)
     raise DalleEvalError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+
+
+def split_shards(folder: Path, manifest: dict, n_val: int) -> tuple[list[str], list[str]]:
+    shards = manifest["shards"]
+    if n_val < 0 or len(shards) - n_val < 1:
+        raise DalleEvalError(f"{folder}: {len(shards)} shard(s) cannot hold out train.val_shards={n_val} for "
+                             "validation and still train; write smaller shards (data.shard_size) or lower it")
+    return shards[: len(shards) - n_val], shards[len(shards) - n_val :]
+
+
+def load_val(folder: Path, names: list[str], decode, limit: int) -> list[tuple]:
+    samples: list[tuple] = []
+    for name in names:
+        if len(samples) >= limit:
+            break
+        samples += read_shard(folder / name, decode, None)
+    return samples[:limit]
+
+
+def _first_sample(folder: Path, names: list[str], decode) -> tuple:
+    for name in names:
+        with contextlib.suppress(BadShard):
+            samples = read_shard(folder / name, decode, None)
+            if samples:
+                return samples[0]
+    raise DalleEvalError(f"{folder}: no readable sample in any training shard")
+
+
+def batch_sizes(batch: int, micro: int, world: int) -> tuple[int, int]:
+    """-> (micro-batch per rank, accumulation steps) reaching the global `batch` per update."""
+    micro = micro or batch // world
+    if micro <= 0 or batch % (micro * world):
+        raise DalleEvalError(f"the global batch_size={batch} must be a multiple of micro_batch={micro} x {world} rank(s)")
+    return micro, batch // (micro * world)
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """FLOP/s of a large square matmul on `device`: the denominator of MFU when train.peak_tflops is 0."""
+    n = 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def train(
     stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True, stop_at: int | None = None
 ) -> dict:
-    """Train one stage; returns the run summary (also written to OUT/summary.json).
+    """Train one stage; returns the run summary (also written to OUT/summary.json by rank 0).
 
     stop_at: checkpoint and return after this step (a time-boxed job; `resume` continues it).
     """
-    out = Path(out)
+    d = distributed.setup(cfg.train.device)
+    try:
+        return _train(stage, Path(data), cfg, Path(out), resume, progress, stop_at, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist) -> dict:
+    tc = cfg.train
     state = latest_state(out)
     if state is not None and not resume:
         raise DalleEvalError(f"{out} already holds a checkpoint ({state.name}); pass --resume to continue it or pick a new --out")
-    torch.manual_seed(cfg.train.seed)
-    task = make_task(stage, cfg, Path(data), out)
-    device = torch.device(cfg.train.device)
-    model = task.model.to(device)
-    opt = task.optimizer()
-    steps = task.steps
-    start = 0
-    if state is not None:
-        weights, train_state = load_train_state(state)
-        model.load_state_dict(weights)
-        opt.load_state_dict(train_state["optimizer"])
-        task.load_extra_state(train_state.get("extra", {}))
-        start = train_state["step"]
-        print(f"resuming {out} from step {start}")
-    elif resume:
-        print(f"{out}: no checkpoint yet; starting from step 0")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": task.data_info})
-
-    tc = cfg.train
     if tc.precision not in ("fp32", "bf16"):
         raise DalleEvalError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
+    kind = "images" if stage == "dvae" else "tokens"
+    folder = resolve_data_dir(data, kind)
+    manifest = read_manifest(folder, f"{kind} shards")
+    torch.manual_seed(tc.seed)  # same initial weights on every rank
+    task = make_task(stage, cfg, folder, manifest, out, d.is_main)
+    st = task.tc
+    train_shards, val_shards = split_shards(folder, manifest, tc.val_shards)
+    val = load_val(folder, val_shards, task.decode, tc.val_samples)
+    task.check_sample(val[0] if val else _first_sample(folder, train_shards, task.decode), folder)
+
+    device = d.device
+    model = task.model.to(device)
+    wrapped = distributed.wrap(model, d, tc.parallel, task.shard_units() if tc.parallel == "fsdp" else None)
+    forward_model = torch.compile(wrapped) if tc.compile else wrapped
+    opt = task.optimizer()
+    sched = task.schedule()
+    resumed = load_state(state, task, opt, d, tc.parallel) if state is not None else None
+    start, bad_run = 0, 0
+    if resumed is not None:
+        sched.load_state_dict(resumed["schedule"])
+        start, bad_run = resumed["step"], resumed.get("bad_run", 0)
+        saved = resumed.get("data_info", {}).get("fingerprints")
+        if saved != task.fingerprints:
+            raise DalleEvalError(f"--data {folder} was made with {task.fingerprints} but {out} was trained on "
+                                 f"{saved}; resume with the same data or start a new --out")
+        if d.is_main:
+            print(f"resuming {out} from step {start}")
+    elif resume and d.is_main:
+        print(f"{out}: no checkpoint yet; starting from step 0")
+    data_state = (resumed or {}).get("data", {})
+    n_streams = data_state.get("n_streams") or tc.data_streams or d.world * max(1, tc.num_workers)
+    micro, accum = batch_sizes(st.batch_size, st.micro_batch, d.world)
+    sizes = manifest.get("shard_sizes") or [None] * len(manifest["shards"])
+    stream = ShardStream(folder, train_shards, sizes[: len(train_shards)], task.decode, n_streams,
+                         tc.shuffle_shards, tc.seed, tc.on_bad_shard)
+    positions = {int(v): tuple(p) for v, p in data_state.get("positions", {}).items()}
+    loader = StreamLoader(stream, d.rank, d.world, micro, tc.num_workers, positions)
+    loader.bad_shards.update(data_state.get("bad_shards", []))
+    data_info = {"folder": str(folder), "train_shards": len(train_shards), "val_shards": len(val_shards),
+                 "n_val": len(val), "n_streams": n_streams, "micro_batch": micro, "accumulation": accum,
+                 "world_size": d.world, "parallel": tc.parallel if d.active else "none",
+                 "fingerprints": task.fingerprints}
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info})
+
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-    metrics_path = out / "metrics.jsonl"
-    window_t, window_n = time.time(), 0
+    peak = tc.peak_tflops * 1e12 or measure_peak_flops(device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
+    metrics_path, tb = out / "metrics.jsonl", _tensorboard(out, tc.tensorboard) if d.is_main else None
     stop = _StopOnSignal()
-    bar = tqdm(range(start, steps), desc=f"train {stage}", unit="step", disable=not progress, initial=start, total=steps)
-    last: dict = {}
+    steps = st.steps
+    bar = tqdm(range(start, steps), desc=f"train {stage}", unit="step", disable=not (progress and d.is_main),
+               initial=start, total=steps)
+    window_t, window_n, last, step, stopping = time.time(), 0, {}, start - 1, False
+
+    def checkpoint(at: int) -> None:
+        gathered = distributed.gather_objects(dict(loader.positions), d)
+        positions_all = {v: list(p) for part in gathered for v, p in part.items()}
+        bad = sorted(set().union(*distributed.gather_objects(sorted(loader.bad_shards), d)))
+        train_state = {"step": at, "schedule": sched.state_dict(), "extra": task.extra_state(), "bad_run": bad_run,
+                       "data": {"n_streams": n_streams, "positions": positions_all, "bad_shards": bad},
+                       "data_info": {"fingerprints": task.fingerprints}}
+        save_state(out, at, task, opt, train_state, tc.keep_last, d, tc.parallel)
+
     for step in bar:
-        lr = task.lr(step)
+        lr = sched.lr(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = _to(task.batch(step), device)
-        torch.manual_seed(step_seed(tc.seed, step))  # noise of step s depends on s only: exact resume
-        model.train()
-        with autocast:
-            losses = task.loss(batch, step)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        torch.manual_seed(mix_seed(tc.seed, "noise", step, d.rank))  # noise of step s: exact resume
+        wrapped.train()
+        parts: dict[str, float] = {}
+        for i in range(accum):
+            batch = task.prepare(loader.next(), device)
+            with distributed.no_sync(wrapped, d, tc.parallel, sync=i == accum - 1), autocast:
+                losses = task.loss(forward_model, batch, step)
+                (losses["loss"] / accum).backward()
+            for k, v in losses.items():
+                parts[k] = parts.get(k, 0.0) + float(v.detach()) / accum
         grad_norm = task.clip_gradients()
-        opt.step()
-        task.after_step()
-        window_n += task.batch_size
-        last = {k: float(v.detach()) for k, v in losses.items()}
+        finite = math.isfinite(grad_norm) and not distributed.any_rank(not math.isfinite(parts["loss"]), d)
+        if finite:
+            opt.step()
+            task.after_step()
+            bad_run = 0
+        else:  # a non-finite loss or gradient: skip the update, keep the last good weights
+            bad_run += 1
+            if d.is_main:
+                append_jsonl(metrics_path, {"split": "train", "step": step + 1, "skipped": "non-finite loss or gradient",
+                                            "loss": parts["loss"], "grad_norm": grad_norm, "bad_run": bad_run})
+        opt.zero_grad(set_to_none=True)
+        if bad_run > tc.max_bad_steps:  # skipped steps left the weights as the last good step made them
+            checkpoint(step + 1)
+            raise DalleEvalError(
+                f"{bad_run} training steps in a row had a non-finite loss or gradient (train.max_bad_steps="
+                f"{tc.max_bad_steps}); stopped at step {step + 1}. The weights of the last good step are saved in "
+                f"{out}; lower the learning rate or try precision=fp32, then --resume")
+        window_n += st.batch_size
+        if finite:
+            last = parts
         if (step + 1) % tc.log_every == 0 or step + 1 == steps:
+            last = distributed.mean(last, d)
             now = time.time()
-            rec = {"step": step + 1, **last, "lr": lr, "grad_norm": grad_norm, "samples_per_s": window_n / (now - window_t)}
-            rec.update(task.extra_metrics(step))
-            append_jsonl(metrics_path, rec)
-            bar.set_postfix(loss=f"{last['loss']:.4f}")
+            sps = window_n / (now - window_t)
+            rec = {"split": "train", "step": step + 1, **last, "lr": lr, "grad_norm": grad_norm,
+                   "samples_per_s": sps, "tokens_per_s": sps * task.tokens_per_sample,
+                   "mfu": sps * task.flops_per_sample / (peak * d.world), **task.extra_metrics(step),
+                   "bad_shards": len(loader.bad_shards)}
+            if d.is_main:
+                append_jsonl(metrics_path, rec)
+                _tb_write(tb, rec)
+            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
             window_t, window_n = now, 0
-        if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at) or stop.signal:
-            state = {"step": step + 1, "optimizer": opt.state_dict(), "extra": task.extra_state()}
-            save_state(out, step + 1, model, state, tc.keep_last, task.export_weights())
-        if step + 1 == stop_at or stop.signal:
+        if val and tc.val_every and (step + 1) % tc.val_every == 0 and step + 1 < steps:
+            rec = task.evaluate(val, device)
+            if sched.observe_val(rec["val_loss"]) and d.is_main:
+                print(f"step {step + 1}: validation loss plateaued; learning rate halved")
+            if d.is_main:
+                append_jsonl(metrics_path, {"split": "val", "step": step + 1, **rec})
+                _tb_write(tb, {"step": step + 1, **rec})
+        if tc.sample_every and (step + 1) % tc.sample_every == 0:
+            task.sample_grid(val, out / "samples" / f"step-{step + 1:08d}.png", device, d.is_main)
+        stopping = distributed.any_rank(stop.signal is not None, d)
+        if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at) or stopping:
+            checkpoint(step + 1)
+        if step + 1 == stop_at or stopping:
             break
     bar.close()
     stop.restore()
-    if stop.signal:  # preempted: the checkpoint is saved, `--resume` continues exactly
-        print(f"received {stop.signal}: saved {out} at step {step + 1}; continue with --resume")
-        return {"stage": stage, "steps": steps, "stopped_at": step + 1, "preempted": stop.signal, "final_train": last,
-                "eval": {}, "ckpt": str(out)}
-    summary = {"stage": stage, "steps": steps, "final_train": last, "eval": task.evaluate(), "ckpt": str(out)}
-    write_json(out / "summary.json", summary)
+    if tb is not None:
+        tb.close()
+    if stopping:  # preempted: the checkpoint is saved, `--resume` continues exactly
+        signame = stop.signal or "a signal on another rank"
+        if d.is_main:
+            print(f"received {signame}: saved {out} at step {step + 1}; continue with --resume")
+        return {"stage": stage, "steps": steps, "stopped_at": step + 1, "preempted": signame,
+                "final_train": last, "eval": {}, "ckpt": str(out), "bad_shards": sorted(loader.bad_shards)}
+    evaluation = task.evaluate(val, device, final=True) if val else {}
+    summary = {"stage": stage, "steps": steps, "final_train": last, "eval": evaluation, "ckpt": str(out),
+               "data": data_info, "bad_shards": sorted(loader.bad_shards)}
+    if d.is_main:
+        write_json(out / "summary.json", summary)
+        if val:
+            append_jsonl(metrics_path, {"split": "val", "step": step + 1, **{k: v for k, v in evaluation.items()
+                                                                           if k.startswith("val_")}})
     return summary
+
+
+def _tensorboard(out: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DalleEvalError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _tb_write(tb, rec: dict) -> None:
+    if tb is None:
+        return
+    for k, v in rec.items():
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            tb.add_scalar(k, v, rec["step"])
 
 
 def read_summary(ckpt: Path) -> dict:

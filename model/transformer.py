@@ -154,10 +154,13 @@ class DalleTransformer(nn.Module):
             )
         return self._block_masks[key]
 
-    def loss(self, text: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Next-token cross-entropy per modality, weighted text 1/8, image 7/8 (paper B.2)."""
+    def loss(self, text: torch.Tensor, codes: torch.Tensor, forward=None) -> dict[str, torch.Tensor]:
+        """Next-token cross-entropy per modality, weighted text 1/8, image 7/8 (paper B.2).
+
+        forward: the module to run (a DDP/compiled wrapper of this model when training).
+        """
         L, Vt = self.cfg.text_len, self.text_vocab_total
-        logits = self(text, codes[:, :-1])  # the last image token predicts nothing
+        logits = (forward or self)(text, codes[:, :-1])  # the last image token predicts nothing
         text_loss = F.cross_entropy(logits[:, : L - 1, :Vt].flatten(0, 1), text[:, 1:].flatten())
         image_loss = F.cross_entropy(logits[:, L - 1 :, Vt:].flatten(0, 1), codes.flatten())
         total = self.cfg.text_loss_weight * text_loss + self.cfg.image_loss_weight * image_loss

@@ -21,6 +21,7 @@ import pandas as pd
 from dalle_eval.artifacts import MANIFEST, atomic_path, fingerprint, read_json, sha256_file, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shards import count_samples
 from model.checkpoint import TOKENIZER
 from model.tokenizer import train_bpe
 from pipelines.download import download_images
@@ -76,6 +77,7 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
         "n_samples": int(counts.get("ok", 0)),
         "n_shards": len(shards),
         "shards": [str(p.relative_to(images)) for p in shards],
+        "shard_sizes": [count_samples(p) for p in shards],
         "resolution": d.resolution,
         "status_counts": {k: int(v) for k, v in counts.items()},
         "config": config_to_dict(d),

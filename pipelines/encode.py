@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dalle_eval.artifacts import MANIFEST, sha256_file, write_json
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import image_to_array, iter_shards, shard_name, write_shard
+from dalle_eval.shards import count_samples, image_to_array, iter_shards, shard_name, write_shard
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, read_ckpt_config
 from model.tokenizer import encode_captions, load_tokenizer
 
@@ -50,12 +50,13 @@ def encode_shards(
     dvae = load_dvae(out / DVAE_DIR).to(device)
 
     n_samples = truncated = 0
-    shards = []
+    shards, sizes = [], []
     for s, src in enumerate(tqdm(image_shards, desc="encode shards (BPE + dVAE)", unit="shard")):
         dst = out / shard_name(s)
         shards.append(dst.name)
         if dst.exists():  # finished by an earlier run
-            n_samples += sum(1 for _ in iter_shards([dst]))
+            sizes.append(count_samples(dst))
+            n_samples += sizes[-1]
             continue
         samples = list(iter_shards([src]))
         for sample in samples:
@@ -76,12 +77,14 @@ def encode_shards(
             ),
         )
         n_samples += len(samples)
+        sizes.append(len(samples))
 
     manifest = {
         "kind": "tokens",
         "n_samples": n_samples,
         "n_shards": len(shards),
         "shards": shards,
+        "shard_sizes": sizes,
         "text_len": text_len,
         "grid": dcfg.dvae.grid,
         "text_vocab": tok.get_vocab_size(),

@@ -1,0 +1,114 @@
+"""Loss curves of a training run: RUN_DIR/metrics.jsonl -> one PNG (total loss, loss parts, lr, grad norm)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dalle_eval.artifacts import atomic_path, read_json
+from dalle_eval.errors import DalleEvalError
+
+METRICS = "metrics.jsonl"
+PLOT = "loss_curves.png"
+PARTS = ("recon", "kl")  # dVAE loss parts that do not end in "loss"
+
+Series = dict[str, dict[str, dict[int, float]]]  # split -> key -> step -> value
+
+
+def _split(rec: dict) -> str | None:
+    if "split" in rec:
+        return rec["split"] if rec["split"] in ("train", "val") else None  # other splits: not plotted
+    rest = [k for k in rec if k != "step"]
+    return "val" if rest and all(k.startswith("val_") for k in rest) else "train"
+
+
+def load_metrics(path: Path) -> Series:
+    """Finite numeric values by split and key ("val_*" keys go to "val" without the prefix); a step
+    logged twice (after a resume) keeps its last value."""
+    if not path.exists():
+        raise DalleEvalError(f"metrics not found: {path}")
+    series: Series = {"train": {}, "val": {}}
+    n = 0
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise DalleEvalError(f"{path}:{i}: not a JSON line") from None
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            raise DalleEvalError(f"{path}:{i}: record has no numeric 'step'")
+        n += 1
+        split = _split(rec)
+        if split is None:
+            continue
+        for k, v in rec.items():
+            if k in ("step", "split") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if math.isfinite(v):  # NaN/inf points are dropped, not plotted
+                target = "val" if k.startswith("val_") else split
+                series[target].setdefault(k.removeprefix("val_"), {})[int(step)] = float(v)
+    if n == 0:
+        raise DalleEvalError(f"{path}: empty — no metrics records")
+    return series
+
+
+def _xy(points: dict[int, float]) -> tuple[list[int], list[float]]:
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def _panel(ax, title: str, lines: list[tuple[str, dict[int, float] | None, dict]], log: bool = False) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    lines = [(label, pts, style) for label, pts, style in lines if pts]
+    if not lines:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+        return
+    for label, pts, style in lines:
+        ax.plot(*_xy(pts), label=label, **style)
+    if log and all(v > 0 for _, pts, _ in lines for v in pts.values()):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+
+
+def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
+    """Plot RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/loss_curves.png), written atomically."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / PLOT
+    series = load_metrics(run_dir / METRICS)
+    train, val = series["train"], series["val"]
+    title = run_dir.resolve().name
+    if (run_dir / "config.json").exists():
+        cfg = read_json(run_dir / "config.json", "run config")
+        if isinstance(cfg, dict) and "stage" in cfg:
+            title += f" — stage: {cfg['stage']}"
+
+    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_parts, ax_lr, ax_grad = fig.subplots(2, 2).flat
+    fig.suptitle(title)
+    loss_lines = [
+        ("train", train.get("loss"), {}),
+        ("val", val.get("loss"), {"marker": "o", "linestyle": "--"}),
+    ]
+    _panel(ax_loss, "total loss", loss_lines, log=True)
+    parts = sorted({k for s in (train, val) for k in s if k != "loss" and (k.endswith("loss") or k in PARTS)})
+    part_lines = []
+    for j, k in enumerate(parts):
+        color = f"C{j % 10}"
+        part_lines.append((f"train {k}", train.get(k), {"color": color}))
+        part_lines.append((f"val {k}", val.get(k), {"color": color, "linestyle": "--", "marker": "."}))
+    _panel(ax_parts, "loss parts", part_lines, log=True)
+    _panel(ax_lr, "learning rate", [("lr", train.get("lr"), {})])
+    _panel(ax_grad, "grad norm", [("grad_norm", train.get("grad_norm"), {})], log=True)
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out

@@ -1,0 +1,129 @@
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from dalle_eval.errors import DalleEvalError
+from dalle_eval.plots import load_metrics, plot_metrics
+
+
+def _train(step: int, stage: int = 2) -> dict:
+    loss = 3.0 * math.exp(-step / 200) + 0.5
+    parts = {"text_loss": loss * 1.5, "image_loss": loss * 0.9} if stage == 2 else {"recon": loss, "kl": 4.5}
+    return {
+        "split": "train",
+        "step": step,
+        "loss": loss,
+        **parts,
+        "lr": 1e-3 * min(1.0, step / 100),
+        "grad_norm": 2.0 / (1 + step / 100),
+        "tokens_per_s": 5e4,
+        "samples_per_s": 120.0,
+    }
+
+
+def _val(step: int) -> dict:
+    loss = 3.2 * math.exp(-step / 200) + 0.6
+    return {
+        "split": "val",
+        "step": step,
+        "val_loss": loss,
+        "val_text_loss": loss * 1.5,
+        "val_image_loss": loss,
+    }
+
+
+def _write(run_dir, records, config=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if config is not None:
+        (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+def _assert_real_png(path, min_colours=50):
+    assert path.exists() and path.stat().st_size > 10_000
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        w, h = im.size
+        assert 600 <= w <= 3000 and 400 <= h <= 3000
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > min_colours  # not a blank canvas
+
+
+def test_plot_realistic_run(tmp_path):
+    run = tmp_path / "run"
+    records = [_train(s) for s in range(10, 510, 10)]
+    records[10:10] = [_val(100)]
+    records += [_val(s) for s in (200, 300, 400, 500)]
+    _write(run, records, {"stage": "transformer", "config": {}})
+    out = plot_metrics(run)
+    assert out == run / "loss_curves.png"
+    _assert_real_png(out)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "loss_curves.png",
+        "metrics.jsonl",
+    ]  # no temp left
+
+
+def test_legacy_records_without_split_and_custom_out(tmp_path):
+    run = _write(
+        tmp_path / "dvae",
+        [{k: v for k, v in _train(s, stage=1).items() if k != "split"} for s in range(1, 30)],
+    )
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 29, "val_loss": 1.0, "val_recon": 0.9, "val_kl": 4.0}) + "\n")
+    series = load_metrics(run / "metrics.jsonl")
+    assert set(series["train"]) >= {"loss", "recon", "kl", "lr", "grad_norm"}
+    assert series["val"] == {"loss": {29: 1.0}, "recon": {29: 0.9}, "kl": {29: 4.0}}
+    out = plot_metrics(run, tmp_path / "plots" / "curves.png")
+    _assert_real_png(out)
+
+
+def test_relogged_step_after_resume_keeps_last_value(tmp_path):
+    run = _write(
+        tmp_path / "r", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    )
+    assert load_metrics(run / "metrics.jsonl")["train"]["loss"] == {1: 3.0, 2: 1.5}
+
+
+@pytest.mark.parametrize("bad", ["{not json", '{"loss": 1.0}', "[1, 2]", '{"step": "ten"}'])
+def test_malformed_line_names_file_and_line(tmp_path, bad):
+    run = _write(tmp_path / "r", [_train(1), _train(2)])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("\n" + bad + "\n")  # a blank line 3, the bad record on line 4
+    with pytest.raises(DalleEvalError, match=r"metrics\.jsonl:4: "):
+        plot_metrics(run)
+    assert not (run / "loss_curves.png").exists()
+
+
+def test_missing_metrics_names_the_path(tmp_path):
+    with pytest.raises(DalleEvalError, match="metrics not found: .*r/metrics.jsonl"):
+        plot_metrics(tmp_path / "r")
+
+
+def test_empty_metrics(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n\n")
+    with pytest.raises(DalleEvalError, match="metrics.jsonl: empty"):
+        plot_metrics(run)
+
+
+def test_non_finite_values_are_dropped(tmp_path):
+    records = [_train(s) for s in range(10, 210, 10)] + [_val(100), _val(200)]
+    records[3]["loss"] = float("nan")
+    records[4]["grad_norm"] = float("inf")
+    records[-1]["val_loss"] = float("-inf")
+    run = _write(tmp_path / "r", records)  # json.dumps writes NaN/Infinity, which json.loads reads back
+    series = load_metrics(run / "metrics.jsonl")
+    assert 40 not in series["train"]["loss"] and 50 not in series["train"]["grad_norm"]
+    assert series["val"]["loss"].keys() == {100}
+    _assert_real_png(plot_metrics(run))
+
+
+def test_panels_without_data_still_plot(tmp_path):
+    run = _write(tmp_path / "r", [{"step": s, "loss": 1.0 / s} for s in range(1, 20)])
+    _assert_real_png(plot_metrics(run), min_colours=20)
