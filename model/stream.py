@@ -148,22 +148,23 @@ def _ignore_signals(worker_id: int) -> None:
 
 
 class StreamLoader:
-    """Micro-batches for one rank: `take` samples from each stream it owns, positions tracked on consume."""
+    """One rank's samples of each step: batch / len(streams) from each stream it owns, positions tracked
+    as batches are consumed (not as workers prefetch them)."""
 
-    def __init__(self, stream: ShardStream, rank: int, world: int, micro_batch: int, workers: int,
+    def __init__(self, stream: ShardStream, rank: int, world: int, batch: int, workers: int,
                  positions: dict[int, Pos] | None = None):
         self.ids = list(range(rank, stream.n_streams, world))
         if stream.n_streams % world:
             raise DalleEvalError(f"train.data_streams={stream.n_streams} must be a multiple of the {world} ranks")
-        if micro_batch % len(self.ids):
-            raise DalleEvalError(f"the micro-batch of {micro_batch} must split evenly over this rank's "
+        if batch % len(self.ids):
+            raise DalleEvalError(f"each rank's {batch} samples per step must split evenly over its "
                                  f"{len(self.ids)} data streams (train.data_streams={stream.n_streams})")
         workers = min(workers, len(self.ids))
         if workers and len(self.ids) % workers:
             raise DalleEvalError(f"train.num_workers={workers} must divide the {len(self.ids)} streams of each rank")
         self.positions = {v: tuple((positions or {}).get(v, (0, 0, 0))) for v in self.ids}
         self.bad_shards: set[str] = set()
-        chunks = _Chunks(stream, self.ids, micro_batch // len(self.ids), dict(self.positions))
+        chunks = _Chunks(stream, self.ids, batch // len(self.ids), dict(self.positions))
         # batch_size=None: each worker item is already a chunk; workers are served round-robin, in order.
         self._it = iter(DataLoader(chunks, batch_size=None, num_workers=workers, worker_init_fn=_ignore_signals,
                                    prefetch_factor=4 if workers else None, persistent_workers=bool(workers)))

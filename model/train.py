@@ -173,7 +173,7 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
     stream = ShardStream(folder, train_shards, sizes[: len(train_shards)], task.decode, n_streams,
                          tc.shuffle_shards, tc.seed, tc.on_bad_shard)
     positions = {int(v): tuple(p) for v, p in data_state.get("positions", {}).items()}
-    loader = StreamLoader(stream, d.rank, d.world, micro, tc.num_workers, positions)
+    loader = StreamLoader(stream, d.rank, d.world, micro * accum, tc.num_workers, positions)
     loader.bad_shards.update(data_state.get("bad_shards", []))
     data_info = {"folder": str(folder), "train_shards": len(train_shards), "val_shards": len(val_shards),
                  "n_val": len(val), "n_streams": n_streams, "micro_batch": micro, "accumulation": accum,
@@ -208,8 +208,9 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
         torch.manual_seed(mix_seed(tc.seed, "noise", step, d.rank))  # noise of step s: exact resume
         wrapped.train()
         parts: dict[str, float] = {}
+        rank_batch = loader.next()  # this rank's samples of the step, cut into micro-batches
         for i in range(accum):
-            batch = task.prepare(loader.next(), device)
+            batch = task.prepare(tuple(t[i * micro : (i + 1) * micro] for t in rank_batch), device)
             with distributed.no_sync(wrapped, d, tc.parallel, sync=i == accum - 1), autocast:
                 losses = task.loss(forward_model, batch, step)
                 (losses["loss"] / accum).backward()

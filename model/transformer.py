@@ -160,7 +160,7 @@ class DalleTransformer(nn.Module):
         forward: the module to run (a DDP/compiled wrapper of this model when training).
         """
         L, Vt = self.cfg.text_len, self.text_vocab_total
-        logits = (forward or self)(text, codes[:, :-1])  # the last image token predicts nothing
+        logits = (self if forward is None else forward)(text, codes[:, :-1])  # the last image token predicts nothing
         text_loss = F.cross_entropy(logits[:, : L - 1, :Vt].flatten(0, 1), text[:, 1:].flatten())
         image_loss = F.cross_entropy(logits[:, L - 1 :, Vt:].flatten(0, 1), codes.flatten())
         total = self.cfg.text_loss_weight * text_loss + self.cfg.image_loss_weight * image_loss

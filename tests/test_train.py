@@ -54,8 +54,8 @@ def _keys(batch):
 
 
 def test_stream_global_batch_is_the_same_for_one_or_two_ranks(tokens):
-    one = StreamLoader(_stream(tokens, 2), rank=0, world=1, micro_batch=8, workers=0)
-    ranks = [StreamLoader(_stream(tokens, 2), rank=r, world=2, micro_batch=4, workers=0) for r in (0, 1)]
+    one = StreamLoader(_stream(tokens, 2), rank=0, world=1, batch=8, workers=0)
+    ranks = [StreamLoader(_stream(tokens, 2), rank=r, world=2, batch=4, workers=0) for r in (0, 1)]
     for _ in range(30):  # several epochs of the 3 small shards
         both = [r.next() for r in ranks]
         assert _keys(one.next()) == sorted(_keys(both[0]) + _keys(both[1]))
@@ -64,7 +64,7 @@ def test_stream_global_batch_is_the_same_for_one_or_two_ranks(tokens):
 def test_stream_epoch_covers_every_sample_once_and_reshuffles(tokens):
     m = read_json(tokens / "manifest.json")
     n = sum(m["shard_sizes"])
-    loader = StreamLoader(_stream(tokens, 1, window=1), rank=0, world=1, micro_batch=n, workers=0)
+    loader = StreamLoader(_stream(tokens, 1, window=1), rank=0, world=1, batch=n, workers=0)
     first, second = loader.next(), loader.next()
     assert len(set(_keys(first))) == n and _keys(first) == _keys(second)  # whole epochs, nothing twice
     assert not torch.equal(first[0], second[0])  # a new order each epoch
@@ -73,12 +73,12 @@ def test_stream_epoch_covers_every_sample_once_and_reshuffles(tokens):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_stream_resumes_at_the_next_sample(tokens, workers):
-    full = StreamLoader(_stream(tokens, 1), 0, 1, micro_batch=6, workers=workers)
+    full = StreamLoader(_stream(tokens, 1), 0, 1, batch=6, workers=workers)
     expected = [full.next() for _ in range(12)]
-    part = StreamLoader(_stream(tokens, 1), 0, 1, micro_batch=6, workers=workers)
+    part = StreamLoader(_stream(tokens, 1), 0, 1, batch=6, workers=workers)
     for _ in range(5):
         part.next()
-    resumed = StreamLoader(_stream(tokens, 1), 0, 1, micro_batch=6, workers=workers, positions=part.positions)
+    resumed = StreamLoader(_stream(tokens, 1), 0, 1, batch=6, workers=workers, positions=part.positions)
     for want in expected[5:]:
         got = resumed.next()
         assert all(torch.equal(a, b) for a, b in zip(got, want))
@@ -223,8 +223,9 @@ def _sets(*extra):
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(tmp_path, token_data, parallel):
-    """2 ranks x micro-batch 4 = 1 rank x 8: the same samples per step (2 fixed streams), the same losses."""
+    """2 ranks = 1 process at the same global batch: the same samples per step (2 fixed streams), the same losses."""
     extra = ["train.data_streams=2", f"train.parallel={parallel}", "train.transformer.steps=6",
+             "train.transformer.micro_batch=2",  # with accumulation: 2 ranks x 2 x 2 = 1 x 2 x 4
              "train.transformer.schedule=halving", "train.transformer.halve_every=1000"]  # lr independent of steps
     one = tmp_path / "one"
     torch.set_num_threads(1)
@@ -248,3 +249,10 @@ def test_torchrun_two_processes_match_one(tmp_path, token_data, parallel):
         _torchrun(base + ["--resume", "--set", "train.transformer.steps=6"])
         by_step = {r["step"]: r["loss"] for r in records(part)}  # part also logged its last step, 3
         assert [by_step[r["step"]] for r in records(two)] == pytest.approx(losses(two), abs=1e-6)
+
+
+def test_torch_compile_gives_the_eager_losses(tmp_path, token_data):
+    """train.compile=true (inductor on CPU: ~40 s to compile) trains to the eager run's losses."""
+    train("transformer", token_data, cfg_with(), tmp_path / "eager", progress=False)
+    train("transformer", token_data, cfg_with("train.compile=true"), tmp_path / "compiled", progress=False)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
