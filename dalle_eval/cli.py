@@ -126,15 +126,18 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     if on_bad_shard:
         cfg = apply_overrides(cfg, [f"train.on_bad_shard={on_bad_shard}"])
     s = run_train(stage, data, cfg, out, resume=resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return
-    if s.get("preempted"):
-        _summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
-        return
-    lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
-             **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
-             "ranks": s["data"]["world_size"], "unreadable shards skipped": len(s["bad_shards"])}
-    _summary(f"train {stage}", lines, Path(out) / "summary.json")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        if s.get("preempted"):
+            _summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
+        else:
+            lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
+                     **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
+                     "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
+            _summary(f"train {stage}", lines, Path(out) / "summary.json")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from model.distributed import exit_worker
+
+        exit_worker(0)
 
 
 @main.command("plot-metrics")

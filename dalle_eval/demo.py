@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dalle_eval.artifacts import read_jsonl, write_json
 from dalle_eval.config import Config, config_to_dict
+from dalle_eval.errors import DalleEvalError
 from dalle_eval.evaluate import run_coco_fid, run_probes
 from dalle_eval.generate import run_sample
 from dalle_eval.probes import make_prompts
@@ -26,15 +27,24 @@ def _timed(timings: dict, name: str, fn, *args, **kwargs):
     return result
 
 
+def _stop_if_preempted(summary: dict) -> dict:
+    """Training saved a checkpoint on SIGTERM/SIGINT: stop here; re-running the demo continues it."""
+    if summary.get("preempted"):
+        raise DalleEvalError(f"demo interrupted by {summary['preempted']} at step {summary['stopped_at']} of "
+                             f"{summary['stage']}; run the same command again to continue")
+    return summary
+
+
 def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     out = Path(out)
     data, dvae, transformer = out / "data", out / "dvae", out / "transformer"
     timings: dict[str, float] = {}
     t0 = time.time()
     _timed(timings, "build images", build_dataset, cfg, "shapes", data, n)
-    dvae_summary = _timed(timings, "train dVAE", train, "dvae", data, cfg, dvae, resume=True)
+    dvae_summary = _stop_if_preempted(_timed(timings, "train dVAE", train, "dvae", data, cfg, dvae, resume=True))
     _timed(timings, "encode tokens", build_dataset, cfg, "shapes", data, n, dvae=dvae)
-    tf_summary = _timed(timings, "train transformer", train, "transformer", data, cfg, transformer, resume=True)
+    tf_summary = _stop_if_preempted(
+        _timed(timings, "train transformer", train, "transformer", data, cfg, transformer, resume=True))
     heldout = [p for p in make_prompts("attributes") if p["heldout"] and p["category"] == "single"]
     _timed(timings, "sample held-out prompts", run_sample, transformer, heldout, 2, out / "samples_heldout", cfg.sample)
     probes = _timed(timings, "probes", run_probes, "all", out / "probes", cfg, ckpt=transformer)
