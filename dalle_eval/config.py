@@ -36,8 +36,12 @@ class DataConfig:
     bpe_vocab: int = 16384  # paper: 16,384 lowercased BPE tokens
     download_processes: int = 1
     download_threads: int = 16
-    download_timeout: int = 10
+    download_timeout: int = 10  # seconds per request
     download_retries: int = 0
+    download_distributor: str = "multiprocessing"  # img2dataset's: multiprocessing | pyspark | ray
+    min_image_size: int = 64  # pixels, shorter side of the original
+    max_aspect_ratio: float = 2.0  # paper: aspect ratio within [1/2, 2]
+    max_image_area: float = 89_478_485.0  # pixels of the original (PIL's decompression-bomb limit)
     encode_batch: int = 64
     device: str = "cpu"
 

@@ -67,7 +67,6 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
     else:
         # img2dataset owns its folder (it reads every *.json in it as shard stats)
         table, shards = download_images(pairs.head(n) if n else pairs, images / "img2dataset", d)
-        table["status"] = table["status"].replace({"success": "ok"})
     with atomic_path(out / "pairs.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     counts = table["status"].value_counts().to_dict()

@@ -1,24 +1,58 @@
 """Download url+caption pairs with img2dataset into webdataset shards, and fold its per-sample
-status back into the pair table (so every row ends with exactly one status)."""
+status back into the pair table (so every row ends with exactly one status).
+
+img2dataset does the heavy lifting (threads, processes, or a pyspark/ray cluster via
+`data.download_distributor`), resizing to `data.resolution` with a center crop, the size/aspect/area
+limits and incremental mode (a killed run resumes: finished shards are skipped). Its free-text
+errors become short status classes (`http_404`, `timeout`, `undecodable`, ...) with the original
+message kept in `error`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from dalle_eval.config import DataConfig
+from dalle_eval.errors import DalleEvalError
+
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+_CLASSES = [  # (regex on img2dataset's error message, status class), first match wins
+    (r"infinite loop", "redirect_loop"),
+    (r"HTTP Error (\d{3})", "http_{0}"),
+    (r"timed out|timeout", "timeout"),
+    (r"image too small", "too_small"),
+    (r"aspect ratio too large", "bad_aspect_ratio"),
+    (r"image area too large", "too_large"),
+    (r"decoding error|cannot identify|truncated", "undecodable"),
+    (r"X-Robots-Tag", "opted_out"),
+    (r"Name or service not known|nodename nor servname|getaddrinfo|Connection refused|unreachable", "unreachable"),
+    (r"unknown url type|no host given|Invalid URL", "bad_url"),
+]
+
+
+def error_class(message: str | None, fallback: str) -> str:
+    for pattern, name in _CLASSES:
+        m = re.search(pattern, message or "", re.IGNORECASE)
+        if m:
+            return name.format(*m.groups())
+    return fallback
 
 
 def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
     """-> (pair table with status/error/width/height per row, list of image shards)."""
+    if cfg.download_distributor not in DISTRIBUTORS:
+        raise DalleEvalError(f"data.download_distributor must be one of {', '.join(DISTRIBUTORS)}, "
+                             f"got {cfg.download_distributor!r}")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download  # heavy import (albumentations, cv2): only when downloading
 
     out.mkdir(parents=True, exist_ok=True)
     url_list = out / "_url_list.parquet"
-    pairs.rename(columns={"key": "pair_key"}).to_parquet(url_list, index=False)
+    pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"}).to_parquet(url_list, index=False)
     download(
         url_list=str(url_list),
         input_format="parquet",
@@ -31,16 +65,24 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
         resize_mode="center_crop",  # paper: center crop to a square
         processes_count=cfg.download_processes,
         thread_count=cfg.download_threads,
+        distributor=cfg.download_distributor,
         timeout=cfg.download_timeout,
         retries=cfg.download_retries,
+        min_image_size=cfg.min_image_size,
+        max_aspect_ratio=cfg.max_aspect_ratio,
+        max_image_area=cfg.max_image_area,
         number_sample_per_shard=cfg.shard_size,
         incremental_mode="incremental",  # a killed run resumes: finished shards are skipped
         enable_wandb=False,
     )
     stats = [pd.read_parquet(p) for p in sorted(out.glob("[0-9]*.parquet"))]
     got = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame(columns=["pair_key", "status"])
-    got = got.rename(columns={"error_message": "error"})
+    got = got.drop(columns=[c for c in ("width", "height") if c in got.columns])  # the resized size: known
+    got = got.rename(columns={"error_message": "error", "original_width": "width", "original_height": "height"})
+    got = got.drop_duplicates("pair_key", keep="last")  # a shard retried by incremental mode
     keep = [c for c in ("pair_key", "status", "error", "width", "height") if c in got.columns]
     table = pairs.merge(got[keep].rename(columns={"pair_key": "key"}), on="key", how="left")
-    table["status"] = table["status"].fillna("not_attempted")
+    failed = table["status"].notna() & (table["status"] != "success")
+    table.loc[failed, "status"] = [error_class(e, s) for e, s in zip(table.loc[failed, "error"], table.loc[failed, "status"])]
+    table["status"] = table["status"].replace({"success": "ok"}).fillna("not_attempted")
     return table, sorted(out.glob("[0-9]*.tar"))

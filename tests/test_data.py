@@ -1,12 +1,9 @@
-import http.server
-import io
+import dataclasses
 import json
-import threading
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from dalle_eval.cli import main
 from dalle_eval.shapes import HELDOUT
@@ -64,48 +61,36 @@ def test_bad_source_gives_one_clear_line(tmp_path, content, name, message):
     assert last.startswith("Error: --source") and message in last and "Traceback" not in result.output
 
 
-class _Images(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path.startswith("/img/"):
-            buf = io.BytesIO()
-            Image.new("RGB", (80, 60), (200, 30, 30)).save(buf, format="PNG")
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.end_headers()
-            self.wfile.write(buf.getvalue())
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args):
-        pass
+EXPECTED = {  # what the web's bad inputs (tests/webserver.py) must end as
+    "/good.jpg": "ok", "/good.png": "ok", "/good.webp": "ok", "/gray.png": "ok", "/cmyk.jpg": "ok",
+    "/alpha.png": "ok", "/anim.gif": "ok", **{f"/copy/{i}.jpg": "ok" for i in range(5)},
+    "/missing.jpg": "http_404", "/error.jpg": "http_500", "/slow.jpg": "timeout", "/truncated.jpg": "undecodable",
+    "/page.jpg": "undecodable", "/bomb.png": "too_large", "/loop.jpg": "redirect_loop",
+}
 
 
-@pytest.fixture
-def image_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_url_list_downloads_with_img2dataset(tmp_path, image_server, fast_cfg):
-    """A real img2dataset run against a local server: every row ends with one status."""
+def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
+    """A real img2dataset run against a local server serving good, odd and broken images."""
     from pipelines.build import build_dataset
+    from tests.webserver import serve
 
-    rows = [{"url": f"{image_server}/img/{i}.png", "caption": f"red picture {i}"} for i in range(6)]
-    rows.append({"url": f"{image_server}/missing.png", "caption": "gone"})
-    src = tmp_path / "pairs.parquet"
-    pd.DataFrame(rows).to_parquet(src)
-    report = build_dataset(fast_cfg, str(src), tmp_path / "out")
+    cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_timeout=2))
+    with serve(slow_seconds=5) as base:
+        rows = [{"url": base + path, "caption": f"picture {i}"} for i, path in enumerate(EXPECTED)]
+        src = tmp_path / "pairs.parquet"
+        pd.DataFrame(rows).to_parquet(src)
+        report = build_dataset(cfg, str(src), tmp_path / "out")
     table = pd.read_parquet(tmp_path / "out" / "pairs.parquet")
-    assert len(table) == 7 and table["status"].notna().all()
-    assert (table["status"] == "ok").sum() == 6 and report["images"]["status_counts"]["ok"] == 6
-    assert table.loc[table["caption"] == "gone", "status"].item() == "failed_to_download"
+    got = dict(zip(table["url"].str.removeprefix(base), table["status"]))
+    assert got == EXPECTED
+    assert sum(report["images"]["status_counts"].values()) == len(rows) == len(table)
+    assert (table.loc[table["status"] == "ok", "width"] == 320).all()  # the original size, not the resized one
+    assert table.loc[table["status"] == "http_404", "error"].item() == "HTTP Error 404: Not Found"
     manifest = json.loads((tmp_path / "out" / "images" / "manifest.json").read_text())
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
-    assert sorted(s["txt"] for s in samples) == sorted(r["caption"] for r in rows[:6])
-    assert all(s["image"].size == (64, 64) for s in samples)
+    ok = [r["caption"] for r, want in zip(rows, EXPECTED.values()) if want == "ok"]
+    assert sorted(s["txt"] for s in samples) == sorted(ok) and sum(manifest["shard_sizes"]) == len(ok)
+    assert all(s["image"].size == (64, 64) and s["image"].mode == "RGB" for s in samples)
 
 
 def test_shapes_without_n_is_refused_before_touching_out(tmp_path):
