@@ -101,9 +101,10 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> 
         print(f"tokens: already built in {tokens}, skipping")
         return read_json(tokens / MANIFEST)
     if tokenizer is None:
-        captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
         tokenizer = tokens / TOKENIZER
-        train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
+        if not tokenizer.exists():  # else an interrupted run of these inputs trained it: its shards use it
+            captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
+            train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
     manifest = encode_shards(
         [images / s for s in image_manifest["shards"]], tokens, dvae, tokenizer,
         cfg.transformer.text_len, cfg.data.encode_batch, cfg.data.device,

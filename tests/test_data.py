@@ -97,3 +97,53 @@ def test_shapes_without_n_is_refused_before_touching_out(tmp_path):
     result = CliRunner().invoke(main, ["build-dataset", "--source", "shapes", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "needs --n" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _run_until(cmd, done, timeout=120):
+    """Start `cmd` in its own process group; SIGKILL the whole group once `done()` is true."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not done() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(tmp_path, dvae_ckpt):
+    import sys
+
+    from tests.conftest import FAST
+    from tests.webserver import serve
+
+    out = tmp_path / "out"
+    sets = [x for item in FAST + ["data.shard_size=5", "data.download_threads=2", "data.min_image_size=0"]
+            for x in ("--set", item)]
+    build = [sys.executable, "-m", "dalle_eval.cli", "build-dataset", "--out", str(out), *sets]
+    with serve(n_pictures=30, delay=0.15) as base:
+        src = tmp_path / "pairs.csv"
+        pd.DataFrame({"url": [f"{base}/pic/{i}.png" for i in range(30)],
+                      "caption": [f"picture number {i}" for i in range(30)]}).to_csv(src, index=False)
+        folder = out / "images" / "img2dataset"
+        killed = _run_until(build + ["--source", str(src)], lambda: len(list(folder.glob("*_stats.json"))) >= 2)
+        assert killed and not (out / "images" / "manifest.json").exists()
+        r = CliRunner().invoke(main, ["build-dataset", "--source", str(src), "--out", str(out), *sets])
+        assert r.exit_code == 0, r.output
+    tokens = out / "tokens"
+    killed = _run_until(build + ["--source", str(src), "--dvae", str(dvae_ckpt)],
+                        lambda: len(list(tokens.glob("shard-*.tar"))) >= 2)
+    assert killed and not (tokens / "manifest.json").exists()
+    r = CliRunner().invoke(main, ["build-dataset", "--source", str(src), "--out", str(out), "--dvae", str(dvae_ckpt),
+                                  *sets])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    captions = [s["txt"] for s in iter_shards(tokens / name for name in manifest["shards"])]
+    assert sorted(captions) == sorted(f"picture number {i}" for i in range(30))  # each exactly once
+    assert manifest["n_samples"] == 30 == sum(manifest["shard_sizes"])

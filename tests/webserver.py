@@ -72,9 +72,13 @@ def routes(slow_seconds: float) -> dict[str, tuple[int, dict, bytes, float]]:
 
 
 @contextlib.contextmanager
-def serve(slow_seconds: float = 6.0) -> Iterator[str]:
-    """Yield the base URL of a threaded server answering `routes()`; stopped on exit."""
+def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[str]:
+    """Yield the base URL of a threaded server answering `routes()` plus /pic/{i}.png for i < n_pictures
+    (distinct images, each answered after `delay` seconds); stopped on exit."""
     table = routes(slow_seconds)
+    for i in range(n_pictures):
+        body = _encode(_picture(96, 96, seed=i).rotate(i * 7), "PNG")
+        table[f"/pic/{i}.png"] = (200, {"Content-Type": "image/png"}, body, delay)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
