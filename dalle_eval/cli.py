@@ -69,8 +69,12 @@ def main() -> None:
 @click.option("--dvae", type=click.Path(path_type=Path), default=None,
               help="dVAE checkpoint dir: also train BPE and write token shards (OUT/tokens).")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="Use this tokenizer.json instead of training BPE.")
-@config_options(("data",))
-def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer):
+@click.option("--eval-captions", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Reject pairs whose caption is an evaluation caption (COCO captions JSON or one per line).")
+@click.option("--eval-images", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Reject images within filter.eval_threshold pHash bits of one in this folder (e.g. COCO val).")
+@config_options(("data", "filter"))
+def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_captions, eval_images):
     """Image shards + pair table (+ COCO-format split for shapes); with --dvae, token shards.
 
     \b
@@ -83,7 +87,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer):
 
     if dvae is not None and not Path(dvae).exists():
         raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
-    r = build_dataset(cfg, source, out, n, dvae, tokenizer)
+    r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images)
     lines = {"images": f"{r['images']['n_samples']} ok in {r['images']['n_shards']} shards",
              "status counts": json.dumps(r["images"]["status_counts"])}
     if "tokens" in r:

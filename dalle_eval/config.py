@@ -47,6 +47,38 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """build-dataset pre-filter (pipelines/prefilter.py): rules on the pair table, in SQL, before any
+    download. A row's status is the first rule (in prefilter.FILTERS order) that rejects it, or "ok"."""
+
+    skip: tuple[str, ...] = ()  # filter names to turn off, e.g. ["not_english", "duplicate_caption"]
+    url_schemes: tuple[str, ...] = ("http", "https", "file")  # what img2dataset's urllib downloader opens
+    min_chars: int = 5  # LAION-400M dropped alt-texts shorter than 5 characters
+    min_words: int = 1  # words = runs of letters/digits; "!!!" or an emoji alone has none
+    max_chars: int = 2048  # the model reads 256 BPE tokens (paper 2.2): ~4 chars each, with 2x slack
+    max_words: int = 256  # 256 text tokens and a word is at least one token: longer captions cannot fit
+    boilerplate: tuple[str, ...] = (  # RE2 regexes, case-insensitive, on the HTML-unescaped caption
+        r"^image may contain",  # Facebook's automatic alt text
+        r"\bphotographed (on|in) \w+\.? \d",  # "Photographed on May 5, 2014"
+        r"\bstock (photo|image|footage|vector)|\broyalty[- ]free\b",  # stock-site watermark text
+        r"^(img|dsc|dscn|dscf|pxl|mvimg|screenshot)[ _-]?\d+",  # camera / screenshot file names
+        r"^[\w ()-]+\.(jpe?g|png|gif|webp|bmp|tiff?|heic)$",  # the caption is just a file name
+        r"^(untitled|no description|image|photo|picture|thumbnail|placeholder|null|none|undefined)\W*$",
+        r"\bclick (here )?to (enlarge|zoom|view)\b",
+    )
+    languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes kept (paper: English captions); [] = any
+    lang_min_confidence: float = 0.5  # reject when another language has at least this probability ...
+    lang_min_words: int = 3  # ... and the caption has this many words (1-2 words: n-grams guess)
+    lang_floor: float = 1e-4  # reject at any length when `languages` together have less (other scripts)
+    # post-filter (pipelines/web.py, after download): perceptual hashes and CLIP
+    dedup_threshold: int = 6  # pHash Hamming bits for near_duplicate (measured in tests/test_dedup.py)
+    eval_threshold: int = 6  # pHash bits for eval_overlap with --eval-images (paper: ~21% of CC overlapped COCO)
+    clip_model: str = ""  # open_clip name or config JSON: enables clip_score_low (LAION: ViT-B-32)
+    clip_pretrained: str = ""  # open_clip tag or a local checkpoint file
+    clip_threshold: float = 0.28  # LAION-400M kept image-text cosine >= 0.28 (ViT-B/32)
+
+
+@dataclass(frozen=True)
 class DVAEConfig:
     """The discrete VAE (paper appendix A; OpenAI's `dall_e` Encoder/Decoder with sizes as fields)."""
 
@@ -181,6 +213,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     dvae: DVAEConfig = field(default_factory=DVAEConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

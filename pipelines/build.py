@@ -1,7 +1,8 @@
 """`build-dataset`: source -> image shards + pair table (+ COCO-format split) -> token shards.
 
-    OUT/pairs.parquet        one row per input pair: key, url, caption, status, ...
-    OUT/images/              image shards (webdataset: png/jpg + txt + json) + manifest.json
+    OUT/pairs.parquet        one row per input pair: key, url, caption, status ("ok" or why not), ...
+    OUT/download/            url lists: img2dataset's output (pipelines/web.py)
+    OUT/images/              the kept image shards (webdataset: png/jpg + txt + json) + manifest.json
     OUT/coco/                shapes world only: captions_val.json + images/ for coco-fid
     OUT/tokens/              with --dvae: token shards + tokenizer.json + dvae/ + manifest.json
     OUT/build_report.json    counts per status and what each stage did
@@ -24,10 +25,10 @@ from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import count_samples
 from model.checkpoint import TOKENIZER
 from model.tokenizer import train_bpe
-from pipelines.download import download_images
 from pipelines.encode import encode_shards
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
-from pipelines.sources import read_pairs
+from pipelines.sources import read_pairs, source_fingerprint
+from pipelines.web import build_web_images
 
 INPUTS = "stage_inputs.json"
 
@@ -44,29 +45,33 @@ def _prepare_stage(folder: Path, inputs: dict) -> bool:
     return False
 
 
-def build_images(cfg: Config, source: str, out: Path, n: int | None) -> dict:
+def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captions: Path | None = None,
+                 eval_images: Path | None = None) -> dict:
     d = cfg.data
     images = out / "images"
-    inputs = {"source": source, "n": n, "resolution": d.resolution, "shard_size": d.shard_size, "seed": d.seed,
-              "url_col": d.url_col, "caption_col": d.caption_col}
     if source == "shapes" and not n:
         raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
+    inputs = {"source": source, "n": n, "data": config_to_dict(d)}
     if source != "shapes":
-        source_path = Path(source)
-        pairs = read_pairs(source_path, d.url_col, d.caption_col)  # validate before touching OUT
-        inputs["source_sha256"] = sha256_file(source_path)
-    if _prepare_stage(images, inputs):
+        pairs = read_pairs(source, d.url_col, d.caption_col)  # validate the source before touching OUT
+        pairs = pairs.head(n) if n else pairs
+        inputs["source_sha256"] = source_fingerprint(source)
+        inputs["filter"] = config_to_dict(cfg.filter)
+        for name, path in (("eval_captions", eval_captions), ("eval_images", eval_images)):
+            if path is not None:
+                inputs[name] = source_fingerprint(path)
+    if (images / MANIFEST).exists() and (out / INPUTS).exists() and read_json(out / INPUTS) == inputs:
         print(f"images: already built in {images}, skipping")
         return read_json(images / MANIFEST)
+    write_json(out / INPUTS, inputs)
+    if source != "shapes":
+        return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
-    if source == "shapes":
-        table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
-        shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
-        write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
-        shards = sorted(images.glob("shard-*.tar"))
-    else:
-        # img2dataset owns its folder (it reads every *.json in it as shard stats)
-        table, shards = download_images(pairs.head(n) if n else pairs, images / "img2dataset", d)
+    _prepare_stage(images, inputs)
+    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
+    shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
+    write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
+    shards = sorted(images.glob("shard-*.tar"))
     with atomic_path(out / "pairs.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     counts = table["status"].value_counts().to_dict()
@@ -115,11 +120,12 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> 
 
 
 def build_dataset(
-    cfg: Config, source: str, out: Path, n: int | None = None, dvae: Path | None = None, tokenizer: Path | None = None
+    cfg: Config, source: str, out: Path, n: int | None = None, dvae: Path | None = None, tokenizer: Path | None = None,
+    eval_captions: Path | None = None, eval_images: Path | None = None,
 ) -> dict:
     out = Path(out)
     t0 = time.time()
-    report: dict = {"out": str(out), "images": build_images(cfg, source, out, n)}
+    report: dict = {"out": str(out), "images": build_images(cfg, source, out, n, eval_captions, eval_images)}
     if dvae is not None:
         report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
     report["seconds"] = round(time.time() - t0, 1)

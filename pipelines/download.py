@@ -43,7 +43,7 @@ def error_class(message: str | None, fallback: str) -> str:
 
 
 def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
-    """-> (pair table with status/error/width/height per row, list of image shards)."""
+    """-> (DataFrame[key, i2d_key, status, error, width, height], one row per pair; the image shards)."""
     if cfg.download_distributor not in DISTRIBUTORS:
         raise DalleEvalError(f"data.download_distributor must be one of {', '.join(DISTRIBUTORS)}, "
                              f"got {cfg.download_distributor!r}")
@@ -80,8 +80,9 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
     got = got.drop(columns=[c for c in ("width", "height") if c in got.columns])  # the resized size: known
     got = got.rename(columns={"error_message": "error", "original_width": "width", "original_height": "height"})
     got = got.drop_duplicates("pair_key", keep="last")  # a shard retried by incremental mode
-    keep = [c for c in ("pair_key", "status", "error", "width", "height") if c in got.columns]
-    table = pairs.merge(got[keep].rename(columns={"pair_key": "key"}), on="key", how="left")
+    got = got.rename(columns={"key": "i2d_key"})  # img2dataset's own sample key (its shards use it)
+    keep = [c for c in ("pair_key", "i2d_key", "status", "error", "width", "height") if c in got.columns]
+    table = pairs[["key"]].merge(got[keep].rename(columns={"pair_key": "key"}), on="key", how="left")
     failed = table["status"].notna() & (table["status"] != "success")
     table.loc[failed, "status"] = [error_class(e, s) for e, s in zip(table.loc[failed, "error"], table.loc[failed, "status"])]
     table["status"] = table["status"].replace({"success": "ok"}).fillna("not_attempted")

@@ -63,7 +63,8 @@ def test_bad_source_gives_one_clear_line(tmp_path, content, name, message):
 
 EXPECTED = {  # what the web's bad inputs (tests/webserver.py) must end as
     "/good.jpg": "ok", "/good.png": "ok", "/good.webp": "ok", "/gray.png": "ok", "/cmyk.jpg": "ok",
-    "/alpha.png": "ok", "/anim.gif": "ok", **{f"/copy/{i}.jpg": "ok" for i in range(5)},
+    "/alpha.png": "ok", "/anim.gif": "ok",
+    **{f"/copy/{i}.jpg": "near_duplicate" for i in range(5)},  # the bytes of /good.jpg under other URLs
     "/missing.jpg": "http_404", "/error.jpg": "http_500", "/slow.jpg": "timeout", "/truncated.jpg": "undecodable",
     "/page.jpg": "undecodable", "/bomb.png": "too_large", "/loop.jpg": "redirect_loop",
 }
@@ -85,6 +86,7 @@ def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
     assert got == EXPECTED
     assert sum(report["images"]["status_counts"].values()) == len(rows) == len(table)
     assert (table.loc[table["status"] == "ok", "width"] == 320).all()  # the original size, not the resized one
+    assert (table.loc[table["status"] == "near_duplicate", "dup_of"] == table.loc[0, "key"]).all()
     assert table.loc[table["status"] == "http_404", "error"].item() == "HTTP Error 404: Not Found"
     manifest = json.loads((tmp_path / "out" / "images" / "manifest.json").read_text())
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
@@ -131,7 +133,7 @@ def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(
         src = tmp_path / "pairs.csv"
         pd.DataFrame({"url": [f"{base}/pic/{i}.png" for i in range(30)],
                       "caption": [f"picture number {i}" for i in range(30)]}).to_csv(src, index=False)
-        folder = out / "images" / "img2dataset"
+        folder = out / "download" / "img2dataset"
         killed = _run_until(build + ["--source", str(src)], lambda: len(list(folder.glob("*_stats.json"))) >= 2)
         assert killed and not (out / "images" / "manifest.json").exists()
         r = CliRunner().invoke(main, ["build-dataset", "--source", str(src), "--out", str(out), *sets])
@@ -147,3 +149,39 @@ def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(
     captions = [s["txt"] for s in iter_shards(tokens / name for name in manifest["shards"])]
     assert sorted(captions) == sorted(f"picture number {i}" for i in range(30))  # each exactly once
     assert manifest["n_samples"] == 30 == sum(manifest["shard_sizes"])
+
+
+def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
+    """Several list files, img2dataset's multiprocessing distributor with 2 processes, the pre-filter
+    and both evaluation-set filters: each row ends with the first reason that applies."""
+    from pipelines.build import build_dataset
+    from tests.webserver import _picture, serve
+
+    eval_dir = tmp_path / "coco_val"
+    eval_dir.mkdir()
+    _picture(96, 96, seed=103).resize((200, 200)).save(eval_dir / "val_0001.jpg", quality=80)  # = /pic/3.png
+    coco = {"annotations": [{"image_id": 1, "caption": "A Yellow Bird, on a branch."}]}
+    (tmp_path / "captions_val.json").write_text(json.dumps(coco))
+    want = {}
+    with serve(n_pictures=10) as base:
+        rows = [(f"{base}/pic/{i}.png", f"a small picture with the number {i}") for i in range(10)]
+        rows[5] = (rows[5][0], "a yellow bird on a branch")  # an evaluation caption
+        rows[6] = (rows[6][0], "   ")
+        rows[7] = (rows[7][0], "Ein kleiner Hund spielt im Garten mit einem roten Ball")
+        rows.append((rows[0][0], "the first picture again"))  # same url
+        for part in range(3):
+            chunk = rows[part * 4 : part * 4 + 4]
+            pd.DataFrame(chunk, columns=["url", "caption"]).to_csv(tmp_path / f"part-{part}.csv", index=False)
+        cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_processes=2, shard_size=3))
+        build_dataset(cfg, str(tmp_path / "part-*.csv"), tmp_path / "out", eval_captions=tmp_path / "captions_val.json",
+                      eval_images=eval_dir)
+    table = pd.read_parquet(tmp_path / "out" / "pairs.parquet").set_index("caption")
+    want = {rows[5][1]: "eval_caption", rows[6][1]: "caption_empty", rows[7][1]: "not_english",
+            "the first picture again": "duplicate_url", rows[3][1]: "eval_overlap"}
+    assert {c: table.loc[c, "status"] for c in want} == want
+    assert (table["status"] == "ok").sum() == 11 - len(want) and sorted(table["source"].unique()) == [
+        "part-0.csv", "part-1.csv", "part-2.csv"]
+    manifest = json.loads((tmp_path / "out" / "images" / "manifest.json").read_text())
+    samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
+    assert sorted(s["txt"] for s in samples) == sorted(table.index[table["status"] == "ok"])
+    assert manifest["shard_sizes"] == [3, 3]

@@ -23,10 +23,17 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _picture(w: int = 320, h: int = 240, seed: int = 0) -> Image.Image:
-    img = Image.new("RGB", (w, h), (40 + seed * 20 % 200, 90, 160))
+    """A distinct picture per seed (different layouts, so perceptual hashes differ too)."""
+    import random
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(img)
-    draw.ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(230, 200, 40))
-    draw.rectangle((10, 10, 60 + seed * 7 % 100, 50), fill=(200, 30, 30))
+    for _ in range(4):
+        x, y = rng.randrange(w - 40), rng.randrange(h - 40)
+        box = (x, y, x + rng.randrange(30, w // 2), y + rng.randrange(30, h // 2))
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
     return img
 
 
@@ -77,7 +84,7 @@ def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) ->
     (distinct images, each answered after `delay` seconds); stopped on exit."""
     table = routes(slow_seconds)
     for i in range(n_pictures):
-        body = _encode(_picture(96, 96, seed=i).rotate(i * 7), "PNG")
+        body = _encode(_picture(96, 96, seed=100 + i), "PNG")
         table[f"/pic/{i}.png"] = (200, {"Content-Type": "image/png"}, body, delay)
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,160 @@
+"""`build-dataset` for url+caption lists: read -> pre-filter -> download -> post-filter -> kept image shards.
+
+    OUT/download/img2dataset/ its webdataset output (incremental: a killed run resumes) and
+                             a pHash table per shard (computed once)
+    OUT/images/              the kept samples only, re-sharded (key = the pair key) + manifest.json
+    OUT/pairs.parquet        every input row with exactly one status: "ok" or the first stage's reason
+
+Statuses are set once: a row rejected by the pre-filter is never downloaded; a download error or a
+post-filter (near_duplicate, eval_overlap, clip_score_low) marks only rows still "ok".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from dalle_eval.artifacts import MANIFEST, atomic_path, read_json, write_json
+from dalle_eval.config import Config, config_to_dict
+from dalle_eval.shards import count_samples, shard_name
+from pipelines.dedup import eval_overlap, hash_folder, hash_shards, near_duplicates
+from pipelines.download import download_images
+from pipelines.prefilter import filter_counts, prefilter
+
+INPUTS = "stage_inputs.json"
+
+
+def _fresh(folder: Path, inputs: dict) -> None:
+    """Wipe `folder` if it was built from other inputs; record these."""
+    record = folder / INPUTS
+    if record.exists() and read_json(record) != inputs:
+        print(f"{folder}: inputs changed since the last build; rebuilding it")
+        shutil.rmtree(folder)
+    write_json(record, inputs)
+
+
+def _hashes(shards: list[Path]) -> pd.DataFrame:
+    """pHash of every downloaded sample, cached beside each shard (a re-run hashes only new shards)."""
+    parts = []
+    for shard in tqdm(shards, desc="phash downloaded shards", unit="shard"):
+        cache = shard.with_suffix(".phash.parquet")
+        if not cache.exists():
+            with atomic_path(cache) as tmp:
+                hash_shards([shard], progress=False).to_parquet(tmp, index=False)
+        parts.append(pd.read_parquet(cache))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "phash", "status"])
+
+
+def _mark(table: pd.DataFrame, keys: pd.Series, status: str) -> int:
+    """Set `status` on rows still ok whose key is in `keys`; -> how many."""
+    hit = table["status"].eq("ok") & table["key"].isin(set(keys))
+    table.loc[hit, "status"] = status
+    return int(hit.sum())
+
+
+def postfilter(cfg: Config, table: pd.DataFrame, shards: list[Path], eval_images: Path | None) -> dict:
+    """Near-duplicates within the set, overlap with an evaluation image set, CLIP score (in place)."""
+    f = cfg.filter
+    hashes = _hashes(shards).merge(table[["i2d_key", "key"]].dropna(), left_on="key", right_on="i2d_key",
+                                   suffixes=("_i2d", ""))
+    unreadable = hashes.loc[hashes["status"] != "ok", "key"]
+    counts = {"unreadable_image": _mark(table, unreadable, "unreadable_image")}
+    ok = hashes[hashes["key"].isin(table.loc[table["status"] == "ok", "key"])].sort_values("key")
+    table["phash"] = table["key"].map(dict(zip(ok["key"], ok["phash"])))
+    if "near_duplicate" not in f.skip and len(ok):
+        dups = near_duplicates(ok["key"].tolist(), ok["phash"].to_numpy(), f.dedup_threshold)
+        table["dup_of"] = table["key"].map(dict(zip(dups["key"], dups["dup_of"])))
+        counts["near_duplicate"] = _mark(table, dups.loc[dups["status"] == "near_duplicate", "key"], "near_duplicate")
+    if eval_images is not None and "eval_overlap" not in f.skip and len(ok):
+        ev = hash_folder(eval_images)
+        ev = ev[ev["status"] == "ok"]
+        over = eval_overlap(ok["key"].tolist(), ok["phash"].to_numpy(), ev["phash"].to_numpy(), f.eval_threshold,
+                            eval_keys=ev["key"].tolist())
+        table["eval_match"] = table["key"].map(dict(zip(over["key"], over["eval_match"])))
+        counts["eval_overlap"] = _mark(table, over.loc[over["status"] == "eval_overlap", "key"], "eval_overlap")
+    if f.clip_model:
+        from dalle_eval.clip_rerank import ClipScorer
+        from pipelines.clip_filter import clip_filter_shards
+
+        scored = clip_filter_shards(shards, ClipScorer(f.clip_model, f.clip_pretrained, cfg.data.device),
+                                    f.clip_threshold).merge(table[["i2d_key", "key"]], left_on="key",
+                                                            right_on="i2d_key", suffixes=("_i2d", ""))
+        table["clip_score"] = table["key"].map(dict(zip(scored["key"], scored["clip_score"])))
+        counts["clip_score_low"] = _mark(table, scored.loc[scored["status"] == "clip_score_low", "key"], "clip_score_low")
+    return counts
+
+
+def reshard(table: pd.DataFrame, shards: list[Path], images: Path, shard_size: int) -> tuple[list[str], list[int]]:
+    """Copy the kept samples (bytes as downloaded) into shard-%06d.tar files of `shard_size`, keyed by
+    pair key, each written atomically; shards already written by an interrupted run are kept."""
+    keep = dict(zip(table.loc[table["status"] == "ok", "i2d_key"], table.loc[table["status"] == "ok", "key"]))
+    order = sorted(keep.values())
+    slot = {k: i // shard_size for i, k in enumerate(order)}
+    n_out = (len(order) + shard_size - 1) // shard_size
+    buckets: dict[int, list[tuple[str, list[tuple[str, bytes]]]]] = {i: [] for i in range(n_out)}
+    todo = {i for i in range(n_out) if not (images / shard_name(i)).exists()}
+    for shard in tqdm(shards if todo else [], desc="write kept image shards", unit="shard"):
+        with tarfile.open(shard) as tf:
+            groups: dict[str, list[tuple[str, bytes]]] = {}
+            for m in tf.getmembers():
+                if m.isfile():
+                    stem, ext = m.name.split(".", 1)
+                    groups.setdefault(stem, []).append((ext, tf.extractfile(m).read()))
+        for stem, files in groups.items():
+            key = keep.get(stem)
+            if key is not None and slot[key] in todo:
+                buckets[slot[key]].append((key, files))
+    for i in sorted(todo):
+        with atomic_path(images / shard_name(i)) as tmp, tarfile.open(tmp, "w") as out:
+            for key, files in sorted(buckets[i]):
+                for ext, data in files:
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    out.addfile(info, io.BytesIO(data))
+    names = [shard_name(i) for i in range(n_out)]
+    return names, [count_samples(images / name) for name in names]
+
+
+def build_web_images(cfg: Config, source: str, pairs: pd.DataFrame, out: Path, eval_captions: Path | None = None,
+                     eval_images: Path | None = None) -> dict:
+    """pairs: read_pairs(source) (the first --n rows)."""
+    d = cfg.data
+    table = prefilter(pairs, cfg.filter, eval_captions)
+    pre = filter_counts(table)
+    print("pre-filter: " + ", ".join(f"{k} {v}" for k, v in pre.items() if v))
+
+    download = out / "download"
+    todo = table[table["status"] == "ok"]
+    urls = hashlib.sha256("\n".join(todo["key"] + "\t" + todo["url"]).encode()).hexdigest()
+    dl_keys = ("resolution", "shard_size", "min_image_size", "max_aspect_ratio", "max_image_area")
+    _fresh(download, {"urls_sha256": urls, **{k: getattr(d, k) for k in dl_keys}})
+    got, raw = download_images(todo, download / "img2dataset", d)  # it owns its folder (reads every *.json)
+    table = table.merge(got[["key", "i2d_key", "status", "error", "width", "height"]].rename(
+        columns={"status": "download_status"}), on="key", how="left")
+    table["status"] = table["download_status"].where(table["status"] == "ok", table["status"])
+    table = table.drop(columns=["download_status"])
+    post = postfilter(cfg, table, raw, eval_images)
+
+    images = out / "images"
+    kept = table.loc[table["status"] == "ok", "key"]
+    _fresh(images, {"kept_sha256": hashlib.sha256("\n".join(sorted(kept)).encode()).hexdigest(),
+                    "download": read_json(download / INPUTS), "shard_size": d.shard_size})
+    names, sizes = reshard(table, raw, images, d.shard_size)
+    with atomic_path(out / "pairs.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    counts = table["status"].value_counts().to_dict()
+    manifest = {
+        "kind": "images", "source": str(source), "n_samples": int(counts.get("ok", 0)), "n_shards": len(names),
+        "shards": names, "shard_sizes": sizes, "resolution": d.resolution,
+        "status_counts": {k: int(v) for k, v in counts.items()}, "prefilter": pre, "postfilter": post,
+        "config": {"data": config_to_dict(d), "filter": json.loads(json.dumps(config_to_dict(cfg.filter)))},
+    }
+    write_json(images / MANIFEST, manifest)
+    return manifest
