@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from dalle_eval.errors import DalleEvalError
 
 MANIFEST = "manifest.json"
+STAGE_INPUTS = "stage_inputs.json"
 
 
 @contextlib.contextmanager
@@ -30,6 +32,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def prepare_stage(folder: str | Path, inputs: dict) -> bool:
+    """True if `folder` is complete (has its manifest) for exactly these inputs. A folder built from other
+    inputs is wiped first; an incomplete one is kept (its finished parts are reused); the inputs are recorded."""
+    folder = Path(folder)
+    record = folder / STAGE_INPUTS
+    if record.exists() and read_json(record) != inputs:
+        print(f"{folder}: inputs changed since the last build; rebuilding it")
+        shutil.rmtree(folder)
+    if (folder / MANIFEST).exists() and record.exists():
+        return True
+    write_json(record, inputs)
+    return False
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

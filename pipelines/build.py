@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from dalle_eval.artifacts import MANIFEST, atomic_path, fingerprint, read_json, sha256_file, write_json
+from dalle_eval.artifacts import (
+    MANIFEST,
+    atomic_path,
+    fingerprint,
+    prepare_stage,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import count_samples
@@ -29,20 +37,6 @@ from pipelines.encode import encode_shards
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
 from pipelines.sources import read_pairs, source_fingerprint
 from pipelines.web import build_web_images
-
-INPUTS = "stage_inputs.json"
-
-
-def _prepare_stage(folder: Path, inputs: dict) -> bool:
-    """True if the stage is already complete for these inputs; wipes it if its inputs changed."""
-    record = folder / INPUTS
-    if record.exists() and read_json(record) != inputs:
-        print(f"{folder}: inputs changed since the last build; rebuilding this stage")
-        shutil.rmtree(folder)
-    if (folder / MANIFEST).exists() and (folder / INPUTS).exists():
-        return True
-    write_json(record, inputs)
-    return False
 
 
 def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captions: Path | None = None,
@@ -60,14 +54,12 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         for name, path in (("eval_captions", eval_captions), ("eval_images", eval_images)):
             if path is not None:
                 inputs[name] = source_fingerprint(path)
-    if (images / MANIFEST).exists() and (out / INPUTS).exists() and read_json(out / INPUTS) == inputs:
+    if prepare_stage(images, inputs):
         print(f"images: already built in {images}, skipping")
         return read_json(images / MANIFEST)
-    write_json(out / INPUTS, inputs)
     if source != "shapes":
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
-    _prepare_stage(images, inputs)
     table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
@@ -102,7 +94,7 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> 
     }
     if inputs["dvae_sha256"] is None:
         raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
-    if _prepare_stage(tokens, inputs):
+    if prepare_stage(tokens, inputs):
         print(f"tokens: already built in {tokens}, skipping")
         return read_json(tokens / MANIFEST)
     if tokenizer is None:

@@ -13,31 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
 import tarfile
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from dalle_eval.artifacts import MANIFEST, atomic_path, read_json, write_json
+from dalle_eval.artifacts import MANIFEST, atomic_path, prepare_stage, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.shards import count_samples, shard_name
 from pipelines.dedup import eval_overlap, hash_folder, hash_shards, near_duplicates
 from pipelines.download import download_images
 from pipelines.prefilter import filter_counts, prefilter
-
-INPUTS = "stage_inputs.json"
-
-
-def _fresh(folder: Path, inputs: dict) -> None:
-    """Wipe `folder` if it was built from other inputs; record these."""
-    record = folder / INPUTS
-    if record.exists() and read_json(record) != inputs:
-        print(f"{folder}: inputs changed since the last build; rebuilding it")
-        shutil.rmtree(folder)
-    write_json(record, inputs)
 
 
 def _hashes(shards: list[Path]) -> pd.DataFrame:
@@ -134,7 +121,7 @@ def build_web_images(cfg: Config, source: str, pairs: pd.DataFrame, out: Path, e
     todo = table[table["status"] == "ok"]
     urls = hashlib.sha256("\n".join(todo["key"] + "\t" + todo["url"]).encode()).hexdigest()
     dl_keys = ("resolution", "shard_size", "min_image_size", "max_aspect_ratio", "max_image_area")
-    _fresh(download, {"urls_sha256": urls, **{k: getattr(d, k) for k in dl_keys}})
+    prepare_stage(download, {"urls_sha256": urls, **{k: getattr(d, k) for k in dl_keys}})  # new urls: wipe
     got, raw = download_images(todo, download / "img2dataset", d)  # it owns its folder (reads every *.json)
     table = table.merge(got[["key", "i2d_key", "status", "error", "width", "height"]].rename(
         columns={"status": "download_status"}), on="key", how="left")
@@ -142,10 +129,7 @@ def build_web_images(cfg: Config, source: str, pairs: pd.DataFrame, out: Path, e
     table = table.drop(columns=["download_status"])
     post = postfilter(cfg, table, raw, eval_images)
 
-    images = out / "images"
-    kept = table.loc[table["status"] == "ok", "key"]
-    _fresh(images, {"kept_sha256": hashlib.sha256("\n".join(sorted(kept)).encode()).hexdigest(),
-                    "download": read_json(download / INPUTS), "shard_size": d.shard_size})
+    images = out / "images"  # build.py recorded its inputs: the kept set is a function of them
     names, sizes = reshard(table, raw, images, d.shard_size)
     with atomic_path(out / "pairs.parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -154,7 +138,7 @@ def build_web_images(cfg: Config, source: str, pairs: pd.DataFrame, out: Path, e
         "kind": "images", "source": str(source), "n_samples": int(counts.get("ok", 0)), "n_shards": len(names),
         "shards": names, "shard_sizes": sizes, "resolution": d.resolution,
         "status_counts": {k: int(v) for k, v in counts.items()}, "prefilter": pre, "postfilter": post,
-        "config": {"data": config_to_dict(d), "filter": json.loads(json.dumps(config_to_dict(cfg.filter)))},
+        "config": {"data": config_to_dict(d), "filter": config_to_dict(cfg.filter)},
     }
     write_json(images / MANIFEST, manifest)
     return manifest
