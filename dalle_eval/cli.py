@@ -64,7 +64,8 @@ def main() -> None:
 
 @main.command("build-dataset")
 @click.option("--source", required=True, help="'shapes' (embedded world) or a url+caption list: parquet/csv/tsv/jsonl.")
-@click.option("--n", type=int, default=None, help="Scenes to render (shapes), or the first N rows of --source.")
+@click.option("--n", "--limit", "n", type=int, default=None,
+              help="Scenes to render (shapes), or the first N rows of --source. (--limit: the same, for torchrun.)")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory.")
 @click.option("--dvae", type=click.Path(path_type=Path), default=None,
               help="dVAE checkpoint dir: also train BPE and write token shards (OUT/tokens).")
@@ -82,12 +83,19 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
       dalle-eval build-dataset --source shapes --n 5000 --out runs/data
       dalle-eval build-dataset --source shapes --n 5000 --out runs/data --dvae runs/dvae
       dalle-eval build-dataset --source pairs.parquet --out runs/web --set data.resolution=256
+      torchrun --nproc_per_node 8 -m dalle_eval.cli build-dataset --source pairs.parquet --out runs/web \\
+          --dvae runs/dvae --set data.device=cuda     # encoding sharded over 8 GPUs (images built first)
     """
     from pipelines.build import build_dataset
 
     if dvae is not None and not Path(dvae).exists():
         raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
     r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun-sharded encoding: rank 0 reports
+        from model.distributed import exit_worker
+
+        if os.environ.get("RANK") != "0":
+            exit_worker(0)
     lines = {"images": f"{r['images']['n_samples']} ok in {r['images']['n_shards']} shards",
              "status counts": json.dumps(r["images"]["status_counts"])}
     if "tokens" in r:
@@ -96,6 +104,10 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
         lines["truncated captions"] = t["truncated_captions"]
     lines["seconds"] = r["seconds"]
     _summary("build-dataset", lines, Path(out) / "build_report.json")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from model.distributed import exit_worker
+
+        exit_worker(0)
 
 
 @main.command()

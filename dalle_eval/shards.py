@@ -35,6 +35,11 @@ def write_shard(path: Path, samples: Iterable[dict]) -> int:
     return n
 
 
+def every_shard(urls):
+    """webdataset splitter that keeps every shard: callers split work over ranks/workers themselves."""
+    return urls
+
+
 def count_samples(path: Path) -> int:
     """Samples in one shard (distinct webdataset keys), read from the tar index without decoding."""
     with tarfile.open(path) as tf:
@@ -49,7 +54,8 @@ def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:
             raise DalleEvalError(f"shard listed in the manifest is missing: {p}")
     if not paths:
         return
-    dataset = wds.WebDataset(paths, shardshuffle=False, empty_check=False).decode("pil")
+    dataset = wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=every_shard,
+                             workersplitter=every_shard).decode("pil")
     for sample in dataset:
         for ext in IMAGE_EXTS:
             if ext in sample:

@@ -28,6 +28,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shards import every_shard
 
 BAD_SHARD_POLICIES = ("skip", "fail")
 Pos = tuple[int, int, int]  # (epoch, window, offset of the next sample in the shuffled window)
@@ -42,10 +43,6 @@ def _perm(n: int, *seed_parts) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(*seed_parts))).tolist()
 
 
-def _all(urls):
-    return urls
-
-
 class BadShard(Exception):
     """A shard that cannot be read whole (truncated, corrupt, wrong sample count, undecodable)."""
 
@@ -54,7 +51,7 @@ def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None
     """Every sample of one shard, decoded, or BadShard: a shard is used whole or not at all."""
     # the stream itself splits shards over ranks and workers: webdataset must not split this one again
     dataset = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, handler=wds.reraise_exception,
-                             nodesplitter=_all, workersplitter=_all).decode("pil")
+                             nodesplitter=every_shard, workersplitter=every_shard).decode("pil")
     try:
         samples = [decode(s) for s in dataset]
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as e:

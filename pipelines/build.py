@@ -13,6 +13,7 @@ shards of an interrupted stage); changed inputs rebuild that stage from scratch.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,9 +32,10 @@ from dalle_eval.artifacts import (
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import count_samples
-from model.checkpoint import TOKENIZER
-from model.tokenizer import train_bpe
-from pipelines.encode import encode_shards
+from model import distributed
+from model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
+from model.tokenizer import load_tokenizer, train_bpe
+from pipelines.encode import encode_shards, prepare_assets, token_manifest
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
 from pipelines.sources import read_pairs, source_fingerprint
 from pipelines.web import build_web_images
@@ -83,8 +85,7 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
 
 
 def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> dict:
-    images, tokens = out / "images", out / "tokens"
-    image_manifest = read_json(images / MANIFEST, "image manifest")
+    image_manifest = read_json(out / "images" / MANIFEST, "image manifest")
     inputs = {
         "images": fingerprint(image_manifest),
         "dvae_sha256": sha256_file(Path(dvae) / "model.safetensors") if (Path(dvae) / "model.safetensors").exists() else None,
@@ -94,20 +95,40 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> 
     }
     if inputs["dvae_sha256"] is None:
         raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
-    if prepare_stage(tokens, inputs):
-        print(f"tokens: already built in {tokens}, skipping")
-        return read_json(tokens / MANIFEST)
+    d = distributed.setup(cfg.data.device)  # under torchrun the shards are encoded by every rank
+    try:
+        return _build_tokens(cfg, out, Path(dvae), tokenizer, inputs, image_manifest, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _build_tokens(cfg, out, dvae, tokenizer, inputs, image_manifest, d: distributed.Dist) -> dict:
+    images, tokens = out / "images", out / "tokens"
+    done = prepare_stage(tokens, inputs) if d.is_main else False
     if tokenizer is None:
         tokenizer = tokens / TOKENIZER
-        if not tokenizer.exists():  # else an interrupted run of these inputs trained it: its shards use it
+        if d.is_main and not done and not tokenizer.exists():  # else an interrupted run of these inputs trained it
             captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
             train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
-    manifest = encode_shards(
-        [images / s for s in image_manifest["shards"]], tokens, dvae, tokenizer,
-        cfg.transformer.text_len, cfg.data.encode_batch, cfg.data.device,
-    )
-    manifest["config"] = config_to_dict(cfg)
-    write_json(tokens / MANIFEST, manifest)
+    if d.is_main and not done:
+        prepare_assets(tokens, dvae, tokenizer)
+    distributed.barrier(d)
+    if (tokens / MANIFEST).exists():
+        if d.is_main:
+            print(f"tokens: already built in {tokens}, skipping")
+        return read_json(tokens / MANIFEST)
+    shards = [images / s for s in image_manifest["shards"]]
+    t = cfg.transformer.text_len
+    mine = encode_shards(shards, tokens, t, cfg.data.encode_batch, str(d.device), d.rank, d.world)
+    if d.active:
+        truncated = sum(p["truncated_captions"] for p in distributed.gather_objects(mine, d))
+        _, dcfg = read_ckpt_config(tokens / DVAE_DIR, "dvae")
+        vocab = load_tokenizer(tokens / TOKENIZER).get_vocab_size()
+        mine = token_manifest(tokens, len(shards), t, dcfg.dvae, vocab, truncated)
+    manifest = {**mine, "config": config_to_dict(cfg), "world_size": d.world}
+    if d.is_main:
+        write_json(tokens / MANIFEST, manifest)
+    distributed.barrier(d)
     return manifest
 
 
@@ -116,10 +137,14 @@ def build_dataset(
     eval_captions: Path | None = None, eval_images: Path | None = None,
 ) -> dict:
     out = Path(out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (out / "images" / MANIFEST).exists():
+        raise DalleEvalError(f"{out}/images: build the image shards in one process first; torchrun shards only "
+                             "the dVAE encoding (--dvae)")
     t0 = time.time()
     report: dict = {"out": str(out), "images": build_images(cfg, source, out, n, eval_captions, eval_images)}
     if dvae is not None:
         report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
     report["seconds"] = round(time.time() - t0, 1)
-    write_json(out / "build_report.json", report)
+    if os.environ.get("RANK", "0") == "0":
+        write_json(out / "build_report.json", report)
     return report

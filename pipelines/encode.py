@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dalle_eval.artifacts import MANIFEST, sha256_file, write_json
+from dalle_eval.artifacts import sha256_file
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import count_samples, image_to_array, iter_shards, shard_name, write_shard
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, read_ckpt_config
@@ -38,25 +38,30 @@ def _encode_batch(dvae, images: list, device: str) -> np.ndarray:
     return dvae.encode(x).cpu().numpy().astype(np.uint16)  # (B, g, g)
 
 
-def encode_shards(
-    image_shards: list[Path], out: Path, dvae_ckpt: Path, tokenizer_path: Path, text_len: int, batch: int, device: str
-) -> dict:
+def prepare_assets(out: Path, dvae_ckpt: Path, tokenizer_path: Path) -> None:
+    """Copy the dVAE checkpoint and the tokenizer into the token folder (self-contained artifact)."""
     out.mkdir(parents=True, exist_ok=True)
     copy_dvae(dvae_ckpt, out / DVAE_DIR)
     if Path(tokenizer_path).resolve() != (out / TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / TOKENIZER)
+
+
+def encode_shards(
+    image_shards: list[Path], out: Path, text_len: int, batch: int, device: str, rank: int = 0, world: int = 1
+) -> dict:
+    """Encode image shard s into token shard s for every s = rank mod world (after prepare_assets).
+
+    -> the manifest of the whole folder when world == 1, else this rank's {"truncated_captions"}.
+    """
     tok = load_tokenizer(out / TOKENIZER)
     _, dcfg = read_ckpt_config(out / DVAE_DIR, "dvae")
     dvae = load_dvae(out / DVAE_DIR).to(device)
 
-    n_samples = truncated = 0
-    shards, sizes = [], []
-    for s, src in enumerate(tqdm(image_shards, desc="encode shards (BPE + dVAE)", unit="shard")):
+    truncated = 0
+    mine = list(enumerate(image_shards))[rank::world]
+    for s, src in tqdm(mine, desc="encode shards (BPE + dVAE)", unit="shard", disable=rank != 0):
         dst = out / shard_name(s)
-        shards.append(dst.name)
         if dst.exists():  # finished by an earlier run
-            sizes.append(count_samples(dst))
-            n_samples += sizes[-1]
             continue
         samples = list(iter_shards([src]))
         for sample in samples:
@@ -76,22 +81,25 @@ def encode_shards(
                 for x, t, c in zip(samples, ids, codes)
             ),
         )
-        n_samples += len(samples)
-        sizes.append(len(samples))
+    if world > 1:
+        return {"truncated_captions": truncated}
+    return token_manifest(out, len(image_shards), text_len, dcfg.dvae, tok.get_vocab_size(), truncated)
 
-    manifest = {
+
+def token_manifest(out: Path, n_shards: int, text_len: int, dvae_cfg, text_vocab: int, truncated: int) -> dict:
+    shards = [shard_name(s) for s in range(n_shards)]
+    sizes = [count_samples(out / name) for name in shards]
+    return {
         "kind": "tokens",
-        "n_samples": n_samples,
+        "n_samples": sum(sizes),
         "n_shards": len(shards),
         "shards": shards,
         "shard_sizes": sizes,
         "text_len": text_len,
-        "grid": dcfg.dvae.grid,
-        "text_vocab": tok.get_vocab_size(),
-        "image_vocab": dcfg.dvae.vocab_size,
+        "grid": dvae_cfg.grid,
+        "text_vocab": text_vocab,
+        "image_vocab": dvae_cfg.vocab_size,
         "truncated_captions": truncated,
         "tokenizer_sha256": sha256_file(out / TOKENIZER),
         "dvae_sha256": sha256_file(out / DVAE_DIR / "model.safetensors"),
     }
-    write_json(out / MANIFEST, manifest)
-    return manifest

@@ -185,3 +185,31 @@ def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
     assert sorted(s["txt"] for s in samples) == sorted(table.index[table["status"] == "ok"])
     assert manifest["shard_sizes"] == [3, 3]
+
+
+def test_torchrun_shards_the_encoding_and_gives_the_same_tokens(tmp_path, token_data, dvae_ckpt):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import FAST
+
+    data = tmp_path / "data"
+    shutil.copytree(token_data / "images", data / "images")
+    shutil.copy(token_data / "pairs.parquet", data / "pairs.parquet")
+    shutil.copy(token_data / "tokens" / "tokenizer.json", tmp_path / "tokenizer.json")
+    sets = [x for item in FAST for x in ("--set", item)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dalle_eval.cli",
+           "build-dataset", "--source", "shapes", "--limit", "160", "--out", str(data), "--dvae", str(dvae_ckpt),
+           "--tokenizer", str(tmp_path / "tokenizer.json"), *sets]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("== build-dataset ==") == 1
+    ours = json.loads((data / "tokens" / "manifest.json").read_text())
+    ref = json.loads((token_data / "tokens" / "manifest.json").read_text())
+    assert ours["world_size"] == 2 and ours["n_samples"] == ref["n_samples"] and ours["shard_sizes"] == ref["shard_sizes"]
+    for name in ref["shards"]:
+        a, b = iter_shards([data / "tokens" / name]), iter_shards([token_data / "tokens" / name])
+        assert all((x["codes.npy"] == y["codes.npy"]).all() and x["txt"] == y["txt"] for x, y in zip(a, b))
