@@ -304,5 +304,30 @@ def demo(cfg, overrides, out, n):
     _summary("demo", {k: v for k, v in r["headline"].items()}, Path(out) / "report.md")
 
 
+@main.command("dataset-stats")
+@click.argument("data_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--no-plots", is_flag=True, help="Tables only: skip the PNG plots.")
+def dataset_stats_cmd(data_dir, no_plots):
+    """Statistics of a build-dataset dir: counts per status, caption-length and resolution
+    histograms, top domains, near-duplicate clusters (DIR/stats/: stats.json, stats.md, PNGs).
+
+    \b
+    Example:
+      dalle-eval dataset-stats runs/web
+      dalle-eval dataset-stats runs/data --no-plots
+    """
+    from pipelines.stats import dataset_stats, format_stats
+
+    try:
+        s = dataset_stats(data_dir, plots=not no_plots)
+    except DalleEvalError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_stats(s))
+    t = s["status"]["totals"]
+    lines = {"rows": f"{t['rows']:,} ({t['kept']:,} kept, {t['rejected']:,} rejected)", "stats": s["files"]["json"]}
+    lines.update({f"plot {Path(p).stem}": p for p in s["files"]["plots"]})
+    _summary("dataset-stats", lines, Path(s["files"]["markdown"]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
