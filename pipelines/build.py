@@ -38,6 +38,7 @@ from model.tokenizer import load_tokenizer, train_bpe
 from pipelines.encode import encode_shards, prepare_assets, token_manifest
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
 from pipelines.sources import read_pairs, source_fingerprint
+from pipelines.stats import dataset_stats
 from pipelines.web import build_web_images
 
 
@@ -146,5 +147,7 @@ def build_dataset(
         report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
     report["seconds"] = round(time.time() - t0, 1)
     if os.environ.get("RANK", "0") == "0":
+        stats = dataset_stats(out)  # OUT/stats/: tables and plots; the status summary goes in the report
+        report["stats"] = {"status": stats["status"]["totals"], "files": str(out / "stats" / "stats.md")}
         write_json(out / "build_report.json", report)
     return report

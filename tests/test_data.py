@@ -85,6 +85,9 @@ def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
     got = dict(zip(table["url"].str.removeprefix(base), table["status"]))
     assert got == EXPECTED
     assert sum(report["images"]["status_counts"].values()) == len(rows) == len(table)
+    assert report["stats"]["status"] == {"rows": 19, "kept": 7, "rejected": 12, "kept_share": 7 / 19,
+                                         "rejected_share": 12 / 19}
+    assert (tmp_path / "out" / "stats" / "status.png").exists()  # dataset-stats ran as part of the build
     assert (table.loc[table["status"] == "ok", "width"] == 320).all()  # the original size, not the resized one
     assert (table.loc[table["status"] == "near_duplicate", "dup_of"] == table.loc[0, "key"]).all()
     assert table.loc[table["status"] == "http_404", "error"].item() == "HTTP Error 404: Not Found"
