@@ -43,6 +43,7 @@ $(PEER)/.installed: constraints.txt
 
 bench-peers: $(PEER)/.installed
 	$(PEER)/bin/python benchmarks/peer_dalle_pytorch.py
+	$(PEER)/bin/python benchmarks/peer_dalle_pytorch.py train tiny
 
 lint: install
 	$(VENV)/bin/ruff check dalle_eval pipelines model tests benchmarks
