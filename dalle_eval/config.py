@@ -33,6 +33,7 @@ class DataConfig:
     seed: int = 0
     url_col: str = "url"
     caption_col: str = "caption"
+    header: bool = True  # csv/tsv lists have a header row; false: columns are column0, column1, ... (CC3M's tsv)
     bpe_vocab: int = 16384  # paper: 16,384 lowercased BPE tokens
     download_processes: int = 1
     download_threads: int = 16

@@ -50,7 +50,7 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
     inputs = {"source": source, "n": n, "data": config_to_dict(d)}
     if source != "shapes":
-        pairs = read_pairs(source, d.url_col, d.caption_col)  # validate the source before touching OUT
+        pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
         inputs["source_sha256"] = source_fingerprint(source)
         inputs["filter"] = config_to_dict(cfg.filter)

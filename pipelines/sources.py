@@ -32,8 +32,8 @@ from dalle_eval.errors import DalleEvalError
 # NULLs instead of making DuckDB's sniffer fall back to one column (or to no rows at all).
 READERS = {
     ".parquet": "read_parquet({path}{options})",
-    ".csv": "read_csv({path}, header=true, delim=',', quote='\"', escape='\"', all_varchar=true, null_padding=true{options})",
-    ".tsv": "read_csv({path}, header=true, delim='\t', quote='', all_varchar=true, null_padding=true{options})",
+    ".csv": "read_csv({path}, header={header}, delim=',', quote='\"', escape='\"', all_varchar=true, null_padding=true{options})",
+    ".tsv": "read_csv({path}, header={header}, delim='\t', quote='', all_varchar=true, null_padding=true{options})",
     ".jsonl": "read_json({path}, format='newline_delimited'{options})",
     ".json": "read_json({path}, format='auto'{options})",
 }
@@ -43,8 +43,11 @@ GLOB_CHARS = "*?["
 KEY_WIDTH = 9  # today's keys: 000000000, 000000001, ... (wider only past a billion rows)
 
 
-def read_pairs(source: str | Path, url_col: str = "url", caption_col: str = "caption") -> pd.DataFrame:
-    """-> DataFrame with columns key, url, caption, source (string dtype), one row per input pair."""
+def read_pairs(source: str | Path, url_col: str = "url", caption_col: str = "caption", header: bool = True) -> pd.DataFrame:
+    """-> DataFrame with columns key, url, caption, source (string dtype), one row per input pair.
+
+    header=False: csv/tsv files without a header row (CC3M's tsv: caption, url); their columns are then
+    named column0, column1, ... (e.g. url_col="column1", caption_col="column0")."""
     path = Path(source)
     if path.is_dir():
         return _with_keys(read_image_folder(path))
@@ -58,7 +61,7 @@ def read_pairs(source: str | Path, url_col: str = "url", caption_col: str = "cap
         _reader(f)
     frames = []
     for f in files:
-        df = _read_list(f, url_col, caption_col, single=len(files) == 1)
+        df = _read_list(f, url_col, caption_col, single=len(files) == 1, header=header)
         df["source"] = f.relative_to(root).as_posix()
         frames.append(df)
     pairs = pd.concat(frames, ignore_index=True)
@@ -128,7 +131,7 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _read_list(path: Path, url_col: str, caption_col: str, single: bool) -> pd.DataFrame:
+def _read_list(path: Path, url_col: str, caption_col: str, single: bool, header: bool = True) -> pd.DataFrame:
     """One list file -> DataFrame(url, caption). `single`: an empty file is an error (in a glob, an
     empty part just adds no rows)."""
     if path.stat().st_size == 0:
@@ -138,19 +141,19 @@ def _read_list(path: Path, url_col: str, caption_col: str, single: bool) -> pd.D
             )
         return pd.DataFrame({"url": pd.Series(dtype="string"), "caption": pd.Series(dtype="string")})
     with tempfile.TemporaryDirectory(prefix="dalle-eval-source-") as tmp:
-        df = _duckdb_read(path, Path(tmp), url_col, caption_col)
+        df = _duckdb_read(path, Path(tmp), url_col, caption_col, header)
     if len(df) == 0 and single:
         raise DalleEvalError(f"--source {path}: no rows after the header")
     return pd.DataFrame({"url": _as_text(df.iloc[:, 0]), "caption": _as_text(df.iloc[:, 1])})
 
 
-def _duckdb_read(path: Path, tmp: Path, url_col: str, caption_col: str) -> pd.DataFrame:
+def _duckdb_read(path: Path, tmp: Path, url_col: str, caption_col: str, header: bool = True) -> pd.DataFrame:
     """Read the two columns with DuckDB. Text that is not UTF-8 is re-read from a copy decoded with
     U+FFFD for the bad bytes; quoted newlines in a csv are re-read with DuckDB's serial reader."""
     reader = _reader(path)
     read_from, options = path, ""
     for _ in range(3):  # at most: as is, + parallel=false, + the repaired copy
-        table = reader.format(path=_sql_string(str(read_from)), options=options)
+        table = reader.format(path=_sql_string(str(read_from)), options=options, header=str(header).lower())
         try:
             with duckdb.connect() as con:
                 found = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {table}").fetchall()]

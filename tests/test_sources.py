@@ -156,3 +156,12 @@ def test_source_fingerprint(tmp_path):
     before = source_fingerprint(str(tmp_path / "*.csv"))
     (tmp_path / "b.csv").write_text("url,caption\nhttp://x/b.jpg,a green car\n")
     assert source_fingerprint(str(tmp_path / "*.csv")) != before
+
+
+def test_headerless_tsv_like_cc3m(tmp_path):
+    """CC3M's Train_GCC-training.tsv: caption<TAB>url, no header row."""
+    src = tmp_path / "Train_GCC-training.tsv"
+    src.write_text("a dog on a beach\thttp://x/1.jpg\nthe city at night, seen from above\thttp://x/2.jpg\n")
+    pairs = read_pairs(src, url_col="column1", caption_col="column0", header=False)
+    assert pairs["url"].tolist() == ["http://x/1.jpg", "http://x/2.jpg"]
+    assert pairs["caption"].tolist() == ["a dog on a beach", "the city at night, seen from above"]
