@@ -157,6 +157,7 @@ class TransformerTrainConfig:
     halve_every: int = 0  # "halving": steps between halvings
     plateau_patience: int = 3  # "plateau": validations without improvement before halving
     plateau_threshold: float = 1e-3  # "plateau": relative val-loss improvement that counts
+    bpe_dropout: float = 0.1  # paper B.2: captions re-tokenized with 10% BPE dropout while training
     betas: tuple[float, float] = (0.9, 0.96)
     eps: float = 1e-8
     weight_decay: float = 4.5e-2

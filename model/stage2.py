@@ -8,6 +8,7 @@ dir, so it samples on its own.
 from __future__ import annotations
 
 import functools
+import random
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
 from model.schedule import LRSchedule
-from model.tokenizer import encode_captions, load_tokenizer, pad_batch
+from model.stream import mix_seed
+from model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
 from model.transformer import DalleTransformer, count_parameters
 
 
@@ -47,9 +49,15 @@ def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
                                  f"records {manifest[key][:12]}; the tokens were made with another {what} — rebuild them")
 
 
-def decode_tokens(sample: dict, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A token-shard sample -> (text ids padded with -1 to text_len, flat image codes), int64."""
-    return pad_batch([sample["text.npy"]], text_len)[0], torch.from_numpy(sample["codes.npy"].astype(np.int64).reshape(-1))
+def decode_tokens(sample: dict, text_len: int, dropout: BPEDropout | None = None, seed: int = 0):
+    """A token-shard sample -> (text ids padded with -1 to text_len, flat image codes), int64.
+
+    dropout: while training (the stream sets sample["__epoch__"]) the caption is re-tokenized with BPE
+    dropout seeded by (seed, key, epoch): a new segmentation each epoch, the same one after a resume."""
+    ids = sample["text.npy"]
+    if dropout is not None and "__epoch__" in sample:
+        ids = dropout.encode(sample["txt"], random.Random(mix_seed(seed, "bpe", sample["__key__"], sample["__epoch__"])))
+    return pad_batch([ids], text_len)[0], torch.from_numpy(sample["codes.npy"].astype(np.int64).reshape(-1))
 
 
 class TransformerTask:
@@ -58,7 +66,8 @@ class TransformerTask:
         check_manifest(manifest, cfg, folder)
         self.model = DalleTransformer(cfg.transformer)
         t = cfg.transformer
-        self.decode = functools.partial(decode_tokens, text_len=t.text_len)
+        dropout = BPEDropout(folder / TOKENIZER, self.tc.bpe_dropout) if self.tc.bpe_dropout > 0 else None
+        self.decode = functools.partial(decode_tokens, text_len=t.text_len, dropout=dropout, seed=cfg.train.seed)
         self.fingerprints = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dvae_sha256": manifest["dvae_sha256"]}
         self.tokens_per_sample = t.text_len + t.image_len
         T = self.tokens_per_sample  # FLOPs per token: 6 N + 12 L d T (PaLM, appendix B), x T tokens

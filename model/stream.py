@@ -47,13 +47,15 @@ class BadShard(Exception):
     """A shard that cannot be read whole (truncated, corrupt, wrong sample count, undecodable)."""
 
 
-def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None) -> list[tuple]:
-    """Every sample of one shard, decoded, or BadShard: a shard is used whole or not at all."""
+def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None, epoch: int | None = None) -> list[tuple]:
+    """Every sample of one shard, decoded, or BadShard: a shard is used whole or not at all.
+
+    epoch: handed to `decode` as sample["__epoch__"] (training-time augmentation seeded by key and epoch)."""
     # the stream itself splits shards over ranks and workers: webdataset must not split this one again
     dataset = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, handler=wds.reraise_exception,
                              nodesplitter=every_shard, workersplitter=every_shard).decode("pil")
     try:
-        samples = [decode(s) for s in dataset]
+        samples = [decode(s if epoch is None else {**s, "__epoch__": epoch}) for s in dataset]
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
         raise BadShard(f"{type(e).__name__}: {e}") from None
     if expected is not None and len(samples) != expected:
@@ -88,7 +90,7 @@ class ShardStream:
         samples, bad = [], []
         for name in order[w * self.window : (w + 1) * self.window]:
             try:
-                samples.extend(read_shard(self.folder / name, self.decode, self.size.get(name)))
+                samples.extend(read_shard(self.folder / name, self.decode, self.size.get(name), epoch))
             except BadShard as e:
                 if self.on_bad_shard == "fail":
                     raise DalleEvalError(f"{self.folder / name}: unreadable shard ({e}); "

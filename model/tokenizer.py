@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,6 +44,40 @@ def encode_captions(tok: Tokenizer, captions: list[str], text_len: int) -> tuple
     ids = [np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(captions)]
     truncated = sum(len(a) > text_len for a in ids)
     return [a[:text_len] for a in ids], truncated
+
+
+class BPEDropout:
+    """Seeded BPE-dropout (Provilkov et al. 2020; DALL-E paper B.2: 10%) over a byte-level BPE
+    tokenizer.json: at every merge step each applicable merge is skipped with probability p. The random
+    draws come from the caller's `random.Random`, so the same seed gives the same segmentation (exact
+    resume); p = 0 gives exactly the tokenizer's own ids."""
+
+    def __init__(self, path: Path, p: float):
+        self.tok, self.p = load_tokenizer(path), p
+        model = json.loads(Path(path).read_text())["model"]
+        if model.get("type") != "BPE":
+            raise DalleEvalError(f"{path}: BPE dropout needs a BPE tokenizer, found {model.get('type')}")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.vocab = model["vocab"]
+
+    def _merge(self, symbols: list[str], rng: random.Random) -> list[str]:
+        while len(symbols) > 1:
+            best = None  # (rank, position) of the lowest-rank merge that survives this step's dropout
+            for i in range(len(symbols) - 1):
+                rank = self.ranks.get((symbols[i], symbols[i + 1]))
+                if rank is not None and (best is None or rank < best[0]) and (self.p == 0 or rng.random() >= self.p):
+                    best = (rank, i)
+            if best is None:
+                return symbols
+            i = best[1]
+            symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+        return symbols
+
+    def encode(self, text: str, rng: random.Random) -> np.ndarray:
+        pieces = self.tok.pre_tokenizer.pre_tokenize_str(self.tok.normalizer.normalize_str(text))
+        ids = [self.vocab[s] for piece, _ in pieces for s in self._merge(list(piece), rng)]
+        return np.asarray(ids, dtype=np.int32)
 
 
 def pad_batch(ids: list[np.ndarray], text_len: int) -> torch.Tensor:

@@ -256,3 +256,32 @@ def test_torch_compile_gives_the_eager_losses(tmp_path, token_data):
     train("transformer", token_data, cfg_with(), tmp_path / "eager", progress=False)
     train("transformer", token_data, cfg_with("train.compile=true"), tmp_path / "compiled", progress=False)
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
+
+
+def test_bpe_dropout_is_the_tokenizer_at_zero_and_seeded(token_data):
+    import random
+
+    from model.tokenizer import BPEDropout, load_tokenizer
+
+    path = token_data / "tokens" / "tokenizer.json"
+    tok = load_tokenizer(path)
+    captions = ["a red circle", "A small blue square LEFT of a large green triangle", "Tom &amp; Jerry! émoji 🙂", ""]
+    exact = BPEDropout(path, 0.0)
+    assert all(exact.encode(c, random.Random(0)).tolist() == tok.encode(c).ids for c in captions)
+    drop = BPEDropout(path, 0.1)
+    runs = [[drop.encode(c, random.Random(seed)).tolist() for c in captions] for seed in range(20)]
+    assert all(tok.decode(ids) == tok.decode(tok.encode(c).ids) for run in runs for ids, c in zip(run, captions))
+    assert any(run != runs[0] for run in runs)  # other seeds, other segmentations of the same text
+    assert runs[3] == [drop.encode(c, random.Random(3)).tolist() for c in captions]
+
+
+def test_resume_with_bpe_dropout_gives_the_same_losses(tmp_path, token_data):
+    cfg = cfg_with("train.transformer.bpe_dropout=0.5")
+    full, part = tmp_path / "full", tmp_path / "part"
+    train("transformer", token_data, cfg, full, progress=False)
+    train("transformer", token_data, cfg, part, progress=False, stop_at=3)
+    train("transformer", token_data, cfg, part, resume=True, progress=False)
+    no_dropout = tmp_path / "plain"
+    train("transformer", token_data, cfg_with(), no_dropout, progress=False)
+    assert losses(part) == pytest.approx(losses(full), abs=1e-6)
+    assert losses(full) != pytest.approx(losses(no_dropout), abs=1e-6)  # the dropout is really applied
