@@ -316,7 +316,8 @@ def dataset_stats_cmd(data_dir, no_plots):
       dalle-eval dataset-stats runs/web
       dalle-eval dataset-stats runs/data --no-plots
     """
-    from pipelines.stats import dataset_stats, format_stats
+    from pipelines.stats import dataset_stats
+    from pipelines.stats_report import format_stats
 
     try:
         s = dataset_stats(data_dir, plots=not no_plots)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from dalle_eval.cli import main
 from dalle_eval.errors import DalleEvalError
-from pipelines.stats import dataset_stats, format_stats
+from pipelines.stats import dataset_stats
+from pipelines.stats_report import format_stats
 
 STATUSES = {"ok": 110, "http_404": 20, "caption_too_short": 15, "near_duplicate": 12, "duplicate_url": 10,
             "timeout": 8, "not_english": 8, "undecodable": 7, "clip_score_low": 5, "eval_overlap": 5}  # fmt: skip
