@@ -163,7 +163,10 @@ def plot_metrics(run_dir, out):
     """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm."""
     from dalle_eval.plots import plot_metrics as plot
 
-    click.echo(f"wrote {plot(run_dir, out)}")
+    try:
+        click.echo(f"wrote {plot(run_dir, out)}")
+    except DalleEvalError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

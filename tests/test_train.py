@@ -206,6 +206,8 @@ def test_plot_metrics_cli(tmp_path, token_data):
     r = CliRunner().invoke(main, ["plot-metrics", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 10_000
+    r = CliRunner().invoke(main, ["plot-metrics", str(tmp_path)])  # a dir without metrics.jsonl
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith("Error: metrics not found")
 
 
 def _torchrun(args, n=2, timeout=300):
