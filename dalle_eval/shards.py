@@ -7,6 +7,7 @@ re-runs skip them.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +39,32 @@ def write_shard(path: Path, samples: Iterable[dict]) -> int:
 def every_shard(urls):
     """webdataset splitter that keeps every shard: callers split work over ranks/workers themselves."""
     return urls
+
+
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / extension split
+
+
+def iter_raw_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of one shard in tar order, undecoded (streamed; hidden files skipped).
+
+    A shard that breaks mid-read yields the samples before the break, then raises the tarfile error."""
+    key, files = None, {}
+    try:
+        with tarfile.open(path, "r|*") as tf:
+            for member in tf:
+                m = _WDS_NAME.match(member.name) if member.isfile() else None
+                if m is None or Path(member.name).name.startswith("."):
+                    continue
+                if m.group(1) != key and key is not None:
+                    yield key, files
+                    files = {}
+                key, files[m.group(2).lower()] = m.group(1), tf.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError):
+        if key is not None and files:
+            yield key, files
+        raise
+    if key is not None and files:
+        yield key, files
 
 
 def count_samples(path: Path) -> int:

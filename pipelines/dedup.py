@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import IMAGE_EXTS
+from dalle_eval.shards import IMAGE_EXTS, iter_raw_samples
 
 # Default Hamming threshold (of 64 bits), measured on 400 rendered images (tests/test_dedup.py renders
 # them): JPEG q70, 256->200->256 resize, +10% brightness and all three move a hash by <= 4 bits in 99.6%
@@ -45,7 +44,6 @@ from dalle_eval.shards import IMAGE_EXTS
 DEFAULT_THRESHOLD = 6
 DEFAULT_RADIUS = 1
 FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/extension split
 
 
 # pHash (Zauner 2010; "Looks like it", hackerfactor.com 2011): grey 32x32, 2-D DCT-II, the 8x8 lowest
@@ -257,25 +255,16 @@ def iter_shard_samples(shards: Iterable[str | Path], bad_shards: list[str] | Non
     for shard in shards:
         if not Path(shard).is_file():
             raise DalleEvalError(f"{shard}: image shard not found")
-        name, key, files = Path(shard).name, None, {}
+        name, key = Path(shard).name, None
         try:
-            with tarfile.open(shard, "r|*") as tf:
-                for member in tf:
-                    m = _WDS_NAME.match(member.name) if member.isfile() else None
-                    if m is None or Path(member.name).name.startswith("."):
-                        continue
-                    if m.group(1) != key and key is not None:
-                        yield _sample(key, name, files)
-                        files = {}
-                    key, files[m.group(2).lower()] = m.group(1), tf.extractfile(member).read()
+            for key, files in iter_raw_samples(shard):
+                yield _sample(key, name, files)
         except (tarfile.TarError, OSError, EOFError) as e:
             warnings.warn(
                 f"{shard}: unreadable shard after {key or 'its start'} ({e}); kept what came before"
             )
             if bad_shards is not None:
                 bad_shards.append(str(shard))
-        if key is not None and files:
-            yield _sample(key, name, files)
 
 
 def _sample(key: str, shard: str, files: dict[str, bytes]) -> Sample:

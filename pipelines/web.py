@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dalle_eval.artifacts import MANIFEST, atomic_path, prepare_stage, write_json
 from dalle_eval.config import Config, config_to_dict
-from dalle_eval.shards import count_samples, shard_name
+from dalle_eval.shards import count_samples, iter_raw_samples, shard_name
 from pipelines.dedup import eval_overlap, hash_folder, hash_shards, near_duplicates
 from pipelines.download import download_images
 from pipelines.prefilter import filter_counts, prefilter
@@ -88,16 +88,10 @@ def reshard(table: pd.DataFrame, shards: list[Path], images: Path, shard_size: i
     buckets: dict[int, list[tuple[str, list[tuple[str, bytes]]]]] = {i: [] for i in range(n_out)}
     todo = {i for i in range(n_out) if not (images / shard_name(i)).exists()}
     for shard in tqdm(shards if todo else [], desc="write kept image shards", unit="shard"):
-        with tarfile.open(shard) as tf:
-            groups: dict[str, list[tuple[str, bytes]]] = {}
-            for m in tf.getmembers():
-                if m.isfile():
-                    stem, ext = m.name.split(".", 1)
-                    groups.setdefault(stem, []).append((ext, tf.extractfile(m).read()))
-        for stem, files in groups.items():
+        for stem, files in iter_raw_samples(shard):
             key = keep.get(stem)
             if key is not None and slot[key] in todo:
-                buckets[slot[key]].append((key, files))
+                buckets[slot[key]].append((key, sorted(files.items())))
     for i in sorted(todo):
         with atomic_path(images / shard_name(i)) as tmp, tarfile.open(tmp, "w") as out:
             for key, files in sorted(buckets[i]):
