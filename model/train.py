@@ -207,15 +207,16 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
             group["lr"] = lr
         torch.manual_seed(mix_seed(tc.seed, "noise", step, d.rank))  # noise of step s: exact resume
         wrapped.train()
-        parts: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         rank_batch = loader.next()  # this rank's samples of the step, cut into micro-batches
         for i in range(accum):
             batch = task.prepare(tuple(t[i * micro : (i + 1) * micro] for t in rank_batch), device)
             with distributed.no_sync(wrapped, d, tc.parallel, sync=i == accum - 1), autocast:
                 losses = task.loss(forward_model, batch, step)
                 (losses["loss"] / accum).backward()
-            for k, v in losses.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach()) / accum
+            for k, v in losses.items():  # summed on the device: one host sync per step, not per micro-step
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+        parts = {k: float(v) / accum for k, v in sums.items()}
         grad_norm = task.clip_gradients()
         finite = math.isfinite(grad_norm) and not distributed.any_rank(not math.isfinite(parts["loss"]), d)
         if finite:
