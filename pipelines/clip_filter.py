@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipelines.dedup import iter_shard_samples
+from pipelines.image_reader import iter_shard_samples
 
 DEFAULT_CLIP_THRESHOLD = 0.28
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -22,20 +24,29 @@ from tqdm import tqdm
 from dalle_eval.artifacts import MANIFEST, atomic_path, prepare_stage, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.shards import count_samples, iter_raw_samples, shard_name
-from pipelines.dedup import eval_overlap, hash_folder, hash_shards, near_duplicates
+from pipelines.dedup import eval_overlap, near_duplicates
 from pipelines.download import download_images
+from pipelines.image_reader import hash_folder, hash_shards
 from pipelines.prefilter import filter_counts, prefilter
 
 
+def _shard_hashes(shard: Path) -> pd.DataFrame:
+    cache = shard.with_suffix(".phash.parquet")
+    if not cache.exists():
+        with atomic_path(cache) as tmp:
+            hash_shards([shard], progress=False).to_parquet(tmp, index=False)
+    return pd.read_parquet(cache)
+
+
 def _hashes(shards: list[Path]) -> pd.DataFrame:
-    """pHash of every downloaded sample, cached beside each shard (a re-run hashes only new shards)."""
-    parts = []
-    for shard in tqdm(shards, desc="phash downloaded shards", unit="shard"):
-        cache = shard.with_suffix(".phash.parquet")
-        if not cache.exists():
-            with atomic_path(cache) as tmp:
-                hash_shards([shard], progress=False).to_parquet(tmp, index=False)
-        parts.append(pd.read_parquet(cache))
+    """pHash of every downloaded sample, cached beside each shard (a re-run hashes only new shards).
+
+    A thread per core: PIL's decoders and resizers release the GIL, and threads start in microseconds
+    where worker processes would cost more than hashing a few thousand small images.
+    """
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        parts = list(tqdm(pool.map(_shard_hashes, shards), total=len(shards), desc="phash downloaded shards",
+                          unit="shard"))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "phash", "status"])
 
 

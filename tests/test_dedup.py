@@ -15,12 +15,11 @@ from pipelines.dedup import (
     DEFAULT_THRESHOLD,
     eval_overlap,
     hamming,
-    hash_folder,
-    hash_shards,
     near_duplicates,
     near_pairs,
     phash,
 )
+from pipelines.image_reader import hash_folder, hash_shards
 
 
 def render(seed: int, size: int = 256) -> Image.Image:
