@@ -1,0 +1,200 @@
+"""I-RAVEN-style matrices: determinism, one valid answer, no blind shortcut, manifest, render/parse."""
+
+import json
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from dalle_eval.errors import DalleEvalError
+from dalle_eval.raven import (
+    CONFIGS,
+    TYPES,
+    Panel,
+    generate_item,
+    generate_items,
+    read_manifest,
+    row_satisfies,
+    satisfies_rules,
+    validate_record,
+    write_manifest,
+)
+from dalle_eval.raven.render import (
+    EXACT_FROM,
+    answer_box,
+    nearest_candidate,
+    parse_panel,
+    render_matrix,
+    render_panel,
+)
+from dalle_eval.raven.schema import COLOURS, RULES, SIZES, TYPE_RULES
+
+ATTRS = ("type", "size", "colour", "number", "positions")
+
+
+@pytest.fixture(scope="module")
+def items():
+    return generate_items(1000, seed=0)
+
+
+def test_same_seed_same_items_and_bytes():
+    a = json.dumps([it.to_json() for it in generate_items(50, seed=3)])
+    b = json.dumps([it.to_json() for it in generate_items(50, seed=3)])
+    c = json.dumps([it.to_json() for it in generate_items(50, seed=4)])
+    assert a == b and a != c
+    item, again = generate_items(8, seed=3)[7], generate_item(3, 7, "grid2x2")  # regenerates alone
+    assert item == again and item.item_id == "raven-3-00007"
+    png = [render_matrix(it, 242, it.candidates[it.answer]).tobytes() for it in (item, again)]
+    assert png[0] == png[1]
+    with pytest.raises(DalleEvalError, match="unknown config"):
+        generate_items(3, configs=("grid5x5",))
+
+
+def test_exactly_one_candidate_satisfies_the_rules(items):
+    seen = Counter()
+    for it in items:
+        assert [i for i, c in enumerate(it.candidates) if satisfies_rules(it, c)] == [it.answer], it.item_id
+        assert len(set(it.candidates)) == 8, it.item_id
+        assert row_satisfies(it, it.context[0:3]) and row_satisfies(it, it.context[3:6]), it.item_id
+        seen.update((a, r["rule"]) for a, r in it.rules.items())
+    assert Counter(it.config for it in items).keys() == set(CONFIGS)
+    for attribute in ("number", "position", "size", "colour"):
+        assert all((attribute, rule) in seen for rule in RULES), attribute
+    assert all(("type", rule) in seen for rule in TYPE_RULES) and ("type", "arithmetic") not in seen
+
+
+def test_bisection_tree_balances_every_attribute(items):
+    """Each attribute value sits in 4 or 8 of the candidates, so every candidate scores the same blind."""
+    for it in items:
+        for attribute in ATTRS:
+            counts = Counter(getattr(c, attribute) for c in it.candidates)
+            assert sorted(counts.values()) in ([8], [4, 4]), (it.item_id, attribute, counts)
+        if "number" in it.rules:  # positions are free noise then: never the thing that separates candidates
+            assert len({(c.number, c.positions) for c in it.candidates}) == len(
+                {c.number for c in it.candidates}
+            )
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def test_context_blind_chooser_is_at_chance(items):
+    rng, hits = random.Random(0), 0
+    for it in items:
+        counts = {a: Counter(getattr(c, a) for c in it.candidates) for a in ATTRS}
+        scores = [sum(counts[a][getattr(c, a)] for a in ATTRS) for c in it.candidates]
+        hits += rng.choice([i for i, s in enumerate(scores) if s == max(scores)]) == it.answer
+    lo, hi = _wilson(hits, len(items))
+    assert lo <= 0.125 <= hi, f"blind accuracy {hits}/{len(items)}, 95% CI [{lo:.3f}, {hi:.3f}]"
+    ruled = sum(
+        next(i for i, c in enumerate(it.candidates) if satisfies_rules(it, c)) == it.answer for it in items
+    )
+    assert ruled == len(items)
+
+
+def test_manifest_round_trip(tmp_path, items):
+    path = write_manifest(items[:100], tmp_path / "raven.jsonl")
+    assert read_manifest(path) == items[:100]
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        validate_record(json.loads(line), f"raven.jsonl:{i}")
+    assert list(tmp_path.iterdir()) == [path]  # the temp file was renamed, not left behind
+
+
+def _set(path: tuple, value):
+    def corrupt(d: dict) -> str:
+        target = d
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return json.dumps(d)
+
+    return corrupt
+
+
+def _drop_answer(d: dict) -> str:
+    d.pop("answer")
+    return json.dumps(d)
+
+
+def _seven_positions(d: dict) -> str:
+    d["candidates"][0].update(positions=list(range(7)), number=7)
+    return json.dumps(d)
+
+
+def _wrong_answer(d: dict) -> str:
+    d["answer"] = (d["answer"] + 1) % 8
+    return json.dumps(d)
+
+
+@pytest.mark.parametrize(
+    "corrupt, field",
+    [
+        (_drop_answer, "'answer'"),
+        (_set(("answer",), 8), "'answer'"),
+        (_wrong_answer, "'answer'"),
+        (_set(("rules", "size", "rule"), "xor"), "'rules.size.rule'"),
+        (_seven_positions, "'candidates[0].positions'"),
+        (lambda d: json.dumps(d)[:-3], "not valid JSON"),
+    ],
+)
+def test_manifest_errors_name_line_and_field(tmp_path, items, corrupt, field):
+    records = [it.to_json() for it in items[:4]]
+    assert records[1]["config"] == "grid2x2"
+    lines = [json.dumps(r) for r in records]
+    lines[1] = corrupt(records[1])
+    path = tmp_path / "raven.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DalleEvalError) as err:
+        read_manifest(path)
+    assert "raven.jsonl:2" in str(err.value) and field in str(err.value), str(err.value)
+
+
+def test_render_parse_round_trip(items):
+    for it in items[:200]:
+        for c in it.candidates:
+            assert parse_panel(render_panel(c, it.config, 80), it.config) == c, (it.item_id, c)
+
+
+def test_parse_exact_from_documented_panel_size():
+    """Every (type, size, colour) parses back at EXACT_FROM[config] px, not necessarily one pixel below."""
+    rng = random.Random(0)
+    for config, side in EXACT_FROM.items():
+        slots = CONFIGS[config]
+        for shape in TYPES:
+            for size in range(len(SIZES)):
+                for colour in range(len(COLOURS)):
+                    positions = tuple(sorted(rng.sample(range(slots), rng.randint(1, slots))))
+                    panel = Panel(shape, size, colour, positions)
+                    assert parse_panel(render_panel(panel, config, side), config) == panel, (config, panel)
+
+
+def test_matrix_layout(items):
+    it = items[1]
+    img = render_matrix(it, 242)
+    x0, y0, x1, y1 = answer_box(242)
+    assert (x1 - x0, y1 - y0) == (80, 80) and img.size == (242, 242)
+    assert np.asarray(img.crop((x0, y0, x1, y1))).min() == 255  # the question cell is blank
+    assert np.asarray(img)[:, x0 - 1].max() == 0  # a thin black separator left of it
+    assert render_matrix(it, 64, it.candidates[0]).size == (64, 64)
+
+
+def test_nearest_candidate_recovers_the_rendered_candidate(items):
+    identical = 0
+    for it in items[:60]:
+        for k in range(8):
+            full = render_matrix(it, 242, it.candidates[k])
+            assert nearest_candidate(it, full, 242) == k
+            assert nearest_candidate(it, full.crop(answer_box(242)), 242) == k  # the cell alone
+            small = render_matrix(it, 64, it.candidates[k])
+            got = nearest_candidate(it, small, 64)
+            if got != k:  # only allowed when the two candidates draw the same pixels at 20-px cells
+                cell = small.crop(answer_box(64))
+                assert render_panel(it.candidates[got], it.config, cell.width).tobytes() == cell.tobytes()
+                identical += 1
+    assert identical <= 0.05 * 60 * 8
