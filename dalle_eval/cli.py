@@ -234,7 +234,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, inception_weights, random_
       dalle-eval coco-fid --coco /data/coco2014 --images my_samples/ --out runs/fid \\
           --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    from dalle_eval.evaluate import run_coco_fid
+    from dalle_eval.coco import run_coco_fid
 
     r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception)
     _summary("coco-fid", {"FID": f"{r['fid']:.3f}", "IS": f"{r['is_mean']:.3f} ± {r['is_std']:.3f}",
@@ -256,7 +256,7 @@ def probes(cfg, overrides, suite, ckpt, images, out):
       dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes --suite binding --images runs/probes/samples --out runs/probes-rescored
     """
-    from dalle_eval.evaluate import run_probes
+    from dalle_eval.probe_run import run_probes
     from dalle_eval.report import pct
 
     r = run_probes(suite, out, cfg, ckpt, images)

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from dalle_eval.artifacts import read_jsonl, write_json
+from dalle_eval.coco import run_coco_fid
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.evaluate import run_coco_fid, run_probes
 from dalle_eval.generate import run_sample
+from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import make_prompts
 from dalle_eval.report import ci, image_grid, md_table, pct
 from model.train import train

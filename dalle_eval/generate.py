@@ -18,11 +18,10 @@ from tqdm import tqdm
 from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl, write_json
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.samples import SAMPLES
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from model.sampling import completion_keep, sample_codes
 from model.tokenizer import encode_captions, load_tokenizer, pad_batch
-
-SAMPLES = "samples.jsonl"
 
 
 def read_prompts(path: Path) -> list[dict]:
