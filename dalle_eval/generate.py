@@ -71,7 +71,7 @@ def image_to_codes(dvae, path: Path) -> torch.Tensor:
     return dvae.encode(x.to(next(dvae.parameters()).device))
 
 
-def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer) -> None:
+def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer, rows_file: str) -> None:
     """Save a prompt's images (the best n by CLIP when reranking) and append their rows together."""
     p = cands[0][0]
     scores = scorer.scores([c[3] for c in cands], [p["caption"]] * len(cands)).tolist() if scorer else None
@@ -87,16 +87,40 @@ def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path,
         if scorer:
             row.update(clip_score=scores[i], rank=rank, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
         rows.append(row)
-    append_jsonl_rows(out / SAMPLES, rows)
+    append_jsonl_rows(out / rows_file, rows)
+
+
+def done_rows(out: Path) -> list[dict]:
+    """Rows of samples.jsonl and of the per-rank files of an unfinished sharded run, one per (prompt, index)."""
+    rows = {}
+    for f in [Path(out) / SAMPLES, *sorted(Path(out).glob("samples.rank*.jsonl"))]:
+        for r in read_jsonl(f):
+            rows.setdefault((str(r["prompt_id"]), r["index"]), r)
+    return list(rows.values())
+
+
+def merge_rank_rows(out: Path) -> int:
+    """Fold the per-rank row files into samples.jsonl (atomically, duplicates dropped) -> rows in total."""
+    ranks = sorted(Path(out).glob("samples.rank*.jsonl"))
+    rows = done_rows(out)
+    if ranks:
+        with atomic_path(Path(out) / SAMPLES) as tmp:
+            Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for f in ranks:
+            f.unlink()
+    return len(rows)
 
 
 def run_sample(
     ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleConfig, progress: bool = True,
     image: Path | None = None, keep_rows: int | None = None, region: tuple[int, int] | None = None,
+    rows_file: str = SAMPLES,
 ) -> Path:
     """Generate n images per prompt into `out`; returns the samples.jsonl path.
 
     With `image` and keep_rows or region: image completion, the kept tokens come from the image.
+    Rows go to `rows_file` (torchrun ranks each write their own, merged later by merge_rank_rows);
+    prompts already listed in samples.jsonl or any rank's file are skipped.
     """
     ckpt, out = Path(ckpt), Path(out)
     model = load_transformer(ckpt).to(cfg.device)
@@ -121,7 +145,7 @@ def run_sample(
         scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained or None, cfg.device)
     n_draw = cfg.rerank if scorer else n
     counts: dict[str, int] = {}
-    for r in read_jsonl(out / SAMPLES):
+    for r in done_rows(out):
         counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
     todo = [(p, j) for p in prompts if counts.get(str(p["prompt_id"]), 0) < n for j in range(n_draw)]
     L = model.cfg.text_len
@@ -138,7 +162,7 @@ def run_sample(
         for (p, j), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
             pending.setdefault(str(p["prompt_id"]), []).append((p, j, seed, img))
             if len(pending[str(p["prompt_id"])]) == n_draw:  # all candidates of this prompt are in
-                _write_prompt(pending.pop(str(p["prompt_id"])), n, out, cfg, ckpt, scorer)
+                _write_prompt(pending.pop(str(p["prompt_id"])), n, out, cfg, ckpt, scorer, rows_file)
         bar.update(len(chunk))
     bar.close()
     return out / SAMPLES

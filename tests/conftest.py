@@ -76,3 +76,27 @@ def transformer_ckpt(tmp_path_factory, fast_cfg, token_data):
     out = tmp_path_factory.mktemp("transformer")
     train("transformer", token_data, fast_cfg, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A small open_clip model config and random weights on disk (no downloads) -> (config JSON, weights)."""
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clip")
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (folder / "tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(folder / "tiny-clip.json"))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("tiny-clip", pretrained=None).state_dict(), folder / "tiny-clip.pt")
+    return str(folder / "tiny-clip.json"), str(folder / "tiny-clip.pt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Caches (FID reference statistics) go to a temp dir, never to the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))

@@ -1,13 +1,11 @@
 """Post-filter: pHash, near-duplicate clustering, evaluation-set overlap, CLIP-score filter (CPU, seconds)."""
 
 import io
-import json
 import warnings
 
 import numpy as np
 import pytest
 import scipy.fft
-import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from dalle_eval.shards import png_bytes, write_shard
@@ -229,24 +227,6 @@ def test_hash_shards_and_folder_report_unreadable_images_by_name(tmp_path):
     assert found.eval_match.tolist() == ["b.png", "sub/a.jpg"]
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A small open_clip model config and random weights on disk (no downloads)."""
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-    }
-    (folder / "dedup-tiny-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(folder / "dedup-tiny-clip.json"))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model("dedup-tiny-clip").state_dict(), folder / "dedup-tiny-clip.pt")
-    return str(folder / "dedup-tiny-clip.json"), str(folder / "dedup-tiny-clip.pt")
-
-
 def test_clip_filter_scores_and_thresholds(tmp_path, tiny_clip):
     import open_clip
 
@@ -270,8 +250,8 @@ def test_clip_filter_scores_and_thresholds(tmp_path, tiny_clip):
     ).all()
 
     # an open_clip (model, preprocess, tokenizer) triple works the same
-    model, _, preprocess = open_clip.create_model_and_transforms("dedup-tiny-clip", pretrained=tiny_clip[1])
-    triple = (model, preprocess, open_clip.get_tokenizer("dedup-tiny-clip"))
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=tiny_clip[1])
+    triple = (model, preprocess, open_clip.get_tokenizer("tiny-clip"))
     assert np.allclose(clip_cosine(triple, images, captions), scores, atol=1e-5)
 
     samples = [{"__key__": k, "png": png_bytes(im), "txt": c} for k, im, c in zip(keys, images, captions)]

@@ -123,7 +123,7 @@ def test_cli_chain_end_to_end(tmp_path, transformer_ckpt, shapes_data, inception
                    "--out", str(tmp_path / "f"), "--inception-weights", str(inception), *fast])
     assert r.exit_code == 0, r.output
     fid = json.loads((tmp_path / "f" / "report.json").read_text())
-    assert fid["n_real"] == fid["n_fake"] == 6 and fid["fid"] > 0
+    assert fid["protocol"]["n_real_images"] == fid["protocol"]["n_generated"] == 6 and fid["fid"] > 0
 
     r = run(main, ["probes", "--suite", "raven", "--images", str(tmp_path / "p" / "samples"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "not implemented yet" in r.output
@@ -145,22 +145,6 @@ def test_cli_image_completion(tmp_path, transformer_ckpt):
     assert r.exit_code == 1 and "expected two integers" in r.output
     r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "bad")])
     assert r.exit_code == 1 and "exactly one of --keep-rows" in r.output
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A small open_clip model config and random weights saved to disk (no downloads)."""
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
-    (folder / "tiny-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(folder / "tiny-clip.json"))
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-clip", pretrained=None)
-    torch.save(model.state_dict(), folder / "tiny-clip.pt")
-    return folder / "tiny-clip.json", folder / "tiny-clip.pt"
 
 
 def test_clip_rerank_keeps_the_best_candidates(tmp_path, transformer_ckpt, tiny_clip):

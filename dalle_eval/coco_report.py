@@ -1,0 +1,72 @@
+"""coco-fid's report: report.md (FID/IS per blur radius beside published figures), the FID/IS-vs-blur
+plot and grids of the best and worst CLIP-scored samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dalle_eval.artifacts import atomic_path
+from dalle_eval.report import image_grid, md_table
+
+# Published zero-shot MS-COCO FID at blur radius 0 (30,000 captions): NOT measured by this tool.
+PUBLISHED = [
+    {"model": "DALL·E 12B (Ramesh et al. 2021, fig. 9; best of 512 by CLIP)", "fid": 27.5},
+    {"model": "CogView 4B (Ding et al. 2021, table 1)", "fid": 27.1},
+    {"model": "minDALL-E 1.3B (Kakao Brain 2021, model card)", "fid": 14.7},
+]
+
+
+def plot_sweep(sweep: list[dict], out: Path) -> Path:
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    radii = [s["blur_radius"] for s in sweep]
+    for i, (key, label) in enumerate((("fid", "FID (lower is better)"), ("is_mean", "Inception score"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.plot(radii, [s[key] for s in sweep], marker="o")
+        if key == "is_mean":
+            ax.fill_between(radii, [s["is_mean"] - s["is_std"] for s in sweep], [s["is_mean"] + s["is_std"] for s in sweep],
+                            alpha=0.2)
+        ax.set_xlabel("Gaussian blur radius (px, both sets)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
+
+
+def write_report(report: dict, rows: list[dict], clip: list[float] | None, folder: Path, out: Path) -> Path:
+    p, sweep = report["protocol"], report["sweep"]
+    table = []
+    for s in sweep:
+        row = {"blur radius": f"{s['blur_radius']:g}", "FID": f"{s['fid']:.3f}", "IS": f"{s['is_mean']:.3f} ± {s['is_std']:.3f}",
+               "real statistics": "cache" if s["reference_cached"] else "computed"}
+        if "kid_mean" in s:
+            row["KID"] = f"{s['kid_mean']:.5f} ± {s['kid_std']:.5f}"
+        table.append(row)
+    md = "# Zero-shot MS-COCO-format FID / IS\n\n"
+    md += (f"{p['n_captions']:,} captions ({p['captions_per_image']} per image, seed {p['seed']}, ids in `{p['subset']}`) → "
+           f"{p['n_generated']:,} generated images in `{report['samples_dir']}`, against {p['n_real_images']:,} real images "
+           f"of `{report['coco']}`. Reranking: best of {p['rerank']} by CLIP. Temperature: {p['temperature']}.\n\n")
+    md += md_table(table, list(table[0]))
+    if report["clip_score"] is not None:
+        md += f"\nCLIP score (100 × cosine, image vs its caption; {report['clip_model']}): **{report['clip_score']:.2f}**\n"
+    md += (f"\nResize policy: {p['resize_policy']}, then the Inception's own TF1-compatible bilinear resize to 299 px."
+           f" Inception weights: {p['inception_weights']}. FID: 2048-d pool features, float64 statistics; IS: "
+           f"{p['is_splits']} splits (torch-fidelity's order, seed 2020).\n\n![FID and IS vs blur](fid_is_vs_blur.png)\n")
+    md += "\n## Published figures (not measured here; for comparison only)\n\n"
+    md += md_table([{"model": r["model"], "published FID (blur 0)": f"{r['fid']:.1f}"} for r in PUBLISHED],
+                   ["model", "published FID (blur 0)"])
+    plot_sweep(sweep, out / "fid_is_vs_blur.png")
+    if clip:
+        order = sorted(range(len(rows)), key=lambda i: clip[i])
+        for name, idx in (("best", order[::-1][:12]), ("worst", order[:12])):
+            items = [(folder / rows[i]["file"], f"{clip[i]:.1f} {rows[i]['caption']}") for i in idx]
+            image_grid(items, out / f"clip_{name}.png")
+            md += f"\n## {name.capitalize()} CLIP-scored samples\n\n![{name}](clip_{name}.png)\n"
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(md)
+    return out / "report.md"

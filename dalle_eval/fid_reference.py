@@ -1,0 +1,120 @@
+"""Images to Inception features for coco-fid: one resize policy, the blur sweep, cached reference statistics.
+
+Resize policy (named in every report, because resizing differently moves FID by several points):
+center crop to the shorter side, then PIL bicubic (antialiased) to `resolution` px, for the real images
+and for generated images of another size; images already at `resolution` px and square are untouched.
+The blur sweep (paper, fig. 9) applies PIL's Gaussian blur of radius r to the prepared image of both sets.
+
+Reference statistics (mu, sigma of the real set's 2048-d features, float64) are cached as .npz under
+eval.cache_dir, one file per blur radius, keyed by the image list (names and byte sizes), the policy,
+the resolution, the radius and the feature extractor's weights, so a second evaluation skips the real pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from tqdm import tqdm
+
+from dalle_eval.artifacts import atomic_path
+from dalle_eval.errors import DalleEvalError
+from dalle_eval.fid import gaussian_stats, inception_features, load_image_uint8
+
+POLICY = "center crop to the shorter side, PIL bicubic resize to {res} px; Gaussian blur (PIL) after resizing"
+
+
+def resize_policy(resolution: int) -> str:
+    return POLICY.format(res=resolution)
+
+
+def prepare(path: Path, resolution: int) -> np.ndarray:
+    """Read an image (errors name the file), center-crop it square, bicubic-resize to resolution -> uint8 HWC."""
+    arr = load_image_uint8(path)
+    h, w = arr.shape[:2]
+    if h == w == resolution:
+        return arr
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = Image.fromarray(arr[top : top + side, left : left + side])
+    return np.asarray(im.resize((resolution, resolution), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def blur(arr: np.ndarray, radius: float) -> np.ndarray:
+    if radius == 0:
+        return arr
+    return np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius)), dtype=np.uint8)
+
+
+def sweep_features(net, paths: list[Path], resolution: int, radii: list[float], batch: int, desc: str,
+                   progress: bool = True) -> dict[float, tuple[np.ndarray, torch.Tensor]]:
+    """{radius: (pool features (N, 2048), logits (N, 1008))}; each image is decoded and resized once."""
+    per_radius: dict[float, tuple[list, list]] = {r: ([], []) for r in radii}
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for i in range(0, len(paths), batch):
+            arr = [prepare(p, resolution) for p in paths[i : i + batch]]
+            for r in radii:
+                f, lg = inception_features(net, [np.stack([blur(a, r) for a in arr])], progress=False)
+                per_radius[r][0].append(f)
+                per_radius[r][1].append(lg)
+            bar.update(len(arr))
+    return {r: (np.concatenate(f), torch.cat(lg)) for r, (f, lg) in per_radius.items()}
+
+
+def weights_id(weights: str | Path | None) -> str:
+    """The feature extractor's identity for cache keys: sha256 of the weights file (or the default's name)."""
+    if weights is None:
+        return "torchmetrics-inception-v3-compat (downloaded pt_inception-2015-12-05)"
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dalle-eval" / "fid"
+
+
+def cache_key(paths: list[Path], resolution: int, radius: float, extractor: str) -> dict:
+    files = sorted((Path(p).name, Path(p).stat().st_size) for p in paths)
+    return {"images_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest(), "n_images": len(files),
+            "policy": resize_policy(resolution), "resolution": resolution, "blur_radius": radius,
+            "feature_extractor": extractor, "features": "2048-d pool (FID Inception)"}
+
+
+def _cache_file(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"ref-{digest}-blur{key['blur_radius']:g}.npz"
+
+
+def reference_stats(net, extractor: str, paths: list[Path], resolution: int, radii: list[float], batch: int,
+                    cache_dir: Path, progress: bool = True) -> tuple[dict[float, tuple[np.ndarray, np.ndarray]], dict]:
+    """{radius: (mu, sigma)} of the real images, from the cache where present -> (stats, {radius: cache file, hit})."""
+    keys = {r: cache_key(paths, resolution, r, extractor) for r in radii}
+    stats, info, todo = {}, {}, []
+    for r in radii:
+        f = _cache_file(cache_dir, keys[r])
+        info[r] = {"file": str(f), "hit": f.exists()}
+        if f.exists():
+            with np.load(f) as z:
+                if json.loads(str(z["key"])) != keys[r]:
+                    raise DalleEvalError(f"{f}: cached statistics with another key; delete the file")
+                stats[r] = (z["mu"], z["sigma"])
+        else:
+            todo.append(r)
+    if todo:
+        feats = sweep_features(net, paths, resolution, todo, batch, "inception: real images", progress)
+        for r in todo:
+            mu, sigma = gaussian_stats(feats[r][0])
+            stats[r] = (mu, sigma)
+            target = Path(info[r]["file"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, mu=mu, sigma=sigma, key=json.dumps(keys[r]))
+    return stats, info
