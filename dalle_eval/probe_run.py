@@ -1,51 +1,133 @@
-"""`probes`: generate with a checkpoint (or take any samples dir), score every check, report."""
+"""`probes run | export | score`: prompts -> images (a checkpoint's or any generator's) -> scores -> report.
+
+Scorers: parser (exact, on images), likelihood (this project's checkpoints: log p(codes | text), no
+sampling), clip (open_clip multiple choice, any generator's images). With --ckpt the shapes prompts are
+sampled (dalle_eval.generate.run_sample) and the Raven matrices completed (raven_probe.py) into OUT/samples.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from dalle_eval.artifacts import read_jsonl, write_json
+from dalle_eval.artifacts import atomic_path, read_jsonl, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.probes import IMPLEMENTED, make_prompts, score_samples, summarise
-from dalle_eval.report import ci, image_grid, md_table, pct
-from dalle_eval.samples import SAMPLES, resolve_samples_dir
+from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.report_md import write_markdown
+from dalle_eval.probes.scoring import check_samples, score_samples
+from dalle_eval.probes.stats import summarise
+from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, resolve_suites
+from dalle_eval.samples import SAMPLES
+
+SCORERS = ("parser", "likelihood", "clip")
+EXPORT_RESOLUTION = 256  # Raven context images for other models: >= 137 px, where panel parsing is exact
+
+
+def _check_scorers(scorers: tuple[str, ...], ckpt: Path | None, images: Path | None, clip_model: str | None) -> None:
+    if (ckpt is None) == (images is None):
+        raise DalleEvalError("give exactly one of --ckpt (generate with a model) or --images (a samples dir)")
+    for s in scorers:
+        if s not in SCORERS:
+            raise DalleEvalError(f"--scorer must be one of {', '.join(SCORERS)}, got {s!r}")
+    if "likelihood" in scorers and ckpt is None:
+        raise DalleEvalError("--scorer likelihood needs --ckpt: it ranks by the model's own log p(codes | text)")
+    if "clip" in scorers and not clip_model:
+        raise DalleEvalError("--scorer clip needs --clip-model (an open_clip name or model-config JSON)")
+
+
+def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer, progress: bool) -> Path:
+    """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples."""
+    from dalle_eval.generate import run_sample
+    from dalle_eval.probes.likelihood import ProbeModel
+    from dalle_eval.probes.raven_probe import complete_raven, model_completer
+
+    folder = out / "samples"
+    shapes = [p for p in prompts if p["suite"] != "raven"]
+    if shapes:
+        run_sample(ckpt, shapes, cfg.eval.probe_samples, folder, cfg.sample, progress)
+    if any(p["suite"] == "raven" for p in prompts):
+        s = cfg.sample
+        completer = completer or model_completer(ProbeModel.load(ckpt, s.device), s.temperature, s.top_k, s.top_p)
+        complete_raven(prompts, completer, folder, cfg.eval.probe_samples, s.seed, progress)
+    return folder
 
 
 def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
-               progress: bool = True) -> dict:
+               scorers: tuple[str, ...] | None = None, clip_model: str | None = None,
+               clip_pretrained: str | None = None, raven_items: int = RAVEN_ITEMS, progress: bool = True,
+               completer=None) -> dict:
+    """Score a suite (or "all") with each scorer; writes OUT/report.json, OUT/report.md and grids.
+
+    Default scorers: parser + likelihood with --ckpt, parser with --images. `completer` replaces the
+    model's Raven completion (tests use oracles).
+    """
     out = Path(out)
-    suites = list(IMPLEMENTED) if suite == "all" else [suite]
-    prompts = [p for s in suites for p in make_prompts(s, cfg.eval.seed)]
-    folder = resolve_samples_dir(ckpt, images, prompts, cfg.eval.probe_samples, out, cfg, progress)
-    samples = read_jsonl(folder / SAMPLES)
-    results = score_samples(prompts, samples, folder)
+    suites = resolve_suites(suite)
+    scorers = tuple(scorers or (("parser", "likelihood") if ckpt is not None else ("parser",)))
+    _check_scorers(scorers, ckpt, images, clip_model)
+    prompts = make_prompts(suite, cfg.eval.seed, raven_items)
+    folder, samples = None, []
+    if images is not None:
+        folder = Path(images)
+        if not (folder / SAMPLES).is_file():
+            raise DalleEvalError(f"--images {folder}: no {SAMPLES}; expected a samples dir (see README: artifact layout)")
+        samples = read_jsonl(folder / SAMPLES)
+        known = {p["prompt_id"] for p in make_prompts("all", cfg.eval.seed, raven_items)}
+        check_samples(prompts, samples, folder / SAMPLES, suite, known)
+    elif {"parser", "clip"} & set(scorers):
+        folder = _generate(Path(ckpt), prompts, out, cfg, completer, progress)
+        samples = read_jsonl(folder / SAMPLES)
+    results: list[dict] = []
+    if "parser" in scorers:
+        results += score_samples(prompts, samples, folder)
+    if "likelihood" in scorers:
+        from dalle_eval.probes.likelihood import ProbeModel, likelihood_raven, likelihood_shapes
+
+        pm = ProbeModel.load(Path(ckpt), cfg.sample.device)
+        results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm)
+    if "clip" in scorers:
+        from dalle_eval.clip_rerank import ClipScorer
+        from dalle_eval.probes.clip_mc import clip_multiple_choice
+
+        clip = ClipScorer(clip_model, clip_pretrained, cfg.sample.device)
+        results += clip_multiple_choice(prompts, samples, folder, clip)
     if not results:
-        raise DalleEvalError(f"{folder}: none of its samples belong to the {suite} suite's prompt ids")
-    rows = summarise(results)
-    report = {"suite": suite, "samples_dir": str(folder), "n_prompts": len(prompts), "n_images": len({r["file"] for r in results}),
-              "table": rows, "not_implemented": ["raven"] if suite == "all" else [], "config": config_to_dict(cfg)}
+        raise DalleEvalError(f"{folder or ckpt}: nothing to score for the {suite} suite with {', '.join(scorers)}")
+    scored = {r["suite"] for r in results}
+    report = {"suite": suite, "suites": suites, "scorers": list(scorers), "samples_dir": str(folder) if folder else None,
+              "ckpt": str(ckpt) if ckpt else None, "n_prompts": len(prompts),
+              "n_images": len({r["file"] for r in results if "file" in r}),
+              "not_scored": [s for s in suites if s not in scored], "table": summarise(results),
+              "results": results, "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
-    _probe_markdown(report, results, folder, out)
+    write_markdown(report, results, folder, out)
     return report
 
 
-def _probe_markdown(report: dict, results: list[dict], folder: Path, out: Path) -> None:
-    rows = report["table"]
-    md = f"# Probes: {report['suite']}\n\nImages: `{report['samples_dir']}` ({report['n_images']} images, {report['n_prompts']} prompts). "
-    md += "Each check is exact (the shapes-world parser reads the image); 95% Wilson intervals; chance beside each.\n\n"
-    md += md_table(rows, ["suite", "category", "check", "split", "n", "accuracy", "ci95", "chance"],
-                   {"accuracy": pct, "ci95": ci, "chance": pct})
-    if report["not_implemented"]:
-        md += f"\nNot implemented yet: {', '.join(report['not_implemented'])}.\n"
-    image_ok: dict[str, bool] = {}
-    for r in results:
-        image_ok[r["file"]] = image_ok.get(r["file"], True) and r["passed"]
-    captions = {s["file"]: s["caption"] for s in read_jsonl(folder / SAMPLES)}
-    ok = [f for f, v in image_ok.items() if v][:18]
-    bad = [f for f, v in image_ok.items() if not v][:18]
-    for name, files in (("successes", ok), ("failures", bad)):
-        if files:
-            image_grid([(folder / f, captions.get(f, "")) for f in files], out / f"{name}.png")
-            md += f"\n## {name.capitalize()}\n\n![{name}]({name}.png)\n"
-    (out / "report.md").write_text(md)
+def run_export(suite: str, out: Path, seed: int = 0, raven_items: int = RAVEN_ITEMS,
+               resolution: int = EXPORT_RESOLUTION) -> Path:
+    """Write a suite's prompts as JSONL for another generator (prompt_id, caption, suite, category, spec,
+    heldout, foils); Raven prompts also get their context matrix image (answer cell blank) and answer box,
+    written beside the JSONL in <stem>_raven/ with the item manifest (raven.jsonl)."""
+    from dalle_eval.probes.raven_probe import export_context
+    from dalle_eval.raven import RavenItem, write_manifest
+
+    out = Path(out)
+    prompts = make_prompts(suite, seed, raven_items)
+    folder = out.parent / f"{out.stem}_raven"
+    lines = []
+    for p in prompts:
+        row = dict(p)
+        if p["suite"] == "raven":
+            row.update(export_context(p, folder, resolution))
+        else:
+            row["foils"] = [{"kind": f["kind"], "caption": f["caption"]} for f in foils_for(p)]
+        lines.append(json.dumps(row))
+    raven = [RavenItem.from_json(p["spec"]) for p in prompts if p["suite"] == "raven"]
+    if raven:
+        write_manifest(raven, folder / "raven.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return out

@@ -126,7 +126,7 @@ def test_cli_chain_end_to_end(tmp_path, transformer_ckpt, shapes_data, inception
     assert fid["protocol"]["n_real_images"] == fid["protocol"]["n_generated"] == 6 and fid["fid"] > 0
 
     r = run(main, ["probes", "--suite", "raven", "--images", str(tmp_path / "p" / "samples"), "--out", str(tmp_path / "r")])
-    assert r.exit_code == 1 and "not implemented yet" in r.output
+    assert r.exit_code == 1 and "nothing to score for the raven suite" in r.output
 
 
 def test_cli_image_completion(tmp_path, transformer_ckpt):

@@ -6,6 +6,7 @@ from dalle_eval.shapes.scene import (
     COLOURS,
     HELDOUT,
     KINDS,
+    PROBE_KINDS,
     RELATIONS,
     SHAPES,
     SIZES,
@@ -18,6 +19,6 @@ from dalle_eval.shapes.scene import (
 )
 
 __all__ = [
-    "COLOURS", "HELDOUT", "KINDS", "RELATIONS", "SHAPES", "SIZES", "Obj", "ParsedObj", "Scene",
+    "COLOURS", "HELDOUT", "KINDS", "PROBE_KINDS", "RELATIONS", "SHAPES", "SIZES", "Obj", "ParsedObj", "Scene",
     "caption", "parse_image", "place", "relation_holds", "render", "sample_scene", "sample_spec",
 ]

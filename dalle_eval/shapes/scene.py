@@ -26,6 +26,10 @@ RELATION_WORDS = {"above": "above", "below": "below", "left of": "to the left of
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 KINDS = ("single", "count", "relation", "stack", "multi")
 KIND_WEIGHTS = (0.3, 0.2, 0.25, 0.1, 0.15)
+# Probe-only kinds: never drawn by sample_spec (training data), written and placed like the others.
+# stack3: three blocks resting on each other, colours from top to bottom; described: the paper's style of
+# multi-attribute prompts, each object named by its shape and given its attributes in its own clause.
+PROBE_KINDS = ("stack3", "described")
 
 # Compositional generalisation: these (colour, shape) pairs never appear in training scenes or captions.
 HELDOUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})
@@ -73,6 +77,8 @@ def caption(scene: Scene) -> str:
         return f"a {o.size} {o.colour} {o.shape}"
     if scene.kind == "count":
         o = objs[0]
+        if len(objs) == 1:  # probes ask for counts 1-4; training scenes (2-4) never reach this line
+            return f"one {o.size} {o.colour} {o.shape}"
         return f"{NUMBER_WORDS[len(objs)]} {o.size} {o.colour} {o.shape}s"
     if scene.kind == "relation":
         a, b = objs
@@ -83,6 +89,11 @@ def caption(scene: Scene) -> str:
     if scene.kind == "multi":
         parts = [f"a {o.size} {o.colour} {o.shape}" for o in objs]
         return ", ".join(parts[:-1]) + " and " + parts[-1]
+    if scene.kind == "stack3":
+        colours = [o.colour for o in objs]
+        return f"a stack of three {objs[0].size} blocks: {colours[0]} on top, {colours[1]} in the middle, {colours[2]} at the bottom"
+    if scene.kind == "described":
+        return ", ".join(f"the {o.shape} is {o.size} and {o.colour}" for o in objs)
     raise ValueError(f"unknown scene kind {scene.kind!r}")
 
 
@@ -152,6 +163,14 @@ def place(spec: Scene, rng: random.Random) -> Scene:
         ty = by - bw / 2 - tw / 2
         placed = (Obj(*top.attrs, cx=tx, cy=ty), Obj(*bottom.attrs, cx=bx, cy=by))
         return Scene(spec.kind, placed, spec.relation)
+    if spec.kind == "stack3":  # (probe kind) bottom block first, each next one resting on the one below
+        x, y = rng.uniform(0.25, 0.75), rng.uniform(0.7, 0.8)
+        out = [Obj(*objs[-1].attrs, cx=x, cy=y)]
+        for below, o in zip(objs[::-1], objs[-2::-1]):
+            w_below, w = SIZES[below.size], SIZES[o.size]
+            x, y = x + rng.uniform(-0.15, 0.15) * min(w_below, w), y - w_below / 2 - w / 2
+            out.append(Obj(*o.attrs, cx=x, cy=y))
+        return Scene(spec.kind, tuple(out[::-1]), spec.relation)
     if spec.kind == "relation":
         cells = list(_cells_for_relation(rng, spec.relation))
     else:

@@ -1,0 +1,17 @@
+"""Probe suites — attributes, variable binding, Raven's matrices — and their three scorers.
+
+suites.py makes the prompts (each with its structured spec), scoring.py is the exact parser scorer,
+foils.py builds foil captions, likelihood.py ranks by the model's own log p(codes | text), clip_mc.py is
+CLIP multiple choice for any generator, raven_probe.py completes Raven matrices, stats.py makes tables.
+Only the parser path is imported here: model code loads when a model is used.
+"""
+
+from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.scoring import P_OBJECT, score_samples, score_scene_image
+from dalle_eval.probes.stats import chance_within_ci, summarise, wilson
+from dalle_eval.probes.suites import RAVEN_CAPTION, RAVEN_ITEMS, SUITES, make_prompts, resolve_suites
+
+__all__ = [
+    "P_OBJECT", "RAVEN_CAPTION", "RAVEN_ITEMS", "SUITES", "chance_within_ci", "foils_for", "make_prompts",
+    "resolve_suites", "score_samples", "score_scene_image", "summarise", "wilson",
+]

@@ -1,0 +1,116 @@
+"""The likelihood scorer: rank by the model's own log p(image codes | text). Cheap and sampling-free.
+
+Shapes prompts: the oracle image of the true spec (rendered, then dVAE-encoded) is scored under the true
+caption and under each foil (foils.py); the truth must score strictly highest (a tie counts as wrong).
+Raven: the full matrix is rendered with each of the 8 candidates in the bottom-right cell, encoded, and
+the candidates are ranked by the summed log-prob of the image tokens covering the answer cell.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.scoring import N_CANDIDATES, result
+from dalle_eval.raven import RavenItem, answer_box, render_matrix
+from dalle_eval.shapes import Scene, place, render
+from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from model.sampling import completion_keep, score
+from model.tokenizer import encode_captions, load_tokenizer, pad_batch
+
+
+@dataclass
+class ProbeModel:
+    """A transformer checkpoint with its own dVAE and tokenizer (what scoring and completion need)."""
+
+    model: torch.nn.Module
+    dvae: torch.nn.Module
+    tok: object
+    device: str = "cpu"
+
+    @staticmethod
+    def load(ckpt: Path, device: str = "cpu") -> ProbeModel:
+        ckpt = Path(ckpt)
+        return ProbeModel(load_transformer(ckpt).to(device), load_dvae(ckpt / DVAE_DIR).to(device),
+                          load_tokenizer(ckpt / TOKENIZER), device)
+
+    @property
+    def image_size(self) -> int:
+        return self.dvae.cfg.image_size
+
+    @property
+    def grid(self) -> int:
+        return self.model.cfg.grid
+
+    def text(self, captions: list[str]) -> torch.Tensor:
+        L = self.model.cfg.text_len
+        ids, _ = encode_captions(self.tok, captions, L)
+        return self.model.pad_text(pad_batch(ids, L).to(self.device))  # (B, L)
+
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB images at the dVAE's size -> (B, grid, grid) codes."""
+        x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]))
+        return self.dvae.encode(x.permute(0, 3, 1, 2).float().div(255).to(self.device))
+
+
+def answer_region(image_size: int, grid: int) -> tuple[int, int]:
+    """(x0, y0) token corner of the rectangle covering the Raven answer cell at this image size."""
+    x0, y0, _, _ = answer_box(image_size)
+    patch = image_size / grid
+    return int(x0 // patch), int(y0 // patch)
+
+
+def _scores(pm: ProbeModel, captions: list[str], codes: torch.Tensor, region: torch.Tensor | None, batch: int) -> list[float]:
+    out = []
+    for i in range(0, len(captions), batch):
+        _, summed = score(pm.model, pm.text(captions[i : i + batch]), codes[i : i + batch], region)
+        out += summed.tolist()
+    return out
+
+
+def likelihood_shapes(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
+    """Per prompt: "ranked_first" (truth above every foil, chance 1/(1+k)) and "vs_<foil kind>" (chance 1/2)."""
+    prompts = [p for p in prompts if p["suite"] != "raven"]
+    if not prompts:
+        return []
+    images = [render(place(Scene.from_json(p["spec"]), random.Random(f"oracle-{p['prompt_id']}")), pm.image_size)
+              for p in prompts]
+    codes = torch.cat([pm.encode(images[i : i + batch]) for i in range(0, len(images), batch)])
+    foils = [foils_for(p) for p in prompts]
+    captions, rows = [], []
+    for k, (p, fs) in enumerate(zip(prompts, foils)):
+        captions += [p["caption"], *(f["caption"] for f in fs)]
+        rows += [k] * (1 + len(fs))
+    lp = _scores(pm, captions, codes[rows], None, batch)
+    results, at = [], 0
+    for p, fs in zip(prompts, foils):
+        truth, others = lp[at], lp[at + 1 : at + 1 + len(fs)]
+        at += 1 + len(fs)
+        results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / (1 + len(fs)), "likelihood",
+                              logp=truth, foils=[{"kind": f["kind"], "caption": f["caption"], "logp": o} for f, o in zip(fs, others)]))
+        results += [result(p, f"vs_{f['kind']}", truth > o, 0.5, "likelihood") for f, o in zip(fs, others)]
+    return results
+
+
+def likelihood_raven(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
+    """Per item: "answer" = the true candidate has the highest answer-region log-prob (chance 1/8)."""
+    prompts = [p for p in prompts if p["suite"] == "raven"]
+    if not prompts:
+        return []
+    region = ~completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
+    results = []
+    for p in prompts:
+        item = RavenItem.from_json(p["spec"])
+        codes = pm.encode([render_matrix(item, pm.image_size, c) for c in item.candidates])  # (8, g, g)
+        lp = _scores(pm, [p["caption"]] * N_CANDIDATES, codes, region, batch)
+        chosen = int(np.argmax(lp))
+        results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
+                              "likelihood", chosen=chosen, logp=lp))
+    return results

@@ -1,0 +1,74 @@
+"""Raven by generation (the blog's protocol): the model completes the bottom-right cell of the context
+matrix (image completion), the completion is matched to the nearest candidate, and that is scored.
+
+A completer is any function (item, caption, seeds) -> one image per seed; the model's is
+`model_completer`, tests pass oracles. Completions land in a samples dir like any other generator's
+images, so the same parser path scores them (and rescoring needs no model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl
+from dalle_eval.raven import RavenItem, answer_box, render_matrix
+from dalle_eval.samples import SAMPLES
+
+Completer = Callable[[RavenItem, str, list[int]], list[Image.Image]]
+
+
+def model_completer(pm, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Completer:
+    """Image completion of the token rectangle covering the answer cell; the rest is the context's codes."""
+    from dalle_eval.generate import codes_to_images
+    from dalle_eval.probes.likelihood import answer_region
+    from model.sampling import completion_keep, sample_codes
+
+    keep = completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
+
+    def complete(item: RavenItem, caption: str, seeds: list[int]) -> list[Image.Image]:
+        known = pm.encode([render_matrix(item, pm.image_size)]).expand(len(seeds), -1, -1)
+        text = pm.text([caption]).expand(len(seeds), -1)
+        codes = sample_codes(pm.model, text, seeds, temperature, top_k, known=known, keep=keep, top_p=top_p)
+        return codes_to_images(pm.dvae, codes)
+
+    return complete
+
+
+def complete_raven(prompts: list[dict], completer: Completer, out: Path, n: int, seed: int = 0,
+                   progress: bool = False) -> Path:
+    """n completions per Raven prompt into the samples dir `out` (resumable: done rows are skipped)."""
+    from dalle_eval.generate import image_seed
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(str(r["prompt_id"]), r["index"]) for r in read_jsonl(out / SAMPLES)} if (out / SAMPLES).exists() else set()
+    todo = [p for p in prompts if p["suite"] == "raven" and any((p["prompt_id"], j) not in done for j in range(n))]
+    for p in tqdm(todo, desc="raven completion", unit="item", disable=not progress):
+        item = RavenItem.from_json(p["spec"])
+        seeds = [image_seed(seed, p["prompt_id"], j) for j in range(n)]
+        rows = []
+        for j, (s, img) in enumerate(zip(seeds, completer(item, p["caption"], seeds))):
+            if (p["prompt_id"], j) in done:
+                continue
+            name = f"{p['prompt_id']}_{j}.png"
+            with atomic_path(out / name) as tmp:
+                img.save(tmp, format="PNG")
+            rows.append({"prompt_id": p["prompt_id"], "index": j, "caption": p["caption"], "file": name, "seed": s,
+                         "completion": "raven answer cell"})
+        append_jsonl_rows(out / SAMPLES, rows)
+    return out / SAMPLES
+
+
+def export_context(prompt: dict, folder: Path, resolution: int) -> dict:
+    """Write the context matrix (answer cell blank) for another model; -> the fields the export adds."""
+    item = RavenItem.from_json(prompt["spec"])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prompt['prompt_id']}.png"
+    render_matrix(item, resolution).save(path)
+    box = answer_box(resolution)
+    return {"context_image": f"{folder.name}/{path.name}", "image_size": resolution, "answer_box": list(box),
+            "region": [box[0] / resolution, box[1] / resolution]}

@@ -1,0 +1,55 @@
+"""report.md for the probes: one table per suite and scorer, and grids of successes and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dalle_eval.artifacts import read_jsonl
+from dalle_eval.report import ci, image_grid, md_table, pct
+from dalle_eval.samples import SAMPLES
+
+HOW = {
+    "parser": "exact: the image is parsed back into objects (shapes) or matched to the nearest Raven candidate",
+    "likelihood": "the model's own log p(image codes | text): true caption vs foils on the oracle image; "
+                  "Raven candidates by the log-prob of the answer-cell tokens",
+    "clip": "open_clip multiple choice: the image's similarity to the true caption vs each foil",
+}
+COLUMNS = ["category", "check", "split", "n", "accuracy", "ci95", "chance"]
+GRID = 18  # images per grid
+
+
+def _image_outcomes(results: list[dict], suite: str) -> dict[str, bool]:
+    """file -> every parser check of the image passed (a Raven image: the chosen candidate is right)."""
+    ok: dict[str, bool] = {}
+    for r in results:
+        if r["suite"] == suite and r["scorer"] == "parser" and "file" in r:
+            ok[r["file"]] = ok.get(r["file"], True) and r["passed"]
+    return ok
+
+
+def write_markdown(report: dict, results: list[dict], folder: Path | None, out: Path) -> None:
+    md = f"# Probes: {report['suite']}\n\n"
+    if folder is not None:
+        md += f"Images: `{folder}` ({report['n_images']} images). "
+    md += f"{report['n_prompts']} prompts. 95% Wilson intervals; chance beside each (a generator drawing at random). "
+    md += "`seen` / `heldout`: prompts without / with a colour-shape pair never shown in training.\n"
+    for suite in report["suites"]:
+        for scorer in report["scorers"]:
+            rows = [r for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
+            if rows:
+                md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
+                md += md_table(rows, COLUMNS, {"accuracy": pct, "ci95": ci, "chance": pct})
+    if report["not_scored"]:
+        md += f"\nNo images or scores for: {', '.join(report['not_scored'])}.\n"
+    captions = {s["file"]: s.get("caption", "") for s in read_jsonl(folder / SAMPLES)} if folder else {}
+    chosen = {r["file"]: r["chosen"] for r in results if "chosen" in r and "file" in r}
+    for suite in report["suites"]:
+        outcome = _image_outcomes(results, suite)
+        for name, want in (("successes", True), ("failures", False)):
+            files = [f for f, v in outcome.items() if v == want][:GRID]
+            if not files:
+                continue
+            label = (lambda f: f"{f} chose {chosen[f]}") if suite == "raven" else (lambda f: captions.get(f, ""))
+            image_grid([(folder / f, label(f)) for f in files], out / f"{suite}_{name}.png")
+            md += f"\n## {suite}: {name}\n\n![{suite} {name}]({suite}_{name}.png)\n"
+    (out / "report.md").write_text(md)

@@ -1,0 +1,100 @@
+"""The probe prompts: attributes, binding and Raven, each prompt carrying its full structured spec.
+
+A prompt is a plain dict (it is also the line `probes export` writes): prompt_id, suite, category,
+groups (every table row it counts towards), caption, spec, heldout. Shapes prompts hold a
+`Scene.to_json()` spec with no positions (any placement that makes the caption true is right); Raven
+prompts hold the whole manifest record of the item. Same seed => same prompts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from dalle_eval.errors import DalleEvalError
+from dalle_eval.raven import RavenItem, generate_items
+from dalle_eval.shapes import COLOURS, RELATIONS, SHAPES, SIZES, Obj, Scene, caption
+
+SUITES = ("attributes", "binding", "raven")
+RAVEN_CAPTION = "a 3x3 matrix of shapes following a pattern"  # the text a model is conditioned on for Raven
+RAVEN_ITEMS = 60  # default items (20 per configuration): ±13 points of Wilson half-width at chance
+BINDING_KINDS = {  # table category -> (scene kind, number of objects, prompts)
+    "two": ("multi", 2, 10),
+    "three": ("multi", 3, 10),
+    "four": ("multi", 4, 10),
+    "relation": ("relation", 2, 16),
+    "stack2": ("stack", 2, 10),
+    "stack3": ("stack3", 3, 8),
+    "multi-attribute": ("described", 3, 10),
+}
+COUNTS = (1, 2, 3, 4)
+COUNT_PROMPTS = 6  # per count
+
+
+def resolve_suites(suite: str) -> list[str]:
+    if suite == "all":
+        return list(SUITES)
+    if suite not in SUITES:
+        raise DalleEvalError(f"--suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
+    return [suite]
+
+
+def shapes_prompt(suite: str, category: str, spec: Scene, pid: str) -> dict:
+    return {"prompt_id": pid, "suite": suite, "category": category, "groups": ["all", category],
+            "caption": caption(spec), "spec": spec.to_json(), "heldout": spec.heldout}
+
+
+def raven_prompt(item: RavenItem) -> dict:
+    rules = sorted({r["rule"] for r in item.rules.values()})
+    return {"prompt_id": item.item_id, "suite": "raven", "category": item.config,
+            "groups": ["all", item.config, *(f"rule:{r}" for r in rules)], "caption": RAVEN_CAPTION,
+            "spec": item.to_json(), "heldout": False}
+
+
+def _distinct_objects(rng: random.Random, n: int, shape: str | None = None, size: str | None = None,
+                      distinct_shapes: bool = False) -> list[Obj]:
+    """n objects with distinct colours (so each colour names one object: binding is then testable)."""
+    colours = rng.sample(list(COLOURS), n)
+    shapes = rng.sample(SHAPES, n) if distinct_shapes else [shape or rng.choice(SHAPES) for _ in range(n)]
+    return [Obj(s, c, size or rng.choice(list(SIZES))) for s, c in zip(shapes, colours)]
+
+
+def _binding_spec(rng: random.Random, kind: str, n: int) -> Scene:
+    if kind == "relation":
+        return Scene(kind, tuple(_distinct_objects(rng, 2)), rng.choice(RELATIONS))
+    if kind == "stack":
+        return Scene(kind, tuple(_distinct_objects(rng, 2, shape="square")), "on")
+    if kind == "stack3":  # three small blocks: a stack of large ones would not fit under the image top
+        return Scene(kind, tuple(_distinct_objects(rng, 3, shape="square", size="small")), "on")
+    if kind == "described":
+        return Scene(kind, tuple(_distinct_objects(rng, rng.randint(2, n), distinct_shapes=True)))
+    while True:  # every pair also differs in shape or size, so swapping a colour makes a different scene
+        objs = _distinct_objects(rng, n)
+        if len({(o.shape, o.size) for o in objs}) == n:
+            return Scene(kind, tuple(objs))
+
+
+def make_prompts(suite: str, seed: int = 0, raven_items: int = RAVEN_ITEMS) -> list[dict]:
+    """The prompts of one suite, or of all three for "all"; held-out colour-shape pairs are marked."""
+    if suite == "all":
+        return [p for s in SUITES for p in make_prompts(s, seed, raven_items)]
+    resolve_suites(suite)
+    rng = random.Random(f"probes-{suite}-{seed}")
+    prompts = []
+    if suite == "attributes":
+        for shape, colour, size in itertools.product(SHAPES, COLOURS, SIZES):
+            spec = Scene("single", (Obj(shape, colour, size),))
+            prompts.append(shapes_prompt(suite, "single", spec, f"attr-{shape}-{colour}-{size}"))
+        for n, i in itertools.product(COUNTS, range(COUNT_PROMPTS)):
+            obj = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)))
+            spec = Scene("count", (obj,) * n)
+            prompts.append(shapes_prompt(suite, "count", spec, f"count-{n}-{i:02d}"))
+    elif suite == "binding":
+        for category, (kind, n, k) in BINDING_KINDS.items():
+            for i in range(k):
+                prompts.append(shapes_prompt(suite, category, _binding_spec(rng, kind, n), f"{category}-{i:03d}"))
+    else:
+        if raven_items < 1:
+            raise DalleEvalError(f"--raven-items must be >= 1, got {raven_items}")
+        prompts = [raven_prompt(item) for item in generate_items(raven_items, seed)]
+    return prompts
