@@ -71,11 +71,11 @@ def _generated(folder: Path, prompts: list[dict]) -> list[dict]:
 
 
 def _inception(out: Path, weights: Path | None, random_inception: bool):
-    if random_inception:
-        weights = save_random_inception(Path(out) / "random_inception.pth")
-        note = "RANDOM-INIT Inception (offline demo/tests): not comparable to published FID"
-    else:
-        note = f"local file {weights}" if weights else "torchmetrics default (downloaded FID Inception)"
+    """-> (network, its identity for the cache key, a note for the report)."""
+    if random_inception:  # the same seeded values every time (torch.save's bytes are not: id by seed)
+        weights = save_random_inception(Path(out) / "random_inception.pth", seed=0)
+        return load_inception(weights), "random-init seed 0", "RANDOM-INIT Inception (offline demo/tests): not comparable to published FID"
+    note = f"local file {weights}" if weights else "torchmetrics default (downloaded FID Inception)"
     return load_inception(weights), weights_id(weights), note
 
 
