@@ -19,6 +19,13 @@ from dalle_eval.report import ci, image_grid, md_table, pct
 from model.train import train
 from pipelines.build import build_dataset
 
+SUITE_ROWS = {  # the demo report's probe summary: (suite, scorer, check)
+    *(("attributes", "parser", c) for c in ("colour", "shape", "size", "count", "object")),
+    *(("binding", "parser", c) for c in ("colours", "shapes", "count", "object", "relation", "image")),
+    ("raven", "parser", "answer"), ("raven", "likelihood", "answer"), ("raven", "likelihood", "dvae_ceiling"),
+    ("attributes", "likelihood", "ranked_first"), ("binding", "likelihood", "ranked_first"),
+}
+
 
 def _timed(timings: dict, name: str, fn, *args, **kwargs):
     t = time.time()
@@ -52,13 +59,17 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     fid = _timed(timings, "coco-fid", run_coco_fid, data / "coco", out / "fid", cfg, ckpt=transformer, random_inception=True)
     total = round(time.time() - t0, 1)
 
-    rows = [r for r in probes["table"] if r["category"] == "single" and r["check"] in ("colour", "shape", "size", "object")]
+    rows = [r for r in probes["table"] if r["category"] == "single" and r["scorer"] == "parser"
+            and r["check"] in ("colour", "shape", "size", "object")]
+    suites = [r for r in probes["table"] if r["category"] == "all" and (r["suite"], r["scorer"], r["check"]) in SUITE_ROWS]
     samples = read_jsonl(out / "samples_heldout" / "samples.jsonl")
     image_grid([(out / "samples_heldout" / s["file"], s["caption"]) for s in samples], out / "heldout_grid.png")
     headline = {
         "total minutes": round(total / 60, 1),
         **{f"attributes {r['check']} ({r['split']})": f"{pct(r['accuracy'])} (chance {pct(r['chance'])})"
            for r in rows if r["split"] in ("seen", "heldout")},
+        **{f"{r['suite']} {r['check']} ({r['scorer']})": f"{pct(r['accuracy'])} (chance {pct(r['chance'])})"
+           for r in suites if r["split"] == "all" and r["check"] in ("image", "answer", "ranked_first")},
         "FID (random Inception)": f"{fid['fid']:.2f}",
         "dVAE val PSNR": f"{dvae_summary['eval']['val_psnr_db']:.1f} dB",
         "transformer val image loss": f"{tf_summary['eval']['val_image_loss']:.3f}",
@@ -69,6 +80,9 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     write_json(out / "report.json", report)
     md = "# dalle-eval demo (shapes world, tiny config, CPU)\n\n"
     md += md_table([{"what": k, "value": v} for k, v in headline.items()], ["what", "value"])
+    md += "\n## Probes: attributes, binding, Raven (parser: exact on generated images; likelihood: true vs foils)\n\n"
+    md += md_table(suites, ["suite", "scorer", "check", "split", "n", "accuracy", "ci95", "chance"],
+                   {"accuracy": pct, "ci95": ci, "chance": pct})
     md += "\n## Attribute probes on single objects (exact parser scoring)\n\n"
     md += md_table(rows, ["check", "split", "n", "accuracy", "ci95", "chance"], {"accuracy": pct, "ci95": ci, "chance": pct})
     md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['protocol']['inception_weights']}.\n"

@@ -15,7 +15,7 @@ from dalle_eval.errors import DalleEvalError
 from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import chance_within_ci, foils_for, make_prompts
 from dalle_eval.probes.foils import FLIP
-from dalle_eval.raven import RavenItem, answer_box, render_matrix, render_panel
+from dalle_eval.raven import RavenItem, answer_box, read_manifest, render_matrix, render_panel
 from dalle_eval.shapes import Obj, Scene, caption, place, render
 
 SINGLE_ATTRIBUTE = ("colours", "shapes", "sizes", "count")
@@ -131,6 +131,7 @@ def test_likelihood_scorer_end_to_end(tmp_path, fast_cfg, transformer_ckpt):
     assert first["attributes"]["n"] == len(make_prompts("attributes")) and 0.2 < first["attributes"]["chance"] < 0.4
     raven = _rows(r, suite="raven", category="all", check="answer", split="all")[0]
     assert raven["n"] == 6 and raven["chance"] == pytest.approx(1 / 8) and raven["scorer"] == "likelihood"
+    assert _rows(r, suite="raven", category="all", check="dvae_ceiling", split="all")[0]["n"] == 6
     lik = [x for x in r["results"] if x["check"] == "ranked_first"]
     assert all(len(x["foils"]) >= 1 and all(f["caption"] != x.get("caption") for f in x["foils"]) for x in lik)
     assert {x["check"] for x in r["results"] if x["suite"] == "binding"} >= {"vs_swap_colour", "vs_relation"}
@@ -177,7 +178,8 @@ def test_export_then_score_another_generators_images(tmp_path):
         img.save(theirs / f"{p['prompt_id']}_0.png")
         samples.append({"prompt_id": p["prompt_id"], "index": 0, "file": f"{p['prompt_id']}_0.png"})
     (theirs / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    assert (tmp_path / "x" / "prompts_raven" / "raven.jsonl").exists()
+    manifest = read_manifest(tmp_path / "x" / "prompts_raven" / "raven.jsonl")  # validated against its schema
+    assert [it.item_id for it in manifest] == [p["prompt_id"] for p in rows if p["suite"] == "raven"]
     r = run(main, ["probes", "score", "--suite", "all", "--raven-items", "6", "--images", str(theirs), "--out", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "s" / "report.json").read_text())

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dalle_eval.generate import codes_to_images
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.scoring import N_CANDIDATES, result
-from dalle_eval.raven import RavenItem, answer_box, render_matrix
+from dalle_eval.raven import RavenItem, answer_box, nearest_candidate, render_matrix
 from dalle_eval.shapes import Scene, place, render
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from model.sampling import completion_keep, score
@@ -100,17 +101,27 @@ def likelihood_shapes(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> l
 
 
 def likelihood_raven(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
-    """Per item: "answer" = the true candidate has the highest answer-region log-prob (chance 1/8)."""
+    """Per item: "answer" = the true candidate has the highest answer-region log-prob (chance 1/8), and
+    "dvae_ceiling" = the dVAE round trip (encode, decode) of the true matrix is matched to the true candidate:
+    the best the generation scorer can do with this image tokenizer (near chance if it cannot draw Raven)."""
     prompts = [p for p in prompts if p["suite"] == "raven"]
     if not prompts:
         return []
     region = ~completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
+    items = [RavenItem.from_json(p["spec"]) for p in prompts]
+    images = [render_matrix(item, pm.image_size, c) for item in items for c in item.candidates]
+    codes = torch.cat([pm.encode(images[i : i + batch]) for i in range(0, len(images), batch)])  # (8 items, g, g)
+    captions = [p["caption"] for p in prompts for _ in range(N_CANDIDATES)]
+    lp_all = _scores(pm, captions, codes, region, batch)
+    truth = codes[[k * N_CANDIDATES + item.answer for k, item in enumerate(items)]]
+    with torch.no_grad():
+        round_trips = codes_to_images(pm.dvae, truth)
     results = []
-    for p in prompts:
-        item = RavenItem.from_json(p["spec"])
-        codes = pm.encode([render_matrix(item, pm.image_size, c) for c in item.candidates])  # (8, g, g)
-        lp = _scores(pm, [p["caption"]] * N_CANDIDATES, codes, region, batch)
+    for k, (p, item) in enumerate(zip(prompts, items)):
+        lp = lp_all[k * N_CANDIDATES : (k + 1) * N_CANDIDATES]
         chosen = int(np.argmax(lp))
         results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
                               "likelihood", chosen=chosen, logp=lp))
+        ceiling = nearest_candidate(item, round_trips[k], pm.image_size) == item.answer
+        results.append(result(p, "dvae_ceiling", ceiling, 1 / N_CANDIDATES, "likelihood"))
     return results
