@@ -295,6 +295,8 @@ def _probe_options(fn):
         click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
         click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
         click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
+        click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+                     help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
     ]):
         fn = opt(fn)
     return fn
@@ -312,14 +314,14 @@ def _probe_summary(r: dict, out: Path) -> None:
     _summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
 
 
-def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items) -> None:
+def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file) -> None:
     from dalle_eval.probe_run import run_probes
     from dalle_eval.probes import RAVEN_ITEMS
 
     if out is None:
         raise DalleEvalError("--out is required (the report dir)")
     r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
-                   raven_items or RAVEN_ITEMS)
+                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file)
     _probe_summary(r, out)
 
 
@@ -347,7 +349,7 @@ def probes(ctx, configs, overrides, **kwargs):
 @probes.command("run")
 @_probe_options
 @config_options(("sample", "eval"))
-def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items):
+def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
     """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
 
     \b
@@ -355,7 +357,7 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
       dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
     """
-    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items)
+    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
 
 
 @probes.command("export")
@@ -393,15 +395,19 @@ def probes_export(suite, out, seed, raven_items, resolution):
 @click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
 @click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
 @click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
 @config_options(("eval",))
-def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items):
+def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
     """Score another generator's images of exported prompts (exact parser; CLIP multiple choice).
 
     \b
     Example:
       dalle-eval probes score --suite all --images their_samples --out runs/theirs
+      dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \
+          --clip-model ViT-B-32 --clip-pretrained /models/clip.bin --out runs/theirs-clip
     """
-    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items)
+    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
 
 
 @main.command()

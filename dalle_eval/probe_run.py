@@ -17,7 +17,7 @@ from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
 from dalle_eval.probes.stats import summarise
-from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, resolve_suites
+from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, read_custom_prompts, resolve_suites
 from dalle_eval.samples import SAMPLES
 
 SCORERS = ("parser", "likelihood", "clip")
@@ -56,24 +56,31 @@ def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer
 def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
                scorers: tuple[str, ...] | None = None, clip_model: str | None = None,
                clip_pretrained: str | None = None, raven_items: int = RAVEN_ITEMS, progress: bool = True,
-               completer=None) -> dict:
+               completer=None, prompts_file: Path | None = None) -> dict:
     """Score a suite (or "all") with each scorer; writes OUT/report.json, OUT/report.md and grids.
 
     Default scorers: parser + likelihood with --ckpt, parser with --images. `completer` replaces the
-    model's Raven completion (tests use oracles).
+    model's Raven completion (tests use oracles). `prompts_file`: your own prompts with foils (suite
+    "custom", CLIP multiple choice only; see suites.read_custom_prompts).
     """
     out = Path(out)
-    suites = resolve_suites(suite)
-    scorers = tuple(scorers or (("parser", "likelihood") if ckpt is not None else ("parser",)))
+    if prompts_file is not None:
+        suite, suites, prompts = "custom", ["custom"], read_custom_prompts(prompts_file)
+        scorers = tuple(scorers or ("clip",))
+        if scorers != ("clip",):
+            raise DalleEvalError("--prompts: custom prompts have no spec to parse or render; use --scorer clip")
+    else:
+        suites = resolve_suites(suite)
+        scorers = tuple(scorers or (("parser", "likelihood") if ckpt is not None else ("parser",)))
+        prompts = make_prompts(suite, cfg.eval.seed, raven_items)
     _check_scorers(scorers, ckpt, images, clip_model)
-    prompts = make_prompts(suite, cfg.eval.seed, raven_items)
     folder, samples = None, []
     if images is not None:
         folder = Path(images)
         if not (folder / SAMPLES).is_file():
             raise DalleEvalError(f"--images {folder}: no {SAMPLES}; expected a samples dir (see README: artifact layout)")
         samples = read_jsonl(folder / SAMPLES)
-        known = {p["prompt_id"] for p in make_prompts("all", cfg.eval.seed, raven_items)}
+        known = {p["prompt_id"] for p in (prompts if prompts_file else make_prompts("all", cfg.eval.seed, raven_items))}
         check_samples(prompts, samples, folder / SAMPLES, suite, known)
     elif {"parser", "clip"} & set(scorers):
         folder = _generate(Path(ckpt), prompts, out, cfg, completer, progress)

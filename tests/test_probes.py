@@ -196,6 +196,24 @@ def test_clip_multiple_choice(tmp_path, fast_cfg, tiny_clip):
     assert first["scorer"] == "clip" and first["n"] == 6 and 0 < first["chance"] <= 0.5
     with pytest.raises(DalleEvalError, match="--scorer clip needs --clip-model"):
         run_probes("binding", tmp_path / "c", fast_cfg, images=folder, scorers=("clip",))
+    # your own (e.g. real-world) prompts with foils, any generator's images, through the CLI
+    mine = [{"prompt_id": "dog", "caption": "a red dog on a blue sofa", "foils": ["a blue dog on a red sofa"]},
+            {"prompt_id": "cat", "caption": "two cats", "foils": ["one cat", {"kind": "count", "caption": "three cats"}],
+             "category": "count"}]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mine))
+    theirs = _samples_dir(tmp_path / "theirs", mine, lambda m: Image.new("RGB", (48, 48), (200, 30, 30)))
+    base = ["probes", "score", "--prompts", str(tmp_path / "mine.jsonl"), "--images", str(theirs),
+            "--clip-model", model_cfg, "--clip-pretrained", weights, "--out", str(tmp_path / "m")]
+    r = CliRunner().invoke(main, [*base, "--scorer", "clip"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert _rows(rep, suite="custom", category="count", check="ranked_first", split="all")[0]["chance"] == pytest.approx(1 / 3)
+    assert "custom/clip/ranked_first" in r.output and (tmp_path / "m" / "report.md").exists()
+    r = CliRunner().invoke(main, [*base, "--scorer", "parser"])
+    assert r.exit_code == 1 and "use --scorer clip" in r.output
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"caption": "a cat"}) + "\n")
+    r = CliRunner().invoke(main, [*base[:2], "--prompts", str(tmp_path / "bad.jsonl"), *base[4:]])
+    assert r.exit_code == 1 and "bad.jsonl:1: need a 'caption' and a non-empty list of 'foils'" in r.output
 
 
 def test_clear_errors(tmp_path, fast_cfg):

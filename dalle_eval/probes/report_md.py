@@ -19,11 +19,14 @@ GRID = 18  # images per grid
 
 
 def _image_outcomes(results: list[dict], suite: str) -> dict[str, bool]:
-    """file -> every parser check of the image passed (a Raven image: the chosen candidate is right)."""
+    """file -> every parser check of the image passed (Raven: the right candidate; CLIP: truth ranked first)."""
     ok: dict[str, bool] = {}
-    for r in results:
-        if r["suite"] == suite and r["scorer"] == "parser" and "file" in r:
-            ok[r["file"]] = ok.get(r["file"], True) and r["passed"]
+    for scorer, checks in (("parser", None), ("clip", ("ranked_first",))):  # CLIP when nothing was parsed
+        for r in results:
+            if r["suite"] == suite and r["scorer"] == scorer and "file" in r and (checks is None or r["check"] in checks):
+                ok[r["file"]] = ok.get(r["file"], True) and r["passed"]
+        if ok:
+            break
     return ok
 
 

@@ -9,7 +9,9 @@ prompts hold the whole manifest record of the item. Same seed => same prompts.
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from pathlib import Path
 
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, generate_items
@@ -97,4 +99,34 @@ def make_prompts(suite: str, seed: int = 0, raven_items: int = RAVEN_ITEMS) -> l
         if raven_items < 1:
             raise DalleEvalError(f"--raven-items must be >= 1, got {raven_items}")
         prompts = [raven_prompt(item) for item in generate_items(raven_items, seed)]
+    return prompts
+
+
+def read_custom_prompts(path: Path) -> list[dict]:
+    """Your own prompts for CLIP multiple choice (e.g. real-world ones): JSONL, one per line, with "caption"
+    and "foils" (captions that must score lower), optional "prompt_id", "category", "heldout"."""
+    path = Path(path)
+    if not path.is_file():
+        raise DalleEvalError(f"--prompts {path}: file not found")
+    prompts = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DalleEvalError(f"--prompts {path}:{i}: not a JSON line") from None
+        foils = row.get("foils") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("caption"), str) or not foils or not isinstance(foils, list):
+            raise DalleEvalError(f"--prompts {path}:{i}: need a 'caption' and a non-empty list of 'foils'")
+        captions = [f["caption"] if isinstance(f, dict) else f for f in foils]
+        if not all(isinstance(c, str) for c in captions) or row["caption"] in captions:
+            raise DalleEvalError(f"--prompts {path}:{i}: foils must be captions different from the true one")
+        category = str(row.get("category", "custom"))
+        prompts.append({"prompt_id": str(row.get("prompt_id", i - 1)), "suite": "custom", "category": category,
+                        "groups": ["all", category], "caption": row["caption"],
+                        "foils": [f if isinstance(f, dict) else {"kind": "foil", "caption": f} for f in foils],
+                        "spec": None, "heldout": bool(row.get("heldout", False))})
+    if not prompts:
+        raise DalleEvalError(f"--prompts {path}: no prompts in the file")
     return prompts
