@@ -18,8 +18,7 @@ from dalle_eval.coco import export_captions, load_or_choose_subset
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.fid import (
-    frechet_distance,
-    gaussian_stats,
+    frechet_distance_to_features,
     inception_score,
     kernel_inception_distance,
     load_inception,
@@ -138,7 +137,7 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     for r in radii:
         feats, logits = gen[r]
         is_mean, is_std = inception_score(logits, splits=min(e.is_splits, len(fakes)))
-        sweep.append({"blur_radius": r, "fid": frechet_distance(*ref[r], *gaussian_stats(feats)),
+        sweep.append({"blur_radius": r, "fid": frechet_distance_to_features(*ref[r], feats),
                       "is_mean": is_mean, "is_std": is_std, "reference_cached": cache[r]["hit"]})
     if e.kid:  # needs the real features themselves (not cached): at the first radius only
         r0 = radii[0]

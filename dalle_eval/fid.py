@@ -37,6 +37,24 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
+def frechet_distance_to_features(mu1: np.ndarray, sigma1: np.ndarray, features: np.ndarray) -> float:
+    """FID between stats (mu1, sigma1) and the Gaussian fit of `features` (N, d), equal to
+    frechet_distance(mu1, sigma1, *gaussian_stats(features)).
+
+    With fewer samples than dimensions S2 = X^T X / (N - 1) (X centred) has rank < N, and the nonzero
+    eigenvalues of S1 S2 are those of the N x N matrix X S1 X^T / (N - 1): an N^3 problem, not d^3.
+    """
+    n, d = features.shape
+    if n > d // 2:
+        return frechet_distance(mu1, sigma1, *gaussian_stats(features))
+    mu2 = features.mean(0)
+    x = features.astype(np.float64) - mu2
+    m = x @ sigma1 @ x.T / (n - 1)
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + (x * x).sum() / (n - 1) - 2 * tr_covmean)
+
+
 SHUFFLE_SEED = 2020  # torch-fidelity's rng_seed: the sample order of IS splits and KID subsets
 
 
@@ -165,7 +183,7 @@ def fid_is(real: list[Path], fake: list[Path], weights: str | Path | None, batch
     net = load_inception(weights)
     fr, _ = inception_features(net, image_batches(real, batch), len(real), "inception: real", progress)
     ff, lf = inception_features(net, image_batches(fake, batch), len(fake), "inception: generated", progress)
-    fid = frechet_distance(*gaussian_stats(fr), *gaussian_stats(ff))
+    fid = frechet_distance_to_features(*gaussian_stats(fr), ff)
     is_mean, is_std = inception_score(lf, splits=min(10, len(fake)))
     return {"fid": fid, "is_mean": is_mean, "is_std": is_std, "n_real": len(real), "n_fake": len(fake),
             "resize_policy": RESIZE_POLICY}

@@ -112,9 +112,9 @@ def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
     """Same images, same Inception weights: FID, IS and KID equal torch-fidelity's calculate_metrics."""
     import torch_fidelity
 
-    cfg = _cfg(tmp_path, "eval.n_captions=20", "eval.blur_radii=[0]", "eval.kid=true", "eval.kid_subset_size=10",
+    cfg = _cfg(tmp_path, "eval.n_captions=12", "eval.blur_radii=[0]", "eval.kid=true", "eval.kid_subset_size=6",
                "eval.kid_subsets=20")
-    prompts = load_or_choose_subset(coco, tmp_path / "run", 20, 0)
+    prompts = load_or_choose_subset(coco, tmp_path / "run", 12, 0)
     samples = _copy_as_samples(prompts, tmp_path / "gen", transform=lambda im: im.rotate(90).convert("L").convert("RGB"))
     ours = run_coco_fid(coco, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
     # torch-fidelity reads two folders of same-size images: give it our prepared (cropped, resized) images
@@ -124,7 +124,7 @@ def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
             Image.fromarray(prepare(Path(p), 32)).save(tmp_path / name / f"{i:03d}.png")
     ref = torch_fidelity.calculate_metrics(
         input1=str(tmp_path / "fake"), input2=str(tmp_path / "real"), fid=True, isc=True, kid=True, cache=False,
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(inception), kid_subset_size=10,
+        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(inception), kid_subset_size=6,
         kid_subsets=20, verbose=False, batch_size=8, cuda=False)
     assert ours["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
     assert ours["is_mean"] == pytest.approx(ref["inception_score_mean"], rel=1e-3)
@@ -133,13 +133,14 @@ def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
 
 
 def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, monkeypatch):
-    cfg = _cfg(tmp_path)
-    prompts = load_or_choose_subset(coco, tmp_path / "run", 12, 0)
+    assert list(load_config([], []).eval.blur_radii) == [0, 1, 2, 4, 8]  # the paper's sweep is the default
+    cfg = _cfg(tmp_path, "eval.n_captions=8", "eval.blur_radii=[0,2,8]")  # (3 radii: Inception passes are slow on CPU)
+    prompts = load_or_choose_subset(coco, tmp_path / "run", 8, 0)
     samples = _copy_as_samples(prompts, tmp_path / "gen")
     first = run_coco_fid(coco, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
-    assert [s["blur_radius"] for s in first["sweep"]] == [0, 1, 2, 4, 8]
+    assert [s["blur_radius"] for s in first["sweep"]] == [0, 2, 8]
     assert all(abs(s["fid"]) < 1e-3 for s in first["sweep"])  # the same images at every radius: FID stays ~0
-    assert all(not s["reference_cached"] for s in first["sweep"]) and len(list((tmp_path / "cache").glob("*.npz"))) == 5
+    assert all(not s["reference_cached"] for s in first["sweep"]) and len(list((tmp_path / "cache").glob("*.npz"))) == 3
     # second run: the real statistics come from the cache, the real images are not even opened
     import dalle_eval.fid_reference as ref
 
@@ -150,7 +151,7 @@ def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, m
     assert all(s["reference_cached"] for s in second["sweep"]) and all(p.parent == samples for p in opened)
     assert [s["fid"] for s in second["sweep"]] == pytest.approx([s["fid"] for s in first["sweep"]], abs=1e-9)
     # another image list is another key
-    other = run_coco_fid(coco, tmp_path / "run2", _cfg(tmp_path, "eval.n_captions=10", "eval.blur_radii=[0]"),
+    other = run_coco_fid(coco, tmp_path / "run2", _cfg(tmp_path, "eval.n_captions=6", "eval.blur_radii=[0]"),
                          images=samples, inception_weights=inception, progress=False)
     assert not other["sweep"][0]["reference_cached"]
     md = (tmp_path / "run" / "report.md").read_text()
@@ -159,8 +160,8 @@ def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, m
 
 
 def test_blurred_generated_set_gets_closer_with_blur(coco, tmp_path, inception):
-    cfg = _cfg(tmp_path, "eval.blur_radii=[0,2,8]")
-    prompts = load_or_choose_subset(coco, tmp_path / "run", 12, 0)
+    cfg = _cfg(tmp_path, "eval.n_captions=8", "eval.blur_radii=[0,8]")
+    prompts = load_or_choose_subset(coco, tmp_path / "run", 8, 0)
     from PIL import ImageFilter
 
     samples = _copy_as_samples(prompts, tmp_path / "gen", transform=lambda im: im.filter(ImageFilter.GaussianBlur(3)))
@@ -170,15 +171,15 @@ def test_blurred_generated_set_gets_closer_with_blur(coco, tmp_path, inception):
 
 
 def test_errors_name_the_file(coco, tmp_path, inception):
-    cfg = _cfg(tmp_path)
-    prompts = load_or_choose_subset(coco, tmp_path / "run", 12, 0)
+    cfg = _cfg(tmp_path, "eval.n_captions=6", "eval.blur_radii=[0]")
+    prompts = load_or_choose_subset(coco, tmp_path / "run", 6, 0)
     samples = _copy_as_samples(prompts, tmp_path / "gen")
     (samples / f"{prompts[3]['prompt_id']}_0.png").write_bytes(b"<html>not an image</html>")
     with pytest.raises(DalleEvalError, match=f"{prompts[3]['prompt_id']}_0.png: unreadable image"):
         run_coco_fid(coco, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
     rows = (samples / "samples.jsonl").read_text().splitlines()
     (samples / "samples.jsonl").write_text("\n".join(rows[:-2]) + "\n")
-    with pytest.raises(DalleEvalError, match="2 of the 12 subset prompts have no image"):
+    with pytest.raises(DalleEvalError, match="2 of the 6 subset prompts have no image"):
         run_coco_fid(coco, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
     with pytest.raises(DalleEvalError, match="no captions_val"):
         run_coco_fid(tmp_path, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
@@ -190,7 +191,7 @@ def test_errors_name_the_file(coco, tmp_path, inception):
 def test_generation_resumes_after_a_crash(shapes_data, transformer_ckpt, tmp_path, inception, monkeypatch):
     import dalle_eval.generate as gen
 
-    cfg = load_config(["tiny"], ["eval.n_captions=6", "eval.fid_batch=6", "sample.batch_size=2", "eval.blur_radii=[0,2]",
+    cfg = load_config(["tiny"], ["eval.n_captions=6", "eval.fid_batch=6", "sample.batch_size=2", "eval.blur_radii=[0]",
                                  f"eval.cache_dir={tmp_path / 'cache'}"])
     real_write, calls = gen._write_prompt, []
 

@@ -35,10 +35,25 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(mu, s, mu + 1, 4 * s) == pytest.approx(3 + 3 + 12 - 2 * 3 * 2)
 
 
+def test_frechet_distance_paths_agree():
+    """Symmetric-eigh FID, the low-rank (N < d) path and scipy's sqrtm give the same number."""
+    from scipy import linalg
+
+    from dalle_eval.fid import frechet_distance_to_features, gaussian_stats
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.standard_normal((300, 64)), rng.standard_normal((20, 64)) * 1.3 + 0.2
+    (m1, s1), (m2, s2) = gaussian_stats(real), gaussian_stats(fake)
+    ref = float((m1 - m2) @ (m1 - m2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance_to_features(m1, s1, fake) == pytest.approx(ref, rel=1e-6)  # 20 < 64 / 2: low rank
+    assert frechet_distance_to_features(m2, s2, real) == pytest.approx(frechet_distance(m2, s2, m1, s1), rel=1e-9)
+
+
 def test_fid_self_zero_other_positive_and_matches_torchmetrics(tmp_path, inception):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    a, b = _images(tmp_path / "a", 0), _images(tmp_path / "b", 1)
+    a, b = _images(tmp_path / "a", 0, n=8), _images(tmp_path / "b", 1, n=8)
     same = fid_is(a, a, inception, batch=6, progress=False)
     diff = fid_is(a, b, inception, batch=6, progress=False)
     assert abs(same["fid"]) < 1e-3 and diff["fid"] > 1.0
@@ -100,7 +115,7 @@ def test_oracle_scores_high_and_scrambled_binding_fails(tmp_path):
 
 def test_cli_chain_end_to_end(tmp_path, transformer_ckpt, shapes_data, inception):
     """sample -> probes -> coco-fid through the CLI on the tiny checkpoint."""
-    fast = ["--set", "sample.batch_size=8", "--set", "eval.n_captions=6", "--set", "eval.fid_batch=6",
+    fast = ["--set", "sample.batch_size=8", "--set", "eval.n_captions=6", "--set", "eval.fid_batch=6", "--set", "eval.blur_radii=[0]",
             "--set", "eval.probe_samples=1"]
     run = CliRunner().invoke
     r = run(main, ["sample", "--ckpt", str(transformer_ckpt), "--caption", "a small red circle", "--n", "3",
