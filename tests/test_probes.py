@@ -240,3 +240,17 @@ def test_clear_errors(tmp_path, fast_cfg):
         run_probes("binding", tmp_path / "o", fast_cfg, images=folder, scorers=("likelihood",))
     r = run(main, ["probes", "--suite", "binding", "--images", str(folder)])
     assert r.exit_code == 1 and "--out is required" in r.output
+
+
+def test_intervals_account_for_correlated_images_of_one_prompt():
+    """Four identical outcomes per prompt carry the information of one: the interval widens to match."""
+    from dalle_eval.probes.stats import clustered_wilson, effective_n, wilson
+
+    independent = [{"prompt_id": str(i), "passed": i % 2 == 0} for i in range(40)]
+    (lo, hi), prompts, n_eff = clustered_wilson(independent)
+    assert prompts == 40 and n_eff == pytest.approx(40, rel=0.1) and (lo, hi) == pytest.approx(wilson(20, n_eff))
+    copies = [{**r, "image": j} for r in independent for j in range(4)]  # 160 checks, 40 independent facts
+    (clo, chi), _, c_eff = clustered_wilson(copies)
+    assert c_eff == pytest.approx(40, rel=0.1) and chi - clo == pytest.approx(hi - lo, rel=0.05)
+    assert (chi - clo) > 1.8 * (wilson(80, 160)[1] - wilson(80, 160)[0])  # the naive interval is half as wide
+    assert effective_n([4, 0, 2], [4, 4, 4]) <= 12 and effective_n([0, 0], [3, 3]) == 2  # p = 0: one fact per prompt

@@ -14,7 +14,7 @@ HOW = {
                   "Raven candidates by the log-prob of the answer-cell tokens",
     "clip": "open_clip multiple choice: the image's similarity to the true caption vs each foil",
 }
-COLUMNS = ["category", "check", "split", "n", "accuracy", "ci95", "chance"]
+COLUMNS = ["category", "check", "split", "n", "prompts", "accuracy", "ci95", "chance"]
 GRID = 18  # images per grid
 
 
@@ -34,7 +34,7 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
     md = f"# Probes: {report['suite']}\n\n"
     if folder is not None:
         md += f"Images: `{folder}` ({report['n_images']} images). "
-    md += f"{report['n_prompts']} prompts. 95% Wilson intervals; chance beside each (a generator drawing at random). "
+    md += f"{report['n_prompts']} prompts. 95% Wilson intervals on the effective sample size (checks of one prompt are correlated, so `n` checks over `prompts` prompts count as fewer); chance beside each (a generator drawing at random). "
     md += "`seen` / `heldout`: prompts without / with a colour-shape pair never shown in training.\n"
     for suite in report["suites"]:
         for scorer in report["scorers"]:

@@ -1,5 +1,12 @@
 """Accuracy tables: one row per (suite, group, check, split) with n, accuracy, Wilson 95% CI and chance.
 
+Checks of one prompt are not independent (several images per prompt; several objects per image), so the
+interval uses the effective sample size of the clustered proportion (Kish's design effect; Korn &
+Graubard 1998): n_eff = p(1-p) / Var(p), Var(p) from the spread of the per-prompt successes (Cochran's
+ratio-estimator variance), n_eff <= n (about the number of prompts when the prompt decides every check;
+exactly that when all passed or all failed, where the spread says nothing).
+With one check per prompt it is the plain Wilson interval.
+
 A result is one scored check: {suite, groups, check, heldout, passed, chance, ...}. `groups` lists every
 category the check counts towards (the suite itself as "all", a prompt kind or Raven configuration, each
 rule type of a Raven item), so one result feeds several rows without being counted twice in any.
@@ -23,6 +30,31 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def effective_n(successes: list[int], trials: list[int]) -> float:
+    """Effective number of independent trials of a proportion measured in clusters (per-prompt counts)."""
+    n, c = sum(trials), len(trials)
+    p = sum(successes) / n if n else 0.0
+    if c == n:
+        return float(n)
+    if c < 2 or p in (0.0, 1.0):  # no spread to estimate the correlation from: one fact per prompt (the worst case)
+        return float(c)
+    # Cochran (1977) eq. 6.13: Var(p) = c / (c - 1) * sum((k_i - p m_i)^2) / n^2
+    var = c / (c - 1) * sum((k - p * m) ** 2 for k, m in zip(successes, trials)) / n**2
+    return float(n) if var <= 0 else min(float(n), p * (1 - p) / var)
+
+
+def clustered_wilson(results: list[dict]) -> tuple[tuple[float, float], int, float]:
+    """(95% interval, prompts, effective n) of the pass rate of `results`, clustered by prompt_id."""
+    k: dict[str, int] = defaultdict(int)
+    m: dict[str, int] = defaultdict(int)
+    for r in results:
+        k[r["prompt_id"]] += bool(r["passed"])
+        m[r["prompt_id"]] += 1
+    n, n_eff = len(results), effective_n(list(k.values()), list(m.values()))
+    p = sum(k.values()) / n
+    return wilson(p * n_eff, n_eff), len(m), n_eff
+
+
 def check_name(check: str) -> str:
     """object_0, object_1, ... are one check ("object") in the tables."""
     return "object" if check.startswith("object_") else check
@@ -40,10 +72,10 @@ def summarise(results: list[dict]) -> list[dict]:
     rows = []
     for (suite, scorer, group, check, split), rs in sorted(groups.items(), key=_row_order):
         k, n = sum(bool(r["passed"]) for r in rs), len(rs)
-        lo, hi = wilson(k, n)
-        rows.append({"suite": suite, "category": group, "check": check, "split": split, "n": n, "accuracy": k / n,
-                     "ci95": [lo, hi], "chance": sum(r["chance"] for r in rs) / n,
-                     "scorer": scorer})
+        (lo, hi), prompts, n_eff = clustered_wilson(rs)
+        rows.append({"suite": suite, "category": group, "check": check, "split": split, "n": n, "prompts": prompts,
+                     "n_eff": round(n_eff, 1), "accuracy": k / n, "ci95": [lo, hi],
+                     "chance": sum(r["chance"] for r in rs) / n, "scorer": scorer})
     return rows
 
 
