@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -11,46 +10,13 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, to_toml
+from dalle_eval.cli_common import config_options, summary
+from dalle_eval.cli_probes import probes
+from dalle_eval.config import apply_overrides, config_from_dict
 from dalle_eval.errors import DalleEvalError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def config_options(sections: tuple[str, ...]):
-    """--config FILE|NAME (repeatable) and --set key=value (repeatable); passes `cfg` to the command."""
-
-    def decorate(fn):
-        @click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True,
-                      help="TOML config file or named config (tiny, dalle-1.3b, dalle-12b); repeat to layer.")
-        @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                      help="Override one option, e.g. --set train.transformer.steps=100 (repeatable).")
-        @functools.wraps(fn)
-        def wrapper(configs, overrides, **kwargs):
-            try:
-                cfg = load_config(configs, overrides)
-                _print_config(cfg, sections)
-                return fn(cfg=cfg, overrides=overrides, **kwargs)
-            except DalleEvalError as e:
-                raise click.ClickException(str(e)) from None
-
-        return wrapper
-
-    return decorate
-
-
-def _print_config(cfg: Config, sections: tuple[str, ...]) -> None:
-    d = config_to_dict(cfg)
-    click.echo("# resolved config\n" + to_toml({k: d[k] for k in sections}).rstrip() + "\n", err=True)
-
-
-def _summary(title: str, lines: dict, report: Path | None = None) -> None:
-    click.echo(f"\n== {title} ==")
-    for k, v in lines.items():
-        click.echo(f"  {k:<24} {v}")
-    if report is not None:
-        click.echo(f"  {'report':<24} {report}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -103,7 +69,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
         lines["tokens"] = f"{t['n_samples']} samples, grid {t['grid']}x{t['grid']}, text vocab {t['text_vocab']}"
         lines["truncated captions"] = t["truncated_captions"]
     lines["seconds"] = r["seconds"]
-    _summary("build-dataset", lines, Path(out) / "build_report.json")
+    summary("build-dataset", lines, Path(out) / "build_report.json")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from model.distributed import exit_worker
 
@@ -144,12 +110,12 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     s = run_train(stage, data, cfg, out, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if s.get("preempted"):
-            _summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
+            summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
         else:
             lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
                      **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
                      "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
-            _summary(f"train {stage}", lines, Path(out) / "summary.json")
+            summary(f"train {stage}", lines, Path(out) / "summary.json")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from model.distributed import exit_worker
 
@@ -213,7 +179,7 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
     path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
-    _summary("sample", {"images": len(rows), "samples": path}, grid)
+    summary("sample", {"images": len(rows), "samples": path}, grid)
 
 
 @main.command("coco-fid")
@@ -265,7 +231,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
 
         exit_worker(0)
     if "exported" in r:
-        _summary("coco-fid", {"captions": r["n_captions"], "exported to": r["exported"]})
+        summary("coco-fid", {"captions": r["n_captions"], "exported to": r["exported"]})
         return
     lines = {f"blur {s['blur_radius']:g}": f"FID {s['fid']:.3f}   IS {s['is_mean']:.3f} ± {s['is_std']:.3f}" for s in r["sweep"]}
     if r["clip_score"] is not None:
@@ -273,141 +239,11 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     p = r["protocol"]
     lines.update({"images (real/gen)": f"{p['n_real_images']}/{p['n_generated']}", "rerank": p["rerank"],
                   "inception": p["inception_weights"]})
-    _summary("coco-fid", lines, Path(out) / "report.md")
+    summary("coco-fid", lines, Path(out) / "report.md")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from model.distributed import exit_worker
 
         exit_worker(0)
-
-
-_SUITE = click.Choice(["attributes", "binding", "raven", "all"])
-
-
-def _probe_options(fn):
-    """Options shared by `probes run` and the bare `probes` (which runs `probes run`)."""
-    for opt in reversed([
-        click.option("--suite", type=_SUITE, default="all", show_default=True),
-        click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate/score with this transformer checkpoint."),
-        click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir (any generator)."),
-        click.option("--out", type=click.Path(path_type=Path), default=None, help="Report dir (report.json, report.md, grids)."),
-        click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "likelihood", "clip"]),
-                     help="Repeatable. Default: parser + likelihood with --ckpt, parser with --images."),
-        click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
-        click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
-        click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
-        click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-                     help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def _probe_summary(r: dict, out: Path) -> None:
-    from dalle_eval.report import pct
-
-    lines = {}
-    for row in r["table"]:
-        if row["split"] == "all" and row["category"] == "all":
-            lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
-    if r["not_scored"]:
-        lines["not scored"] = ", ".join(r["not_scored"])
-    _summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
-
-
-def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file) -> None:
-    from dalle_eval.probe_run import run_probes
-    from dalle_eval.probes import RAVEN_ITEMS
-
-    if out is None:
-        raise DalleEvalError("--out is required (the report dir)")
-    r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
-                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file)
-    _probe_summary(r, out)
-
-
-@main.group(invoke_without_command=True)
-@click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True, help="As in `probes run`.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As in `probes run`.")
-@_probe_options
-@click.pass_context
-def probes(ctx, configs, overrides, **kwargs):
-    """Attributes, variable binding and Raven's matrices: exact, with CIs, on any generator.
-
-    Without a subcommand, runs `probes run` with the same options.
-
-    \b
-    Example:
-      dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
-      dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
-      dalle-eval probes export --suite all --out prompts.jsonl          # for another model
-      dalle-eval probes score --suite all --images their_samples --out runs/theirs
-    """
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(probes_run, configs=configs, overrides=overrides, **kwargs)
-
-
-@probes.command("run")
-@_probe_options
-@config_options(("sample", "eval"))
-def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
-    """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
-
-    \b
-    Example:
-      dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
-      dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
-    """
-    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
-
-
-@probes.command("export")
-@click.option("--suite", type=_SUITE, default="all", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="prompts JSONL to write.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
-@click.option("--raven-items", type=int, default=None, help="Raven items [default: 60].")
-@click.option("--resolution", type=int, default=256, show_default=True, help="Raven context image size (px).")
-def probes_export(suite, out, seed, raven_items, resolution):
-    """Write a suite's prompts for another generator (JSONL; Raven context images beside it).
-
-    Each line: prompt_id, caption, suite, category, spec, heldout, and foils (shapes) or context_image,
-    answer_box and region (Raven: complete the answer cell). Save images as a samples dir:
-    {prompt_id}_{index}.png + samples.jsonl (prompt_id, index, file), then `probes score`.
-
-    \b
-    Example:
-      dalle-eval probes export --suite all --out runs/export/prompts.jsonl
-    """
-    from dalle_eval.probe_run import run_export
-    from dalle_eval.probes import RAVEN_ITEMS
-
-    try:
-        path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
-    except DalleEvalError as e:
-        raise click.ClickException(str(e)) from None
-    _summary(f"probes export {suite}", {"prompts": str(path)})
-
-
-@probes.command("score")
-@click.option("--suite", type=_SUITE, default="all", show_default=True)
-@click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
-@click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")
-@click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
-@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
-@click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
-@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
-@config_options(("eval",))
-def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
-    """Score another generator's images of exported prompts (exact parser; CLIP multiple choice).
-
-    \b
-    Example:
-      dalle-eval probes score --suite all --images their_samples --out runs/theirs
-      dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \
-          --clip-model ViT-B-32 --clip-pretrained /models/clip.bin --out runs/theirs-clip
-    """
-    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
 
 
 @main.command()
@@ -425,7 +261,7 @@ def info(cfg, overrides):
     t = cfg.transformer
     seq = t.text_len + t.image_len
     flops = 6 * counts["blocks"] + 6 * t.n_layer * seq * t.n_head * t.d_head  # per token, dense-attention bound
-    _summary("info", {"parameters": f"{counts['total']:,} ({counts['total'] / 1e9:.3f} B)",
+    summary("info", {"parameters": f"{counts['total']:,} ({counts['total'] / 1e9:.3f} B)",
                       "in blocks": f"{counts['blocks']:,}", "embeddings + head": f"{counts['embeddings_and_head']:,}",
                       "sequence": f"{t.text_len} text + {t.image_len} image tokens",
                       "train FLOPs / token": f"{flops:.3e}"})
@@ -445,7 +281,7 @@ def demo(cfg, overrides, out, n):
     from dalle_eval.demo import run_demo
 
     r = run_demo(cfg, out, n)
-    _summary("demo", {k: v for k, v in r["headline"].items()}, Path(out) / "report.md")
+    summary("demo", {k: v for k, v in r["headline"].items()}, Path(out) / "report.md")
 
 
 @main.command("dataset-stats")
@@ -471,8 +307,10 @@ def dataset_stats_cmd(data_dir, no_plots):
     t = s["status"]["totals"]
     lines = {"rows": f"{t['rows']:,} ({t['kept']:,} kept, {t['rejected']:,} rejected)", "stats": s["files"]["json"]}
     lines.update({f"plot {Path(p).stem}": p for p in s["files"]["plots"]})
-    _summary("dataset-stats", lines, Path(s["files"]["markdown"]))
+    summary("dataset-stats", lines, Path(s["files"]["markdown"]))
 
+
+main.add_command(probes)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

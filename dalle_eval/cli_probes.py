@@ -1,0 +1,139 @@
+"""`dalle-eval probes run|export|score`: thin click commands over dalle_eval.probe_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dalle_eval.cli_common import config_options, summary
+from dalle_eval.errors import DalleEvalError
+
+_SUITE = click.Choice(["attributes", "binding", "raven", "all"])
+
+
+def _probe_options(fn):
+    """Options shared by `probes run` and the bare `probes` (which runs `probes run`)."""
+    for opt in reversed([
+        click.option("--suite", type=_SUITE, default="all", show_default=True),
+        click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate/score with this transformer checkpoint."),
+        click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir (any generator)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="Report dir (report.json, report.md, grids)."),
+        click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "likelihood", "clip"]),
+                     help="Repeatable. Default: parser + likelihood with --ckpt, parser with --images."),
+        click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
+        click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
+        click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
+        click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+                     help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _probesummary(r: dict, out: Path) -> None:
+    from dalle_eval.report import pct
+
+    lines = {}
+    for row in r["table"]:
+        if row["split"] == "all" and row["category"] == "all":
+            lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
+    if r["not_scored"]:
+        lines["not scored"] = ", ".join(r["not_scored"])
+    summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
+
+
+def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file) -> None:
+    from dalle_eval.probe_run import run_probes
+    from dalle_eval.probes import RAVEN_ITEMS
+
+    if out is None:
+        raise DalleEvalError("--out is required (the report dir)")
+    r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
+                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file)
+    _probesummary(r, out)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True, help="As in `probes run`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As in `probes run`.")
+@_probe_options
+@click.pass_context
+def probes(ctx, configs, overrides, **kwargs):
+    """Attributes, variable binding and Raven's matrices: exact, with CIs, on any generator.
+
+    Without a subcommand, runs `probes run` with the same options.
+
+    \b
+    Example:
+      dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
+      dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
+      dalle-eval probes export --suite all --out prompts.jsonl          # for another model
+      dalle-eval probes score --suite all --images their_samples --out runs/theirs
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(probes_run, configs=configs, overrides=overrides, **kwargs)
+
+
+@probes.command("run")
+@_probe_options
+@config_options(("sample", "eval"))
+def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
+    """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
+
+    \b
+    Example:
+      dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
+      dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
+    """
+    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
+
+
+@probes.command("export")
+@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="prompts JSONL to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
+@click.option("--raven-items", type=int, default=None, help="Raven items [default: 60].")
+@click.option("--resolution", type=int, default=256, show_default=True, help="Raven context image size (px).")
+def probes_export(suite, out, seed, raven_items, resolution):
+    """Write a suite's prompts for another generator (JSONL; Raven context images beside it).
+
+    Each line: prompt_id, caption, suite, category, spec, heldout, and foils (shapes) or context_image,
+    answer_box and region (Raven: complete the answer cell). Save images as a samples dir:
+    {prompt_id}_{index}.png + samples.jsonl (prompt_id, index, file), then `probes score`.
+
+    \b
+    Example:
+      dalle-eval probes export --suite all --out runs/export/prompts.jsonl
+    """
+    from dalle_eval.probe_run import run_export
+    from dalle_eval.probes import RAVEN_ITEMS
+
+    try:
+        path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
+    except DalleEvalError as e:
+        raise click.ClickException(str(e)) from None
+    summary(f"probes export {suite}", {"prompts": str(path)})
+
+
+@probes.command("score")
+@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
+@click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")
+@click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
+@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
+@click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
+@config_options(("eval",))
+def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
+    """Score another generator's images of exported prompts (exact parser; CLIP multiple choice).
+
+    \b
+    Example:
+      dalle-eval probes score --suite all --images their_samples --out runs/theirs
+      dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \
+          --clip-model ViT-B-32 --clip-pretrained /models/clip.bin --out runs/theirs-clip
+    """
+    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
