@@ -8,13 +8,17 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_OUT ?= runs/demo
 
+# A new venv takes ~7 GiB (torch 2.14.1 is the CUDA build, ~5.5 GB): say so up front, not as pip's ENOSPC.
+DISK_CHECK := python3 -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	free >= 7.5 or sys.exit(f'make install: only {free:.1f} GiB free on this disk; the venv needs ~7 GiB. Remove old clones/venvs and re-run.')"
+
 PEER    ?= .venv-peer
 PEER_PIP := $(PEER)/bin/python -m pip
 
 .PHONY: install demo test bench bench-peers lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || { $(DISK_CHECK) && python3 -m venv $(VENV); }
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(PIP) install -q --no-deps dall-e==0.1
