@@ -36,6 +36,20 @@ def _check_scorers(scorers: tuple[str, ...], ckpt: Path | None, images: Path | N
         raise DalleEvalError("--scorer clip needs --clip-model (an open_clip name or model-config JSON)")
 
 
+def text_window(ckpt: Path, prompts: list[dict]) -> dict:
+    """Prompts whose caption is longer than the checkpoint's text window: the model never sees their end, so
+    generation cannot satisfy it and foils differing there tie. Reported, not hidden (shapes prompts only)."""
+    from model.checkpoint import TOKENIZER, read_ckpt_config
+    from model.tokenizer import encode_captions, load_tokenizer
+
+    text_len = read_ckpt_config(ckpt, "transformer")[1].transformer.text_len
+    shapes = [p for p in prompts if p["suite"] != "raven"]
+    ids, _ = encode_captions(load_tokenizer(Path(ckpt) / TOKENIZER), [p["caption"] for p in shapes], 10**9)
+    long = [{"prompt_id": p["prompt_id"], "suite": p["suite"], "category": p["category"], "tokens": len(t)}
+            for p, t in zip(shapes, ids) if len(t) > text_len]
+    return {"text_len": text_len, "prompts": len(shapes), "truncated": long}
+
+
 def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer, progress: bool) -> Path:
     """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples."""
     from dalle_eval.generate import run_sample
@@ -105,7 +119,9 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     report = {"suite": suite, "suites": suites, "scorers": list(scorers), "samples_dir": str(folder) if folder else None,
               "ckpt": str(ckpt) if ckpt else None, "n_prompts": len(prompts),
               "n_images": len({r["file"] for r in results if "file" in r}),
-              "not_scored": [s for s in suites if s not in scored], "table": summarise(results),
+              "not_scored": [s for s in suites if s not in scored],
+              "text_window": text_window(Path(ckpt), prompts) if ckpt is not None and prompts_file is None else None,
+              "table": summarise(results),
               "results": results, "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
     write_markdown(report, results, folder, out)

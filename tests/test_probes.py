@@ -135,6 +135,12 @@ def test_likelihood_scorer_end_to_end(tmp_path, fast_cfg, transformer_ckpt):
     lik = [x for x in r["results"] if x["check"] == "ranked_first"]
     assert all(len(x["foils"]) >= 1 and all(f["caption"] != x.get("caption") for f in x["foils"]) for x in lik)
     assert {x["check"] for x in r["results"] if x["suite"] == "binding"} >= {"vs_swap_colour", "vs_relation"}
+    # Captions longer than the model's text window are named, not silently cut.
+    window = r["text_window"]
+    assert window["text_len"] == fast_cfg.transformer.text_len and window["prompts"] == r["n_prompts"] - 6
+    assert window["truncated"] and all(t["tokens"] > window["text_len"] for t in window["truncated"])
+    assert "stack3" in {t["category"] for t in window["truncated"]}
+    assert f"longer than the model's {window['text_len']}-token text window" in (tmp_path / "l" / "report.md").read_text()
 
 
 def test_raven_generation_path(tmp_path, fast_cfg, transformer_ckpt):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from dalle_eval.artifacts import read_jsonl
@@ -42,6 +43,13 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
             if rows:
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
                 md += md_table(rows, COLUMNS, {"accuracy": pct, "ci95": ci, "chance": pct})
+    window = report.get("text_window")
+    if window and window["truncated"]:
+        by = Counter(f"{t['suite']}/{t['category']}" for t in window["truncated"])
+        md += (f"\n**{len(window['truncated'])} of {window['prompts']} prompts are longer than the model's "
+               f"{window['text_len']}-token text window** ({', '.join(f'{k} {v}' for k, v in sorted(by.items()))}): "
+               "the model never sees their end, so they score lower by construction. "
+               "Their ids are in report.json (`text_window`).\n")
     if report["not_scored"]:
         md += f"\nNo images or scores for: {', '.join(report['not_scored'])}.\n"
     captions = {s["file"]: s.get("caption", "") for s in read_jsonl(folder / SAMPLES)} if folder else {}
