@@ -20,7 +20,7 @@ PEER_PIP := $(PEER)/bin/python -m pip
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || { $(DISK_CHECK) && python3 -m venv $(VENV); }
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,spark,ray]'
 	$(PIP) install -q --no-deps dall-e==0.1
 	touch $@
 

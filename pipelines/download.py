@@ -10,8 +10,12 @@ message kept in `error`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +57,45 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
     out.mkdir(parents=True, exist_ok=True)
     url_list = out / "_url_list.parquet"
     pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"}).to_parquet(url_list, index=False)
+    with _cluster(cfg.download_distributor):
+        _download(download, url_list, out, cfg)
+    return _fold_status(pairs, out)
+
+
+@contextmanager
+def _cluster(distributor: str) -> Iterator[None]:
+    """Check that a pyspark/ray distributor is installed; stop the local Spark session or Ray instance that
+    img2dataset starts when none is running, so the caller's process is left as it was found."""
+    if distributor == "multiprocessing":
+        yield
+        return
+    extra = {"pyspark": "spark", "ray": "ray"}[distributor]
+    try:
+        module = importlib.import_module("pyspark.sql" if distributor == "pyspark" else "ray")
+    except ImportError:
+        raise DalleEvalError(f"data.download_distributor={distributor} needs {distributor}: "
+                             f"pip install 'dalle-eval[{extra}]' (or use multiprocessing)") from None
+    if distributor == "ray":
+        running = module.is_initialized()
+        try:
+            yield
+        finally:
+            if not running and module.is_initialized():
+                module.shutdown()
+        return
+    # Spark starts its Python workers with `python3` from PATH unless told: outside this venv they cannot
+    # import img2dataset. A cluster's own setting (spark-env.sh / the environment) wins.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    running = module.SparkSession.getActiveSession()
+    try:
+        yield
+    finally:
+        session = module.SparkSession.getActiveSession()
+        if running is None and session is not None:
+            session.stop()
+
+
+def _download(download, url_list: Path, out: Path, cfg: DataConfig) -> None:
     download(
         url_list=str(url_list),
         input_format="parquet",
@@ -75,6 +118,10 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
         incremental_mode="incremental",  # a killed run resumes: finished shards are skipped
         enable_wandb=False,
     )
+
+
+def _fold_status(pairs: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """img2dataset's per-shard parquet (status, error) joined back onto the pair table by pair key."""
     stats = [pd.read_parquet(p) for p in sorted(out.glob("[0-9]*.parquet"))]
     got = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame(columns=["pair_key", "status"])
     got = got.drop(columns=[c for c in ("width", "height") if c in got.columns])  # the resized size: known

@@ -1,11 +1,13 @@
 import dataclasses
 import json
+import sys
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from dalle_eval.cli import main
+from dalle_eval.errors import DalleEvalError
 from dalle_eval.shapes import HELDOUT
 from dalle_eval.shards import iter_shards
 
@@ -216,3 +218,46 @@ def test_torchrun_shards_the_encoding_and_gives_the_same_tokens(tmp_path, token_
     for name in ref["shards"]:
         a, b = iter_shards([data / "tokens" / name]), iter_shards([token_data / "tokens" / name])
         assert all((x["codes.npy"] == y["codes.npy"]).all() and x["txt"] == y["txt"] for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("distributor", ["pyspark", "ray"])
+def test_cluster_distributors_give_the_same_table_and_leave_no_cluster_running(tmp_path, fast_cfg, distributor):
+    """img2dataset's pyspark and ray distributors, each on a local cluster it starts itself (as on one
+    machine without a cluster): the same statuses and shards as multiprocessing, and the implicitly started
+    Spark session / Ray instance is stopped afterwards."""
+    pytest.importorskip("pyspark.sql" if distributor == "pyspark" else "ray")
+    from pipelines.build import build_dataset
+    from tests.webserver import serve
+
+    tables = {}
+    with serve(n_pictures=6) as base:
+        rows = [(f"{base}/pic/{i}.png", f"a small picture with the number {i}") for i in range(6)]
+        rows.append((f"{base}/404", "a picture that is not there"))
+        pd.DataFrame(rows, columns=["url", "caption"]).to_csv(tmp_path / "list.csv", index=False)
+        for name in ("multiprocessing", distributor):
+            data = dataclasses.replace(fast_cfg.data, download_distributor=name, download_processes=2, shard_size=3)
+            build_dataset(dataclasses.replace(fast_cfg, data=data), str(tmp_path / "list.csv"), tmp_path / name)
+            tables[name] = pd.read_parquet(tmp_path / name / "pairs.parquet").set_index("caption")["status"]
+    assert tables[distributor].sort_index().to_dict() == tables["multiprocessing"].sort_index().to_dict()
+    assert tables[distributor].value_counts().to_dict() == {"ok": 6, "http_404": 1}
+    shards = sorted((tmp_path / distributor / "images").glob("*.tar"))
+    assert sorted(s["txt"] for s in iter_shards(shards)) == sorted(c for _, c in rows[:6])
+    if distributor == "ray":
+        import ray
+
+        assert not ray.is_initialized()
+    else:
+        from pyspark.sql import SparkSession
+
+        assert SparkSession.getActiveSession() is None
+
+
+def test_missing_distributor_package_is_named(tmp_path, fast_cfg, monkeypatch):
+    from pipelines.build import build_dataset
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    pd.DataFrame([("http://127.0.0.1:9/a.png", "a small picture")], columns=["url", "caption"]).to_csv(
+        tmp_path / "list.csv", index=False)
+    cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_distributor="ray"))
+    with pytest.raises(DalleEvalError, match=r"download_distributor=ray needs ray: pip install 'dalle-eval\[ray\]'"):
+        build_dataset(cfg, str(tmp_path / "list.csv"), tmp_path / "out")
