@@ -13,6 +13,8 @@
    dvae=CKPT)` on rendered 64 px shapes shards with a random tiny dVAE checkpoint: its time against
    the pure encoder on the same images, i.e. the share spent outside the encoder (PNG decode,
    conversion, BPE, writing), split by part.
+3. `distributors` (opt-in): the image stage with multiprocessing, pyspark and ray on one machine, i.e.
+   what a local Spark session or Ray instance costs (start-up included) over plain processes.
 """
 
 from __future__ import annotations
@@ -188,6 +190,33 @@ def bench_download(tmp: Path) -> None:
         print(f"    {label:48s} {s:6.2f} s {100 * s / o[0]:5.1f}%")
 
 
+def bench_distributors(tmp: Path) -> None:
+    """The image stage with each of img2dataset's distributors on one machine (2 processes / local[2] /
+    a local Ray instance): what a local Spark or Ray costs over multiprocessing, start-up included."""
+    import importlib.util
+
+    from tests.webserver import serve
+
+    log = tmp / "distributors.log"
+    print(f"distributors: build-dataset image stage on the same {N_URLS} loopback urls, 2 processes x 16 threads")
+    rates: dict[str, float] = {}
+    with serve(n_pictures=N_URLS, delay=0.0) as base:
+        url_list = tmp / "urls-dist.parquet"
+        write_url_list(url_list, base, N_URLS)
+        for name, module in (("multiprocessing", None), ("pyspark", "pyspark"), ("ray", "ray")):
+            if module and importlib.util.find_spec(module) is None:
+                print(f"  {name:16s} not installed (pip install 'dalle-eval[{'spark' if name == 'pyspark' else name}]')")
+                continue
+            cfg = load_config(["tiny"], ["data.download_processes=2", "data.download_threads=16",
+                                         f"data.download_distributor={name}"])
+            with quiet(log):
+                seconds, downloaded, stages, _ = ours_download(url_list, tmp / f"dist-{name}", cfg)
+            rates[name] = N_URLS / seconds
+            ratio = f"{rates[name] / rates['multiprocessing']:.2f}x multiprocessing" if "multiprocessing" in rates else ""
+            print(f"  {name:16s} {rates[name]:7.1f} images/s ({seconds:.2f} s, of which download "
+                  f"{stages['download (img2dataset)']:.2f} s; {downloaded} ok)  {ratio}")
+
+
 # --------------------------------------------------------------------------- 2. dVAE encoding
 
 
@@ -291,13 +320,15 @@ def bench_encode(tmp: Path) -> None:
 
 
 def main() -> None:
-    """`python benchmarks/build_dataset.py [download] [encode]` (default: both)."""
+    """`python benchmarks/build_dataset.py [download] [distributors] [encode]` (default: download, encode)."""
     parts = sys.argv[1:] or ["download", "encode"]
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         if "download" in parts:
             bench_download(Path(tmp))
+        if "distributors" in parts:
+            bench_distributors(Path(tmp))
         if "encode" in parts:
             bench_encode(Path(tmp))
     print(f"(benchmark wall time {time.perf_counter() - t0:.0f} s)")
