@@ -83,6 +83,10 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     md += "\n## Probes: attributes, binding, Raven (parser: exact on generated images; likelihood: true vs foils)\n\n"
     md += md_table(suites, ["suite", "scorer", "check", "split", "n", "accuracy", "ci95", "chance"],
                    {"accuracy": pct, "ci95": ci, "chance": pct})
+    cut = (probes.get("text_window") or {}).get("truncated", [])
+    if cut:
+        md += (f"\n{len(cut)} probe prompts are longer than the tiny model's {probes['text_window']['text_len']}-token "
+               "text window and were cut (see probes/report.md).\n")
     md += "\n## Attribute probes on single objects (exact parser scoring)\n\n"
     md += md_table(rows, ["check", "split", "n", "accuracy", "ci95", "chance"], {"accuracy": pct, "ci95": ci, "chance": pct})
     md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['protocol']['inception_weights']}.\n"
