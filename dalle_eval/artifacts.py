@@ -107,3 +107,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
             except json.JSONDecodeError:
                 raise DalleEvalError(f"{path}:{i}: not a JSON line") from None
     return rows
+
+
+def read_rgb(path: str | Path):
+    """An image file as an RGB PIL image; a missing or undecodable file is one error naming it."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DalleEvalError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise DalleEvalError(f"{path}: unreadable image ({e})") from None

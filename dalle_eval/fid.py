@@ -14,9 +14,9 @@ from unittest import mock
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from dalle_eval.artifacts import read_rgb
 from dalle_eval.errors import DalleEvalError
 
 RESIZE_POLICY = "inception bilinear to 299 px, TF1-compatible (torch-fidelity), antialias off"
@@ -136,11 +136,7 @@ def save_random_inception(path: Path, seed: int = 0) -> Path:
 
 
 def load_image_uint8(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DalleEvalError(f"{path}: unreadable image ({e})") from None
+    return np.asarray(read_rgb(path), dtype=np.uint8)
 
 
 def image_batches(paths: list[Path], batch: int, load=load_image_uint8) -> Iterator[np.ndarray]:

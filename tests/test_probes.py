@@ -242,6 +242,9 @@ def test_clear_errors(tmp_path, fast_cfg):
     (broken / f"{prompts[1]['prompt_id']}_0.png").write_bytes(b"not a png")
     with pytest.raises(DalleEvalError, match=f"{prompts[1]['prompt_id']}_0.png: unreadable image"):
         run_probes("binding", tmp_path / "o", fast_cfg, images=broken, progress=False)
+    (broken / f"{prompts[1]['prompt_id']}_0.png").unlink()
+    with pytest.raises(DalleEvalError, match=f"{prompts[1]['prompt_id']}_0.png: image file not found"):
+        run_probes("binding", tmp_path / "o", fast_cfg, images=broken, progress=False)
     with pytest.raises(DalleEvalError, match="likelihood needs --ckpt"):
         run_probes("binding", tmp_path / "o", fast_cfg, images=folder, scorers=("likelihood",))
     r = run(main, ["probes", "--suite", "binding", "--images", str(folder)])

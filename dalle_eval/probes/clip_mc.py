@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dalle_eval.artifacts import read_rgb
 from dalle_eval.probes.foils import foils_for
-from dalle_eval.probes.scoring import open_rgb, result
+from dalle_eval.probes.scoring import result
 
 
 def prompt_foils(prompt: dict) -> list[dict]:
@@ -29,7 +30,7 @@ def clip_multiple_choice(prompts: list[dict], samples: list[dict], images_dir: P
         if not foils:
             continue
         captions = [p["caption"], *(f["caption"] for f in foils)]
-        image = open_rgb(Path(images_dir) / s["file"])
+        image = read_rgb(Path(images_dir) / s["file"])
         sims = scorer.scores([image] * len(captions), captions).tolist()
         truth, others = sims[0], sims[1:]
         results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / len(captions), "clip",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dalle_eval.artifacts import read_rgb
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, nearest_candidate
 from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, parse_image, relation_holds
@@ -92,14 +93,6 @@ def score_raven_image(item: RavenItem, image: Image.Image) -> tuple[dict[str, tu
     return {"answer": (chosen == item.answer, 1 / N_CANDIDATES)}, chosen
 
 
-def open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise DalleEvalError(f"{path}: unreadable image ({e})") from None
-
-
 def check_samples(prompts: list[dict], samples: list[dict], where: Path, suite: str, known: set[str]) -> None:
     """Every samples.jsonl row names a file and a known probe prompt (rows of other suites are skipped when
     scoring one suite); errors name the file and line."""
@@ -126,7 +119,7 @@ def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) ->
         prompt = by_id.get(str(s["prompt_id"]))
         if prompt is None:
             continue
-        image = open_rgb(Path(images_dir) / s["file"])
+        image = read_rgb(Path(images_dir) / s["file"])
         extra = {"file": s["file"]}
         if prompt["suite"] == "raven":
             checks, chosen = score_raven_image(RavenItem.from_json(prompt["spec"]), image)
