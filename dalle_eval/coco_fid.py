@@ -23,6 +23,7 @@ from dalle_eval.fid import (
     kernel_inception_distance,
     load_inception,
     save_random_inception,
+    torch_fidelity_order,
 )
 from dalle_eval.fid_reference import (
     default_cache_dir,
@@ -53,7 +54,8 @@ def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, pr
 
 
 def _generated(folder: Path, prompts: list[dict]) -> list[dict]:
-    """The samples-dir rows for the subset's prompts; every prompt must have at least one image."""
+    """The samples-dir rows for the subset's prompts (every prompt must have at least one image), in
+    torch-fidelity's order of their files (sorted resolved paths), not the row order of samples.jsonl."""
     rows = read_jsonl(Path(folder) / SAMPLES)
     if not rows:
         raise DalleEvalError(f"--images {folder}: no {SAMPLES} (expected a samples dir; see README: artifact layout)")
@@ -66,7 +68,8 @@ def _generated(folder: Path, prompts: list[dict]) -> list[dict]:
     for r in mine:
         if not (Path(folder) / r["file"]).exists():
             raise DalleEvalError(f"{Path(folder) / r['file']}: listed in {SAMPLES} but missing")
-    return mine
+    order = {p: i for i, p in enumerate(torch_fidelity_order({Path(folder) / r["file"] for r in mine}))}
+    return sorted(mine, key=lambda r: order[Path(folder) / r["file"]])
 
 
 def _inception(out: Path, weights: Path | None, random_inception: bool):
@@ -119,8 +122,8 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     if not main:
         return None
     rows = _generated(folder, prompts)
-    real = sorted({p["image"] for p in prompts})
-    missing = [p for p in real if not Path(p).exists()]
+    real = torch_fidelity_order({p["image"] for p in prompts})
+    missing = [p for p in real if not p.exists()]
     if missing:
         raise DalleEvalError(f"real image not found: {missing[0]} ({len(missing)} missing)")
     fakes = [folder / r["file"] for r in rows]
@@ -130,7 +133,7 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     net, extractor, weights_note = _inception(out, inception_weights, random_inception)
     cache_dir = Path(e.cache_dir) if e.cache_dir else default_cache_dir()
     t_ref = time.time()
-    ref, cache = reference_stats(net, extractor, [Path(p) for p in real], e.resolution, radii, e.fid_batch, cache_dir, progress)
+    ref, cache = reference_stats(net, extractor, real, e.resolution, radii, e.fid_batch, cache_dir, progress)
     t_ref = time.time() - t_ref
     gen = sweep_features(net, fakes, e.resolution, radii, e.fid_batch, "inception: generated images", progress)
     sweep = []
@@ -141,7 +144,7 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
                       "is_mean": is_mean, "is_std": is_std, "reference_cached": cache[r]["hit"]})
     if e.kid:  # needs the real features themselves (not cached): at the first radius only
         r0 = radii[0]
-        real_feats = sweep_features(net, [Path(p) for p in real], e.resolution, [r0], e.fid_batch, "inception: real (KID)", progress)
+        real_feats = sweep_features(net, real, e.resolution, [r0], e.fid_batch, "inception: real (KID)", progress)
         kid = kernel_inception_distance(gen[r0][0], real_feats[r0][0], e.kid_subsets, e.kid_subset_size)
         sweep[0].update(kid_mean=kid[0], kid_std=kid[1])
     clip, clip_note = _clip_scores(cfg, folder, rows, progress)

@@ -8,6 +8,7 @@ torch-fidelity does (seed 2020), so the numbers agree with its `calculate_metric
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -53,6 +54,15 @@ def frechet_distance_to_features(mu1: np.ndarray, sigma1: np.ndarray, features: 
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + (x * x).sum() / (n - 1) - 2 * tr_covmean)
+
+
+def torch_fidelity_order(paths: Iterable[str | Path]) -> list[Path]:
+    """The paths in the order torch-fidelity reads a folder of them: sorted by resolved path (os.path.realpath).
+
+    IS (contiguous splits of a seeded permutation) and KID (subsets drawn by index) depend on the order of the
+    samples, so both sets follow torch-fidelity's to give its numbers; FID does not depend on it.
+    """
+    return sorted((Path(p) for p in paths), key=lambda p: os.path.realpath(p))
 
 
 SHUFFLE_SEED = 2020  # torch-fidelity's rng_seed: the sample order of IS splits and KID subsets
@@ -173,9 +183,11 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fid_is(real: list[Path], fake: list[Path], weights: str | Path | None, batch: int = 32, progress: bool = True) -> dict:
-    """FID of two image lists (used as they are: no resizing beyond the Inception's own) and IS of `fake`."""
+    """FID of two image lists (no resizing beyond the Inception's own) and IS of `fake`, each list taken in
+    torch-fidelity's order (sorted resolved paths), as it would read a folder holding exactly those images."""
     if len(real) < 2 or len(fake) < 2:
         raise DalleEvalError(f"FID needs at least 2 images per set (got {len(real)} real, {len(fake)} generated)")
+    real, fake = torch_fidelity_order(real), torch_fidelity_order(fake)
     net = load_inception(weights)
     fr, _ = inception_features(net, image_batches(real, batch), len(real), "inception: real", progress)
     ff, lf = inception_features(net, image_batches(fake, batch), len(fake), "inception: generated", progress)

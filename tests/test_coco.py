@@ -61,14 +61,17 @@ def _cfg(tmp_path, *extra):
                                   "eval.n_captions=12", *extra])
 
 
-def _copy_as_samples(prompts, folder: Path, transform=None) -> Path:
-    """'Another generator': a samples dir holding, for each prompt, its real image (optionally transformed)."""
+def _copy_as_samples(prompts, folder: Path, transform=None, shuffle: int | None = None) -> Path:
+    """'Another generator': a samples dir holding, for each prompt, its real image (optionally transformed);
+    `shuffle`: seed to write the samples.jsonl rows in an order other than the files' path order."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for p in prompts:
         im = Image.open(p["image"]).convert("RGB")
         (transform(im) if transform else im).save(folder / f"{p['prompt_id']}_0.png")
         rows.append({"prompt_id": p["prompt_id"], "index": 0, "caption": p["caption"], "file": f"{p['prompt_id']}_0.png"})
+    if shuffle is not None:
+        np.random.default_rng(shuffle).shuffle(rows)
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
@@ -109,27 +112,32 @@ def test_resize_policy_center_crop_bicubic(coco, tmp_path):
 
 
 def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
-    """Same images, same Inception weights: FID, IS and KID equal torch-fidelity's calculate_metrics."""
+    """Same images, same Inception weights: FID, IS and KID equal torch-fidelity's calculate_metrics on the very
+    samples folder. torch-fidelity reads a folder in sorted path order; IS splits and KID subsets depend on the
+    order, so the samples.jsonl rows here are shuffled (row order != path order)."""
     import torch_fidelity
 
     cfg = _cfg(tmp_path, "eval.n_captions=12", "eval.blur_radii=[0]", "eval.kid=true", "eval.kid_subset_size=6",
                "eval.kid_subsets=20")
     prompts = load_or_choose_subset(coco, tmp_path / "run", 12, 0)
-    samples = _copy_as_samples(prompts, tmp_path / "gen", transform=lambda im: im.rotate(90).convert("L").convert("RGB"))
+    gray32 = lambda im: im.rotate(90).convert("L").convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+    samples = _copy_as_samples(prompts, tmp_path / "gen", transform=gray32, shuffle=3)
+    rows = [json.loads(x)["file"] for x in (samples / "samples.jsonl").read_text().splitlines()]
+    assert rows != sorted(rows)
     ours = run_coco_fid(coco, tmp_path / "run", cfg, images=samples, inception_weights=inception, progress=False)
-    # torch-fidelity reads two folders of same-size images: give it our prepared (cropped, resized) images
-    for name, paths in (("real", sorted({p["image"] for p in prompts})), ("fake", [samples / f"{p['prompt_id']}_0.png" for p in prompts])):
-        (tmp_path / name).mkdir()
-        for i, p in enumerate(paths):
-            Image.fromarray(prepare(Path(p), 32)).save(tmp_path / name / f"{i:03d}.png")
+    # the real images have mixed sizes: torch-fidelity gets our prepared (cropped, resized) copies, same names
+    (tmp_path / "real").mkdir()
+    for p in {p["image"] for p in prompts}:
+        Image.fromarray(prepare(Path(p), 32)).save(tmp_path / "real" / f"{Path(p).stem}.png")
     ref = torch_fidelity.calculate_metrics(
-        input1=str(tmp_path / "fake"), input2=str(tmp_path / "real"), fid=True, isc=True, kid=True, cache=False,
+        input1=str(samples), input2=str(tmp_path / "real"), fid=True, isc=True, kid=True, cache=False,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(inception), kid_subset_size=6,
-        kid_subsets=20, verbose=False, batch_size=8, cuda=False)
-    assert ours["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
-    assert ours["is_mean"] == pytest.approx(ref["inception_score_mean"], rel=1e-3)
-    assert ours["is_std"] == pytest.approx(ref["inception_score_std"], rel=1e-3, abs=1e-6)
-    assert ours["sweep"][0]["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-3)
+        kid_subsets=20, verbose=False, batch_size=8, cuda=False, save_cpu_ram=True)
+    assert ours["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-4)
+    assert ours["is_mean"] == pytest.approx(ref["inception_score_mean"], rel=1e-4)
+    assert ours["is_std"] == pytest.approx(ref["inception_score_std"], rel=1e-4, abs=1e-6)
+    assert ours["sweep"][0]["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-4)
+    assert ours["sweep"][0]["kid_std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-4)
 
 
 def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, monkeypatch):
