@@ -255,16 +255,16 @@ def info(cfg, overrides):
     Example:
       dalle-eval info --config dalle-12b
     """
-    from model.transformer import count_parameters
+    from model.transformer import count_parameters, train_flops
 
     counts = count_parameters(cfg.transformer)
     t = cfg.transformer
-    seq = t.text_len + t.image_len
-    flops = 6 * counts["blocks"] + 6 * t.n_layer * seq * t.n_head * t.d_head  # per token, dense-attention bound
+    f = train_flops(t)  # 6 N + 12 d_attn per attention pair the masks allow (model/transformer.py)
     summary("info", {"parameters": f"{counts['total']:,} ({counts['total'] / 1e9:.3f} B)",
                       "in blocks": f"{counts['blocks']:,}", "embeddings + head": f"{counts['embeddings_and_head']:,}",
                       "sequence": f"{t.text_len} text + {t.image_len} image tokens",
-                      "train FLOPs / token": f"{flops:.3e}"})
+                      "train FLOPs / sample": f"{f['per_sample']:,} ({f['per_sample']:.3e})",
+                      "train FLOPs / position": f"{f['per_position']:,.0f} ({f['positions']} positions fed)"})
 
 
 @main.command()

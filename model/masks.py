@@ -19,12 +19,16 @@ MASK_KINDS = ("row", "column", "conv", "full")
 
 
 def layer_kinds(n_layer: int, attention: str) -> list[str]:
-    """Paper: layer i uses column attention if (i - 2) mod 4 == 0 else row; the last layer conv."""
+    """The mask of each layer, first to last: row, column, row, row, row, column, ..., conv.
+
+    Paper appendix B.1 numbers layers from 1: layer i uses column attention if (i - 2) mod 4 == 0, row
+    attention otherwise, and the last layer convolutional attention.
+    """
     if attention == "full":
         return ["full"] * n_layer
     if attention != "sparse":
         raise ValueError(f"transformer.attention must be 'sparse' or 'full', got {attention!r}")
-    kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(n_layer)]
+    kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layer + 1)]  # i: the paper's 1-based layer
     kinds[-1] = "conv"
     return kinds
 

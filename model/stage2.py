@@ -23,7 +23,7 @@ from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
 from model.schedule import LRSchedule
 from model.stream import mix_seed
 from model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
-from model.transformer import DalleTransformer, count_parameters
+from model.transformer import DalleTransformer, train_flops
 
 
 def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
@@ -70,8 +70,7 @@ class TransformerTask:
         self.decode = functools.partial(decode_tokens, text_len=t.text_len, dropout=dropout, seed=cfg.train.seed)
         self.fingerprints = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dvae_sha256": manifest["dvae_sha256"]}
         self.tokens_per_sample = t.text_len + t.image_len
-        T = self.tokens_per_sample  # FLOPs per token: 6 N + 12 L d T (PaLM, appendix B), x T tokens
-        self.flops_per_sample = T * (6 * count_parameters(t)["blocks"] + 12 * t.n_layer * t.n_head * t.d_head * T)
+        self.flops_per_sample = train_flops(t)["per_sample"]  # MFU's numerator: 6 N + the pairs the masks allow
         self.out = out
         if copy_assets:  # the checkpoint samples on its own: copy tokenizer + dVAE
             out.mkdir(parents=True, exist_ok=True)

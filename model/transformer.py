@@ -15,7 +15,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from dalle_eval.config import TransformerConfig
-from model.masks import dense_mask, layer_kinds, mask_mod
+from dalle_eval.errors import DalleEvalError
+from model.masks import MASK_KINDS, dense_mask, layer_kinds, mask_mod
 
 
 class KVCache:
@@ -85,6 +86,9 @@ class DalleTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.text_vocab_total + cfg.image_vocab, bias=False)
         self.kinds = layer_kinds(cfg.n_layer, cfg.attention)
+        # saved with the weights: a checkpoint names the mask order it was trained with (see _check_layer_pattern)
+        self.register_buffer("layer_pattern", torch.tensor([MASK_KINDS.index(k) for k in self.kinds]))  # (n_layer,)
+        self.register_load_state_dict_pre_hook(_check_layer_pattern)
         if cfg.attention_backend not in ("auto", "sdpa", "flex"):
             raise ValueError(f"transformer.attention_backend must be auto, sdpa or flex, got {cfg.attention_backend!r}")
         self._block_masks: dict = {}
@@ -175,6 +179,37 @@ class DalleTransformer(nn.Module):
         return KVCache(self.cfg, batch, self.cfg.text_len + self.cfg.image_len - 1, p.device, p.dtype)
 
 
+def _pre_fix_kinds(n_layer: int, attention: str) -> list[str]:
+    """The layer order before issue 12: the paper's (i - 2) mod 4 applied to 0-based i (row, row, column, ...)."""
+    if attention != "sparse":
+        return layer_kinds(n_layer, attention)
+    kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(n_layer)]
+    kinds[-1] = "conv"
+    return kinds
+
+
+def _check_layer_pattern(model: DalleTransformer, state_dict: dict, prefix: str, *_) -> None:
+    """Refuse weights trained with another mask order: each layer's weights would meet another mask.
+
+    A state dict without `layer_pattern` predates it and was trained with the pre-fix order: accepted
+    when that order equals this model's (attention=full, or n_layer <= 2), refused otherwise.
+    """
+    key = prefix + "layer_pattern"
+    if key in state_dict:
+        theirs = [MASK_KINDS[i] for i in state_dict[key].tolist()]
+        if theirs != model.kinds:
+            raise DalleEvalError(f"these weights were trained with the layer masks ({', '.join(theirs)}) but this "
+                                 f"model has ({', '.join(model.kinds)}): check transformer.n_layer and .attention")
+        return
+    old = _pre_fix_kinds(model.cfg.n_layer, model.cfg.attention)
+    if old != model.kinds:
+        raise DalleEvalError(
+            f"these weights were trained with the old layer order ({', '.join(old)}), the paper's (i - 2) mod 4 "
+            f"rule applied to 0-based layer numbers; the model now uses the paper's order ({', '.join(model.kinds)}) "
+            "and would give each layer's weights another mask: retrain the transformer with this version")
+    state_dict[key] = model.layer_pattern.clone()
+
+
 def count_parameters(cfg: TransformerConfig) -> dict[str, int]:
     """Parameters by group, built on the meta device (no memory even for dalle-12b)."""
     with torch.device("meta"):
@@ -182,3 +217,26 @@ def count_parameters(cfg: TransformerConfig) -> dict[str, int]:
     blocks = sum(p.numel() for p in m.blocks.parameters())
     total = sum(p.numel() for p in m.parameters())
     return {"total": total, "blocks": blocks, "embeddings_and_head": total - blocks}
+
+
+def train_flops(cfg: TransformerConfig) -> dict[str, float]:
+    """Training FLOPs (forward + backward) of one sample: the one count behind `info`, MFU and the benchmarks.
+
+    Per position fed, 6 N (PaLM, Chowdhery et al. 2022, appendix B) with N = the parameters in a matmul:
+    blocks, final LayerNorm and output head (not the five embedding lookups). Attention: PaLM's 12 L H Q T
+    per token is 12 d_attn (q.k and p.v: 2 + 2 FLOPs per channel forward, x3 with the backward) for every
+    one of the T x T query-key pairs of a dense, non-causal layer. Here it is counted only for the pairs
+    each layer's mask allows (model/masks.py: causal, and row/column/conv sparse), so this is the model's
+    own FLOPs: a dense-mask SDPA computes more (all T x T scores) and FlexAttention skips most of the
+    rest, and MFU never credits masked-out work. Positions fed: text_len + image_len - 1 (the last image
+    token predicts nothing). -> per_sample, positions, per_position, matmul_params, attention_pairs.
+    """
+    T = cfg.text_len + cfg.image_len - 1
+    with torch.device("meta"):
+        m = DalleTransformer(cfg)
+    n = sum(p.numel() for p in m.parameters()) - sum(e.weight.numel() for e in m.modules() if isinstance(e, nn.Embedding))
+    allowed = {k: int(dense_mask(k, cfg.text_len, cfg.grid, cfg.conv_kernel)[:T, :T].sum()) for k in set(m.kinds)}
+    pairs = sum(allowed[k] for k in m.kinds)  # over all layers
+    per_sample = 6 * n * T + 12 * cfg.n_head * cfg.d_head * pairs
+    return {"per_sample": per_sample, "positions": T, "per_position": per_sample / T, "matmul_params": n,
+            "attention_pairs": pairs}

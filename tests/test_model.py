@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dalle_eval.config import load_config
-from model.masks import dense_mask, layer_kinds
+from model.masks import MASK_KINDS, dense_mask, layer_kinds
 from model.sampling import sample_codes
 from model.train import train
-from model.transformer import DalleTransformer, count_parameters
+from model.transformer import DalleTransformer, count_parameters, train_flops
 
 
 def _losses(path):
@@ -19,8 +19,106 @@ def _losses(path):
 
 
 def test_layer_pattern_is_the_papers():
-    kinds = layer_kinds(8, "sparse")
-    assert kinds == ["row", "row", "column", "row", "row", "row", "column", "conv"]
+    """Paper B.1 numbers layers from 1: column attention where (i - 2) mod 4 == 0, row elsewhere, the last conv."""
+    assert layer_kinds(8, "sparse") == ["row", "column", "row", "row", "row", "column", "row", "conv"]
+    kinds = layer_kinds(load_config(["dalle-12b"]).transformer.n_layer, "sparse")
+    assert len(kinds) == 64 and kinds[:4] == ["row", "column", "row", "row"]
+    assert kinds[-4:] == ["row", "column", "row", "conv"]  # layers 61-64: (62 - 2) mod 4 == 0, layer 64 conv
+    assert [i + 1 for i, k in enumerate(kinds) if k == "column"] == list(range(2, 63, 4))  # layers 2, 6, ..., 62
+    assert layer_kinds(4, "full") == ["full"] * 4
+
+
+def test_checkpoint_of_the_old_layer_order_is_refused(fast_cfg):
+    """Weights trained with the pre-fix order (row, row, column, ...) would get other masks: refused, clearly."""
+    from dalle_eval.errors import DalleEvalError
+
+    cfg = dataclasses.replace(fast_cfg.transformer, n_layer=4)
+    state = DalleTransformer(cfg).state_dict()
+    assert state["layer_pattern"].tolist() == [MASK_KINDS.index(k) for k in ("row", "column", "row", "conv")]
+    DalleTransformer(cfg).load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "layer_pattern"}  # a checkpoint from before the fix
+    with pytest.raises(DalleEvalError, match=r"old layer order .*row, row, column, conv.* retrain"):
+        DalleTransformer(cfg).load_state_dict(legacy)
+    for same in (dataclasses.replace(cfg, n_layer=2), dataclasses.replace(cfg, attention="full")):  # order unchanged
+        old = {k: v for k, v in DalleTransformer(same).state_dict().items() if k != "layer_pattern"}
+        DalleTransformer(same).load_state_dict(old)
+
+
+def test_padding_token_is_learned_per_position(fast_cfg):
+    """Paper 2.2: a special padding token learned for each of the text positions: id text_vocab + p at position p."""
+    torch.manual_seed(0)
+    t = fast_cfg.transformer
+    model = DalleTransformer(t)
+    ids = model.pad_text(torch.tensor([[5, 6] + [-1] * (t.text_len - 2), [7] + [-1] * (t.text_len - 1)]))
+    assert ids[0].tolist() == [5, 6] + [t.text_vocab + p for p in range(2, t.text_len)]
+    assert ids[1, 1:].tolist() == [t.text_vocab + p for p in range(1, t.text_len)]
+    assert model.text_emb.num_embeddings == t.text_vocab + t.text_len
+    codes = torch.randint(0, t.image_vocab, (2, t.image_len))
+    model.loss(ids, codes)["loss"].backward()
+    grad = model.text_emb.weight.grad  # (V + L, d)
+    pad_rows = grad[t.text_vocab :]  # (L, d): row p is the padding token of position p
+    assert pad_rows[0].abs().sum() == 0 and pad_rows[1:].abs().sum(1).gt(0).all()  # position 0 is never padding here
+    assert not torch.allclose(pad_rows[2], pad_rows[3])  # two positions, two tokens learned apart
+    emb = model.text_emb(ids)  # (2, L, d)
+    assert not torch.allclose(emb[0, 2], emb[0, 3]) and torch.equal(emb[0, 5], emb[1, 5])
+
+
+def test_loss_weights_text_one_eighth_image_seven_eighths(fast_cfg):
+    """Paper 2.2: cross-entropy of text and image tokens weighted 1/8 and 7/8, recomputed here from the logits."""
+    for name in ("tiny", "dalle-12b"):
+        t = load_config([name]).transformer
+        assert (t.text_loss_weight, t.image_loss_weight) == (1 / 8, 7 / 8)
+    torch.manual_seed(0)
+    t = fast_cfg.transformer
+    model = DalleTransformer(t).eval()
+    L, Vt = t.text_len, t.text_vocab + t.text_len
+    text = model.pad_text(torch.tensor([[5, 6, 7] + [-1] * (L - 3), [8] + [-1] * (L - 1)]))
+    codes = torch.randint(0, t.image_vocab, (2, t.image_len))
+    with torch.no_grad():
+        logits = model(text, codes[:, :-1])  # (2, L + n - 1, Vt + Vi): position j predicts token j + 1
+        text_lp = logits[:, : L - 1, :Vt].log_softmax(-1).gather(-1, text[:, 1:, None])  # (2, L - 1, 1)
+        image_lp = logits[:, L - 1 :, Vt:].log_softmax(-1).gather(-1, codes[:, :, None])  # (2, n, 1)
+        want_text, want_image = -text_lp.mean(), -image_lp.mean()
+        got = model.loss(text, codes)
+    assert float(got["text_loss"]) == pytest.approx(float(want_text), rel=1e-5)
+    assert float(got["image_loss"]) == pytest.approx(float(want_image), rel=1e-5)
+    assert float(got["loss"]) == pytest.approx(float(want_text / 8 + 7 * want_image / 8), rel=1e-5)
+
+
+def test_train_flops_hand_count():
+    """One formula for `info`, the training MFU and the benchmarks, checked by hand on a 3-layer toy."""
+    from dalle_eval.config import TransformerConfig
+
+    cfg = TransformerConfig(text_len=2, text_vocab=5, image_vocab=6, grid=3, n_layer=3, n_head=2, d_head=4,
+                            d_model=8, mlp_ratio=4, conv_kernel=3)
+    # parameters with a matmul (no embedding lookups), d = 8, d_attn = 2 * 4 = 8, mlp 32:
+    #   block: ln_1 2*8 + qkv 8*24+24 + proj 8*8+8 + ln_2 2*8 + mlp 8*32+32 + 32*8+8 = 16+216+72+16+288+264 = 872
+    #   3 blocks 2616 + ln_f 16 + head 8 * (5 text + 2 padding + 6 image) = 104  ->  N = 2736
+    # positions fed: 2 text + 9 image - 1 (the last image token predicts nothing) = 10  ->  6 N T = 164,160
+    # attention pairs allowed in the 10 x 10 masks, layers row, column, conv (the paper's order for 3 layers):
+    #   text rows 1 + 2 = 3; each of the 8 image rows sees the 2 text tokens: 16
+    #   row (previous 3 image positions + itself): 1+2+3+4+4+4+4+4 = 26       -> 45
+    #   column (same column, earlier rows):        1+1+1+2+2+2+3+3 = 15       -> 34
+    #   conv 3x3 causal neighbourhood:             1+2+2+3+5+4+3+5 = 25       -> 44
+    #   12 FLOPs per pair and d_attn (q.k and p.v: 2 + 2 forward, x3 with backward): 12 * 8 * (45+34+44) = 11,808
+    f = train_flops(cfg)
+    assert f["positions"] == 10
+    assert f["per_sample"] == 164_160 + 11_808
+    assert f["per_position"] == pytest.approx((164_160 + 11_808) / 10)
+    dense = train_flops(dataclasses.replace(cfg, attention="full"))["per_sample"]  # causal: 55 pairs per layer
+    assert dense == 164_160 + 12 * 8 * 3 * 55
+
+
+def test_info_reports_the_same_flops():
+    from click.testing import CliRunner
+
+    from dalle_eval.cli import main
+
+    sets = ["text_len=2", "text_vocab=5", "image_vocab=6", "grid=3", "n_layer=3", "n_head=2", "d_head=4",
+            "d_model=8", "mlp_ratio=4", "conv_kernel=3"]
+    r = CliRunner().invoke(main, ["info", *[x for s in sets for x in ("--set", f"transformer.{s}")]])
+    assert r.exit_code == 0, r.output
+    assert "175,968" in r.output and "17,597" in r.output  # per sample and per position, as hand-counted above
 
 
 def test_masks_text_causal_image_sees_all_text():
@@ -63,6 +161,9 @@ def test_transformer_loss_goes_down(tmp_path, token_data, fast_cfg):
     train("transformer", token_data, cfg, tmp_path / "tf", progress=False)
     losses = _losses(tmp_path / "tf" / "metrics.jsonl")
     assert losses[-1] < losses[0] - 0.5
+    rec = [r for r in map(json.loads, (tmp_path / "tf" / "metrics.jsonl").read_text().splitlines()) if "mfu" in r][-1]
+    flops = rec["mfu"] * cfg.train.peak_tflops * 1e12 / rec["samples_per_s"]  # the MFU's FLOPs per sample
+    assert flops == pytest.approx(train_flops(cfg.transformer)["per_sample"], rel=1e-9)
     assert (tmp_path / "tf" / "tokenizer.json").exists() and (tmp_path / "tf" / "dvae" / "model.safetensors").exists()
 
 
@@ -130,7 +231,7 @@ def test_cli_train_then_resume_with_more_steps(tmp_path, token_data):
     assert saved["transformer"]["d_model"] == 64  # the checkpoint's config, not the default `tiny`
 
 
-@pytest.mark.parametrize("attention, n_layer", [("sparse", 4), ("full", 2)])  # sparse 4 layers: row, row, column, conv
+@pytest.mark.parametrize("attention, n_layer", [("sparse", 4), ("full", 2)])  # sparse 4 layers: row, column, row, conv
 def test_kv_cache_logits_equal_full_recompute(fast_cfg, attention, n_layer):
     from model.sampling import _draw
 
@@ -196,7 +297,7 @@ def test_flex_attention_backend_matches_sdpa(fast_cfg):
     pytest.importorskip("torch.nn.attention.flex_attention", reason="FlexAttention needs torch >= 2.5")
     import warnings
 
-    cfg = dataclasses.replace(fast_cfg.transformer, n_layer=4)  # row, row, column, conv
+    cfg = dataclasses.replace(fast_cfg.transformer, n_layer=4)  # row, column, row, conv
     torch.manual_seed(0)
     sdpa = DalleTransformer(dataclasses.replace(cfg, attention_backend="sdpa")).eval()
     flex = DalleTransformer(dataclasses.replace(cfg, attention_backend="flex")).eval()
