@@ -12,9 +12,11 @@ Training (issue 4; ENV.md's peer step: 0.81 s at batch 8): both sides train on t
 text ids and precomputed image token ids (the peer's DALLE.forward takes a (b, n) long `image` as
 codes; its DiscreteVAE is only the required `vae` object, frozen and unused), AdamW, steps of the
 two models interleaved so both see the same load, median after warm-up. Our achieved FLOP rate
-uses PaLM's (appendix B) count per trained position: 6 N + 12 n_layer T d_attn, N = block + output
-head parameters (no embeddings), T = positions fed (the dense T x T attention SDPA computes on the
-CPU, also for our sparse masks), against a fp32 matmul peak of ~160 GFLOP/s on 2 threads.
+uses model.transformer.train_flops, the count of the training MFU and `dalle-eval info`: 6 N per
+position fed (N = block + final LayerNorm + output head parameters, no embeddings) + 12 d_attn per
+attention pair the layer's mask allows (PaLM appendix B's term over the unmasked pairs only; SDPA on
+the CPU computes all T x T scores, also for our sparse masks, and that extra work is not credited),
+against a fp32 matmul peak of ~160 GFLOP/s on 2 threads.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dalle_eval.config import DVAEConfig, TransformerConfig
 from model.dvae import DVAE
 from model.sampling import sample_codes
-from model.transformer import DalleTransformer
+from model.transformer import DalleTransformer, train_flops
 
 BATCH, TEXT_LEN, TEXT_VOCAB, IMAGE_VOCAB, GRID = 4, 32, 1000, 512, 16
 
@@ -131,10 +133,9 @@ def train(size: str, ours_attn: str, their_attn: tuple[str, ...]) -> None:
     a_min, b_min = min(times["ours"]), min(times["theirs"])
     pairs = statistics.median([t / o for o, t in zip(times["ours"], times["theirs"])])  # back-to-back steps: same load
     n_tokens = batch * (text_len + grid * grid)
-    n_ours = sum(p.numel() for p in model.blocks.parameters()) + model.head.weight.numel()
+    n_ours = train_flops(cfg)["matmul_params"]
     n_theirs = sum(p.numel() for p in dalle.transformer.parameters()) + sum(p.numel() for p in dalle.to_logits.parameters())
-    T = text_len + grid * grid - 1  # positions fed (the last image token predicts nothing)
-    gflops = batch * T * (6 * n_ours + 12 * depth * T * heads * 64) / a / 1e9
+    gflops = batch * train_flops(cfg)["per_sample"] / a / 1e9
     print(f"{size}: train step, batch {batch} x {text_len}+{grid * grid} tokens, {ours_attn} attention "
           f"(median of {timed}): "
           f"ours {a:6.2f} s ({n_tokens / a:6.0f} tok/s, {gflops:5.1f} GFLOP/s = {100 * gflops / PEAK_GFLOPS:4.1f}% of peak) | "
