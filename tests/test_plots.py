@@ -127,3 +127,72 @@ def test_non_finite_values_are_dropped(tmp_path):
 def test_panels_without_data_still_plot(tmp_path):
     run = _write(tmp_path / "r", [{"step": s, "loss": 1.0 / s} for s in range(1, 20)])
     _assert_real_png(plot_metrics(run), min_colours=20)
+
+
+# --- captions under grid images (dalle_eval.report) ---
+
+LONG = "a large yellow triangle and a small green square"
+
+
+def test_wrap_caption_keeps_words_in_order():
+    from dalle_eval.report import wrap_caption
+
+    fits = lambda s: len(s) <= 20  # 20 characters per line
+    lines = wrap_caption(LONG, fits)
+    assert lines == ["a large yellow", "triangle and a small", "green square"]
+    assert " ".join(lines) == LONG and all(fits(line) for line in lines)
+    many = " ".join(f"word{i}" for i in range(40))
+    lines = wrap_caption(many, fits)
+    assert " ".join(lines) == many and len(lines) > 2 and all(fits(line) for line in lines)
+    assert wrap_caption("  a   red\tcircle ", fits) == ["a red circle"]  # runs of whitespace are one space
+
+
+def test_wrap_caption_cuts_a_word_wider_than_the_cell():
+    from dalle_eval.report import wrap_caption
+
+    fits = lambda s: len(s) <= 8
+    word = "supercalifragilistic"  # 20 characters
+    assert wrap_caption(word, fits) == ["supercal", "ifragili", "stic"]
+    caption = f"a {word} red circle"
+    lines = wrap_caption(caption, fits)
+    assert lines == ["a", "supercal", "ifragili", "stic red", "circle"]  # the cut word starts its own line
+    assert "".join(lines).replace(" ", "") == caption.replace(" ", "")  # every character, in order
+    assert wrap_caption("W", lambda s: False) == ["W"]  # one character always makes progress
+
+
+def test_wrap_caption_empty():
+    from dalle_eval.report import wrap_caption
+
+    assert wrap_caption("", lambda s: True) == [] and wrap_caption("   ", lambda s: True) == []
+
+
+def test_image_grid_draws_every_caption_in_order(tmp_path, monkeypatch):
+    from PIL import ImageDraw
+
+    from dalle_eval.report import image_grid
+
+    drawn: list[tuple[tuple[float, float], str]] = []
+    original = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        drawn.append((tuple(xy), text))
+        return original(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    very_long = " ".join([LONG] * 4) + " to the left of a blue circle"
+    captions = [LONG, very_long, "", "x" * 60]
+    items = [(Image.new("RGB", (16, 16), (200, 0, 0)), c) for c in captions]
+    out = image_grid(items, tmp_path / "grid.png", cols=2, cell=128)
+    with Image.open(out) as im:
+        width, height = im.size
+    assert width == 2 * 128 and height > 2 * (128 + 28)  # the caption strip grew for the long caption
+    cells: dict[int, list[tuple[float, str]]] = {}
+    for (x, y), text in drawn:
+        assert 0 <= x < width and 0 <= y < height
+        for line in text.split("\n"):
+            row = int(y) // (height // 2)  # 2 rows of equal height
+            cells.setdefault(2 * row + int(x) // 128, []).append((y, line))
+    joined = {i: " ".join(line for _, line in sorted(lines)) for i, lines in cells.items()}
+    assert joined[0] == LONG and joined[1] == very_long
+    assert joined.get(2, "") == ""
+    assert joined[3].replace(" ", "") == "x" * 60
