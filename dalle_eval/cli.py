@@ -199,9 +199,11 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
               help="Use these caption ids (another run's subset.json or an --export-captions JSONL).")
 @click.option("--export-captions", type=click.Path(path_type=Path), default=None,
               help="Write the subset as JSONL {prompt_id, caption, image_id} for another generator (alone: export only).")
+@click.option("--verify-cache", is_flag=True,
+              help="Re-hash every real image before using cached statistics (default: only files whose stat changed).")
 @config_options(("sample", "eval"))
 def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, inception_weights,
-             random_inception, subset, export_captions):
+             random_inception, subset, export_captions, verify_cache):
     """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
 
     30,000 seeded captions (eval.n_captions), one per image; one image each, best of --rerank by CLIP;
@@ -223,7 +225,8 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
     try:
-        r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions)
+        r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
+                         verify_cache=verify_cache)
     except DalleEvalError as e:
         raise click.ClickException(str(e)) from None
     if r is None:  # torchrun rank > 0: rank 0 reports

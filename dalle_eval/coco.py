@@ -11,12 +11,11 @@ caption (annotation) ids, so a subset exported here and one reloaded from a file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
-from dalle_eval.artifacts import atomic_path, read_json, read_jsonl, write_json
+from dalle_eval.artifacts import atomic_path, read_json, read_jsonl, sha256_file, write_json
 from dalle_eval.errors import DalleEvalError
 
 SUBSET = "subset.json"
@@ -77,10 +76,6 @@ def choose_subset(captions: Path, image_dir: Path, n: int, seed: int, per_image:
     return sorted(chosen[:n], key=lambda c: (len(c["prompt_id"]), c["prompt_id"]))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_or_choose_subset(coco: Path, out: Path, n: int, seed: int, per_image: int = 1,
                           subset_file: Path | None = None) -> list[dict]:
     """The run's prompts: from --subset FILE, else OUT/subset.json when made with the same inputs, else
@@ -88,7 +83,7 @@ def load_or_choose_subset(coco: Path, out: Path, n: int, seed: int, per_image: i
     captions, image_dir = find_coco(coco)
     if subset_file is not None:
         return read_subset(subset_file, captions, image_dir)
-    spec = {"captions_file": captions.name, "captions_sha256": _sha256(captions), "n": n, "seed": seed,
+    spec = {"captions_file": captions.name, "captions_sha256": sha256_file(captions), "n": n, "seed": seed,
             "captions_per_image": per_image}
     saved = Path(out) / SUBSET
     if saved.exists():

@@ -102,8 +102,9 @@ def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) ->
 
 def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
                  inception_weights: Path | None = None, random_inception: bool = False, subset: Path | None = None,
-                 export: Path | None = None, progress: bool = True) -> dict | None:
-    """Evaluate, write OUT/report.{json,md}; -> the report (None on torchrun ranks other than 0)."""
+                 export: Path | None = None, progress: bool = True, verify_cache: bool = False) -> dict | None:
+    """Evaluate, write OUT/report.{json,md}; -> the report (None on torchrun ranks other than 0).
+    verify_cache: re-hash every real image before trusting cached statistics (else only files whose stat changed)."""
     from dalle_eval.coco_report import write_report
 
     out, e, t0 = Path(out), cfg.eval, time.time()
@@ -133,7 +134,8 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     net, extractor, weights_note = _inception(out, inception_weights, random_inception)
     cache_dir = Path(e.cache_dir) if e.cache_dir else default_cache_dir()
     t_ref = time.time()
-    ref, cache = reference_stats(net, extractor, real, e.resolution, radii, e.fid_batch, cache_dir, progress)
+    ref, cache, content = reference_stats(net, extractor, real, e.resolution, radii, e.fid_batch, cache_dir, progress,
+                                          verify_cache)
     t_ref = time.time() - t_ref
     gen = sweep_features(net, fakes, e.resolution, radii, e.fid_batch, "inception: generated images", progress)
     sweep = []
@@ -158,6 +160,7 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
         "fid": sweep[0]["fid"], "is_mean": sweep[0]["is_mean"], "is_std": sweep[0]["is_std"],
         "clip_score": float(np.mean(clip)) if clip else None, "clip_model": clip_note,
         "coco": str(coco), "samples_dir": str(folder), "reference_cache": {str(r): v for r, v in cache.items()},
+        "reference_images": content,
         "seconds": {"total": round(time.time() - t0, 2), "reference": round(t_ref, 2)}, "config": config_to_dict(cfg),
     }
     write_json(out / "report.json", report)

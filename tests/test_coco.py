@@ -34,21 +34,24 @@ def _picture(i: int, w: int, h: int) -> Image.Image:
     return im
 
 
-@pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    """The official 2014 layout: annotations/captions_val2014.json + val2014/*.jpg of mixed sizes."""
-    root = tmp_path_factory.mktemp("coco")
-    (root / "annotations").mkdir()
+def _write_coco(root: Path, n: int = N_IMAGES, ext: str = "jpg") -> Path:
+    """The official 2014 layout: annotations/captions_val2014.json + val2014/*.{ext} of mixed sizes."""
+    (root / "annotations").mkdir(parents=True)
     (root / "val2014").mkdir()
     images, anns = [], []
-    for i in range(N_IMAGES):
-        name = f"COCO_val2014_{i:012d}.jpg"
+    for i in range(n):
+        name = f"COCO_val2014_{i:012d}.{ext}"
         _picture(i, 80 + 8 * (i % 3), 60 + 10 * (i % 4)).save(root / "val2014" / name, quality=95)
         images.append({"id": 1000 + i, "file_name": name, "width": 80, "height": 60})
         for j in range(2 + i % 4):
             anns.append({"id": 50000 + 10 * i + j, "image_id": 1000 + i, "caption": f" picture {i} caption {j} "})
     (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
     return root
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return _write_coco(tmp_path_factory.mktemp("coco"))
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +168,58 @@ def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, m
     md = (tmp_path / "run" / "report.md").read_text()
     assert "published" in md.lower() and "27.5" in md and "center crop" in md and (tmp_path / "run" / "fid_is_vs_blur.png").exists()
     assert second["protocol"]["rerank"] == "unknown"  # rows from another generator do not record it
+
+
+def _change_one_pixel(path: Path, y: int, x: int) -> None:
+    """Invert one pixel of an uncompressed BMP: same name, same byte size; then set its mtime back."""
+    st = path.stat()
+    arr = np.asarray(Image.open(path).convert("RGB")).copy()
+    arr[y, x] = 255 - arr[y, x]
+    Image.fromarray(arr).save(path, format="BMP")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_reference_cache_is_keyed_by_content(tmp_path, inception):
+    """The cached real statistics follow the images' bytes: one changed pixel (same name, byte size and
+    mtime) is a new key; unchanged files reuse the cache without re-hashing; --verify-cache re-hashes all."""
+    coco = _write_coco(tmp_path / "coco", n=8, ext="bmp")
+    prompts = load_or_choose_subset(coco, tmp_path / "run", 6, 0)
+    samples = _copy_as_samples(prompts, tmp_path / "gen")  # the real images themselves: FID ~ 0
+    args = ["coco-fid", "--coco", str(coco), "--images", str(samples), "--out", str(tmp_path / "run"),
+            "--inception-weights", str(inception), "--set", "eval.n_captions=6", "--set", "eval.blur_radii=[0]",
+            "--set", "eval.resolution=32", "--set", f"eval.cache_dir={tmp_path / 'cache'}"]
+
+    def run(*extra) -> dict:
+        r = CliRunner().invoke(main, [*args, *extra])
+        assert r.exit_code == 0, r.output
+        report = json.loads((tmp_path / "run" / "report.json").read_text())
+        images = report.get("reference_images", {})  # how the cache was checked
+        return {"fid": report["sweep"][0].get("fid_raw", report["fid"]), "hit": report["sweep"][0]["reference_cached"],
+                "hashed": images.get("files_hashed"), "sha": images.get("sha256")}
+
+    first = run()
+    assert not first["hit"] and abs(first["fid"]) < 1e-3
+    again = run()  # same files: the cached statistics
+    assert again["hit"] and again["fid"] == first["fid"]
+    changed = Path(prompts[2]["image"])
+    _change_one_pixel(changed, 5, 7)
+    after = run()
+    assert not after["hit"] and after["fid"] != first["fid"]  # recomputed (one pixel in 6 images: a tiny FID)
+    mus = [np.load(f)["mu"] for f in (tmp_path / "cache").glob("ref-*.npz")]
+    assert len(mus) == 2 and np.abs(mus[0] - mus[1]).max() > 1e-6  # new statistics (max |d mu| 1.4e-5), beside the old
+    assert (first["hashed"], again["hashed"], after["hashed"]) == (6, 0, 1)  # unchanged files are not re-read
+    assert after["sha"] != first["sha"] == again["sha"]
+    # a change no stat can see (a forged index stands for it): only --verify-cache re-reads every file
+    _change_one_pixel(changed, 9, 3)
+    index = next((tmp_path / "cache").glob("files-*.json"))
+    files = json.loads(index.read_text())["files"]
+    files[os.path.realpath(changed)]["stat"] = [changed.stat().st_size, changed.stat().st_mtime_ns, changed.stat().st_ctime_ns]
+    index.write_text(json.dumps({"files": files}))
+    assert run()["sha"] == after["sha"]  # trusted by stat: the cheap check cannot know
+    verified = run("--verify-cache")
+    assert verified["hashed"] == 6 and not verified["hit"] and verified["sha"] not in (first["sha"], after["sha"])
+    assert len(list((tmp_path / "cache").glob("ref-*.npz"))) == 3 and verified["fid"] != after["fid"]
 
 
 def test_blurred_generated_set_gets_closer_with_blur(coco, tmp_path, inception):
