@@ -69,15 +69,18 @@ class DVAETask:
         return (batch[0].to(device, non_blocking=True).float() / 255.0).contiguous(memory_format=torch.channels_last)
 
     def loss(self, forward, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """recon + beta KL (the objective), and the batch's pixel MSE: the held-out metric, logged to compare."""
         stats, logits = forward(x, self.tau(step))
         if self.tc.recon_loss == "logit_laplace":
             recon = logit_laplace_nll(stats, x)
+            with torch.no_grad():
+                mse = F.mse_loss(DVAE.stats_to_pixels(stats), x)
         elif self.tc.recon_loss == "mse":
-            recon = F.mse_loss(DVAE.stats_to_pixels(stats), x)
+            recon = mse = F.mse_loss(DVAE.stats_to_pixels(stats), x)
         else:
             raise DalleEvalError(f"train.dvae.recon_loss must be 'logit_laplace' or 'mse', got {self.tc.recon_loss!r}")
         kl = kl_to_uniform(logits)
-        return {"loss": recon + self.beta(step) * self.kl_scale * kl, "recon": recon, "kl": kl}
+        return {"loss": recon + self.beta(step) * self.kl_scale * kl, "recon": recon, "kl": kl, "mse": mse.detach()}
 
     def clip_gradients(self) -> float:
         return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))

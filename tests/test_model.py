@@ -153,6 +153,9 @@ def test_dvae_learns(tmp_path, shapes_data):
     assert summary["eval"]["val_mse"] < 0.8 * untrained["eval"]["val_mse"]
     assert 0 < summary["eval"]["codebook_used_share"] <= 1 and summary["eval"]["val_psnr_db"] > 10
     assert len(_losses(tmp_path / "dvae" / "metrics.jsonl")) == 20
+    rows = [json.loads(line) for line in (tmp_path / "dvae" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]  # the pixel MSE is logged next to the objective:
+    assert all(0 < r["mse"] < 1 for r in train_rows)  # what plot-metrics compares with the held-out val_mse
 
 
 def test_transformer_loss_goes_down(tmp_path, token_data, fast_cfg):

@@ -196,3 +196,88 @@ def test_image_grid_draws_every_caption_in_order(tmp_path, monkeypatch):
     assert joined[0] == LONG and joined[1] == very_long
     assert joined.get(2, "") == ""
     assert joined[3].replace(" ", "") == "x" * 60
+
+
+# --- like with like: what each panel of plot-metrics puts side by side ---
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib figures plot_metrics saves, to read their panels back."""
+    from matplotlib.figure import Figure
+
+    figures, original = [], Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    return figures
+
+
+def _panels(fig) -> list[tuple[str, dict[str, list[float]]]]:
+    """(y-axis label, {line label: y values}) of every panel with data."""
+    panels = []
+    for ax in fig.axes:
+        lines = {line.get_label(): [float(v) for v in line.get_ydata()] for line in ax.get_lines()}
+        if lines:
+            panels.append((ax.get_ylabel(), lines))
+    return panels
+
+
+def _dvae_train(step: int, mse_logged: bool = True) -> dict:
+    recon = -2.0 - step / 100  # logit-Laplace NLL: negative, not a pixel error
+    kl, beta = 4.5 - step / 200, 6.6 * min(1.0, step / 100)
+    rec = {"split": "train", "step": step, "loss": recon + beta * kl / 192, "recon": recon, "kl": kl,
+           "beta": beta, "tau": 1.0, "lr": 1e-4, "grad_norm": 1.0, "mfu": 0.1}
+    return rec | ({"mse": 0.05 / (1 + step / 50)} if mse_logged else {})
+
+
+def _dvae_val(step: int) -> dict:  # what model/stage1.py logs: the val "loss" is the pixel MSE
+    mse = 0.06 / (1 + step / 50)
+    return {"split": "val", "step": step, "val_loss": mse, "val_mse": mse, "val_psnr_db": -10 * math.log10(mse),
+            "codebook_perplexity": 90.0, "codebook_used_share": 0.8, "n_val_images": 200}
+
+
+def _dvae_run(tmp_path, recon_loss: str = "logit_laplace", mse_logged: bool = True):
+    records = [_dvae_train(s, mse_logged) for s in range(10, 310, 10)] + [_dvae_val(s) for s in (100, 200, 300)]
+    config = {"stage": "dvae", "config": {"train": {"dvae": {"recon_loss": recon_loss}}}}
+    return _write(tmp_path / "dvae", records, config)
+
+
+def test_dvae_plot_compares_like_with_like(tmp_path, saved_figures):
+    """Train recon + beta KL never shares a panel with the held-out MSE; MSE is plotted against MSE."""
+    run = _dvae_run(tmp_path)
+    _assert_real_png(plot_metrics(run))
+    train_loss = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    val_mse, train_mse = [_dvae_val(s)["val_mse"] for s in (100, 200, 300)], [_dvae_train(s)["mse"] for s in range(10, 310, 10)]
+    panels = _panels(saved_figures[-1])
+    for ylabel, lines in panels:
+        assert ylabel, f"unlabelled y axis: {sorted(lines)}"
+        assert not (train_loss in lines.values() and val_mse in lines.values()), f"train objective vs val MSE: {ylabel}"
+    mse_panels = [(y, lines) for y, lines in panels if val_mse in lines.values()]
+    assert len(mse_panels) == 1
+    ylabel, lines = mse_panels[0]
+    assert "MSE" in ylabel and sorted(map(tuple, lines.values())) == sorted([tuple(train_mse), tuple(val_mse)])
+
+
+def test_dvae_plot_of_an_older_run(tmp_path, saved_figures):
+    """Runs without a train "mse": with recon_loss=mse the train recon is that MSE; otherwise val MSE stands alone."""
+    plot_metrics(_dvae_run(tmp_path / "a", recon_loss="mse", mse_logged=False))
+    train_recon = [_dvae_train(s)["recon"] for s in range(10, 310, 10)]
+    val_mse = [_dvae_val(s)["val_mse"] for s in (100, 200, 300)]
+    (_, lines), = [(y, lines) for y, lines in _panels(saved_figures[-1]) if val_mse in lines.values()]
+    assert train_recon in lines.values()
+    plot_metrics(_dvae_run(tmp_path / "b", mse_logged=False))
+    (_, lines), = [(y, lines) for y, lines in _panels(saved_figures[-1]) if val_mse in lines.values()]
+    assert list(lines.values()) == [val_mse]
+
+
+def test_transformer_panels_are_labelled(tmp_path, saved_figures):
+    records = [_train(s) for s in range(10, 210, 10)] + [_val(100), _val(200)]
+    plot_metrics(_write(tmp_path / "r", records, {"stage": "transformer", "config": {}}))
+    panels = _panels(saved_figures[-1])
+    assert len(panels) == 4 and all(ylabel for ylabel, _ in panels)
+    (_, lines), = [(y, lines) for y, lines in panels if "val" in lines and "train" in lines]
+    assert lines["train"] == [_train(s)["loss"] for s in range(10, 210, 10)]  # cross-entropy vs cross-entropy
