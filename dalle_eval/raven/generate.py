@@ -8,7 +8,10 @@ Candidates (Hu et al. 2021, "Stratified Rule-Aware Network...", I-RAVEN): RAVEN'
 changed one attribute of the answer, so the answer was the most common value per attribute and a
 context-blind solver scored far above chance. The attribute bisection tree instead picks three governed
 attributes and one alternative value for each, and splits the candidate set in half on each of them:
-every value of every modified attribute then appears in exactly 4 of the 8 candidates.
+every value of every modified attribute then appears in exactly 4 of the 8 candidates. The alternative is
+drawn from the same distribution as the answer's value (`_draw_governed`), so no value is more typical of
+answers than of wrong candidates, and an item whose candidates would draw alike at a supported resolution
+is redrawn (render.distinct_renders).
 
 Free attributes (positions when the rule governs `number`) are never modified: two candidates differing
 only there would both satisfy the rules.
@@ -25,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.raven.render import distinct_renders
 from dalle_eval.raven.schema import (
     COLOURS,
     CONFIGS,
@@ -127,17 +131,55 @@ def _draw_rows(rng: random.Random, attribute: str, rule: dict, slots: int) -> li
     return rows
 
 
-def _draw_matrix(rng: random.Random, config: str) -> tuple[dict[str, dict], list[Panel]]:
-    """The rules and all 9 panels (row-major, the answer last)."""
+def _draw_attribute(rng: random.Random, attribute: str, config: str) -> tuple[dict, list[tuple[Value, ...]]]:
+    """A rule for the attribute and the three rows of values it governs (redrawn until the rule can hold)."""
+    while True:
+        rule = _draw_rule(rng, attribute, config)
+        rows = _draw_rows(rng, attribute, rule, CONFIGS[config])
+        if rows is not None:
+            return rule, rows
+
+
+def _draw_governed(
+    rng: random.Random, attribute: str, config: str, modified: bool
+) -> tuple[dict, list[tuple[Value, ...]], Value | None]:
+    """(rule, rows, alternative answer value or None): the alternative is the answer of another matrix.
+
+    A wrong candidate's value must be as likely as the answer's, or a solver that learned only which values
+    answers take picks the answer blind (Hu et al. 2021, I-RAVEN). So the alternative y is drawn by the very
+    machinery that drew the answer x, and a collision redraws both: then P(x, y) ~ p(x) p(y) [x != y] is
+    symmetric, and the pair {x, y} says nothing about which one is the answer. (Redrawing only y would give
+    p(x) p(y) / (1 - p(x)): the commoner value would still be the answer more often.)
+    """
+    while True:
+        rule, rows = _draw_attribute(rng, attribute, config)
+        if not modified:
+            return rule, rows, None
+        alternative = _draw_attribute(rng, attribute, config)[1][2][2]
+        if alternative != rows[2][2]:
+            return rule, rows, alternative
+
+
+def _change(rng: random.Random, attribute: str, v: Value, slots: int) -> dict:
+    """Panel field changes giving `attribute` the value v (drawn once per item, used by 4 candidates)."""
+    if attribute == "type":
+        return {"type": TYPES[v]}
+    if attribute == "number":  # positions follow the new count (free noise, like the answer's own positions)
+        return {"positions": _positions(rng, slots, v)}
+    return {"positions" if attribute == "position" else attribute: v}
+
+
+def _draw_item(rng: random.Random, config: str) -> tuple[dict[str, dict], list[Panel], list[dict]]:
+    """The rules, all 9 panels (row-major, the answer last) and the 3 bisection-tree changes."""
     slots = CONFIGS[config]
     governed = "position" if config == "center" else rng.choice(("number", "position"))
-    rules, rows = {}, {}
-    for attribute in (governed, "type", "size", "colour"):
-        while attribute not in rules:
-            rule = _draw_rule(rng, attribute, config)
-            drawn = _draw_rows(rng, attribute, rule, slots)
-            if drawn is not None:
-                rules[attribute], rows[attribute] = rule, drawn
+    attributes = (governed, "type", "size", "colour")
+    modified = rng.sample(sorted(a for a in attributes if not (config == "center" and a == "position")), 3)
+    rules, rows, alternatives = {}, {}, {}
+    for attribute in attributes:
+        rules[attribute], rows[attribute], alternatives[attribute] = _draw_governed(
+            rng, attribute, config, attribute in modified
+        )
     panels = []
     for r in range(3):
         for c in range(3):
@@ -147,43 +189,35 @@ def _draw_matrix(rng: random.Random, config: str) -> tuple[dict[str, dict], list
                 positions = _positions(rng, slots, rows["number"][r][c])
             shape, size, colour = TYPES[rows["type"][r][c]], rows["size"][r][c], rows["colour"][r][c]
             panels.append(Panel(shape, size, colour, positions))
-    return rules, panels
+    return rules, panels, [_change(rng, a, alternatives[a], slots) for a in modified]
 
 
-def _alternative(rng: random.Random, attribute: str, answer: Panel, slots: int) -> dict:
-    """Field changes giving `attribute` one other valid value (drawn once per item, used by 4 candidates)."""
-    v = answer.value(attribute)
-    while v == answer.value(attribute):
-        v = _draw(rng, attribute, slots)
-    if attribute == "type":
-        return {"type": TYPES[v]}
-    if attribute == "number":  # positions follow the new count, identically in every changed candidate
-        return {"positions": _positions(rng, slots, v)}
-    return {"positions" if attribute == "position" else attribute: v}
+def bisection_candidates(answer: Panel, changes: Sequence[dict]) -> list[Panel]:
+    """I-RAVEN's attribute bisection tree (Hu et al. 2021): each change doubles the set on one attribute.
 
-
-def bisection_candidates(
-    rng: random.Random, answer: Panel, rules: dict[str, dict], config: str
-) -> list[Panel]:
-    """I-RAVEN's attribute bisection tree (Hu et al. 2021): 3 levels, each doubling the set on one attribute.
-
-    The answer comes first; the caller shuffles.
+    With 3 changes: 8 candidates, every value of a changed attribute in 4 of them. The answer comes first;
+    the caller shuffles.
     """
-    modifiable = sorted(a for a in rules if not (config == "center" and a == "position"))
     panels = [answer]
-    for attribute in rng.sample(modifiable, 3):
-        change = _alternative(rng, attribute, answer, CONFIGS[config])
+    for change in changes:
         panels += [replace(p, **change) for p in panels]
     return panels
 
 
 def generate_item(seed: int, index: int, config: str) -> RavenItem:
-    """Item `index` of the stream `seed`; seeded by both, so it can be regenerated alone from its id."""
+    """Item `index` of the stream `seed`; seeded by both, so it can be regenerated alone from its id.
+
+    An item whose candidates would draw the same pixels in a supported matrix is redrawn from the same
+    stream (whole, so that which candidate is the answer stays independent of the candidates).
+    """
     if config not in CONFIGS:
         raise DalleEvalError(f"raven: unknown config {config!r}; known: {', '.join(CONFIGS)}")
     rng = random.Random(f"raven-{seed}-{index}")
-    rules, panels = _draw_matrix(rng, config)
-    candidates = bisection_candidates(rng, panels[8], rules, config)
+    while True:
+        rules, panels, changes = _draw_item(rng, config)
+        candidates = bisection_candidates(panels[8], changes)
+        if distinct_renders(candidates, config):
+            break
     order = list(range(len(candidates)))
     rng.shuffle(order)
     shuffled = tuple(candidates[i] for i in order)

@@ -9,15 +9,21 @@ compared with the masks of all 30 (type, size) pairs drawn by this very module a
 colour is the grey level nearest to the median of the best template's interior pixels. So a clean render
 parses back exactly whenever a slot's 30 masks are distinct and all have an interior. Measured (every
 side from 6 to 300 px): that holds from 15-px panels for center, 30 px for grid2x2 and 45 px for grid3x3
-(EXACT_FROM), so 45 px for all configurations, i.e. matrices of >= 137 px. Below that, some candidates
-render pixel-identically: at a 64-px matrix (20-px cells) 9% of items have such a pair (21% of grid3x3,
-7% of grid2x2, no center item), at 128 px 0.5% (grid3x3 only); nearest_candidate then picks the first.
+(EXACT_FROM), so 45 px for all configurations, i.e. matrices of >= 137 px.
+
+Smaller matrices are matched in pixel L2, which is exact only if no two candidates of an item draw the same
+pixels. Matrices are supported from MIN_RESOLUTION (64 px, 20-px cells: the tiny model's image size) up;
+generate.py redraws any item whose candidates render alike at a cell side of a supported matrix
+(`distinct_renders`; 7% of grid2x2 and 36% of grid3x3 draws), so the true answer is always matched back to
+itself. Smaller matrices are refused: at 48 px, 20% of grid2x2 and 36% of grid3x3 items would have two
+candidates drawn alike even so.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache, lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,7 +34,7 @@ from dalle_eval.raven.schema import COLOURS, CONFIGS, GRID_SIDE, SIZES, TYPES, P
 
 EXACT_FROM = {"center": 15, "grid2x2": 30, "grid3x3": 45}  # smallest panel side with render -> parse exact
 MIN_EXACT_PANEL = max(EXACT_FROM.values())
-MIN_MATRIX = 24  # smaller matrices have cells too small to draw anything
+MIN_RESOLUTION = 64  # smallest supported matrix (20-px cells): items draw 8 distinct candidates from here
 WHITE, BLACK = 255, 0
 _INK = (COLOURS[0] + COLOURS[1]) // 2  # darker than this = an object's outline or fill (not the canvas)
 _HYPOTHESES = [(t, s) for t in TYPES for s in range(len(SIZES))]
@@ -91,13 +97,51 @@ def render_panel(panel: Panel, config: str, size_px: int) -> Image.Image:
     return Image.fromarray(_panel_gray(panel, config, size_px)).convert("RGB")
 
 
+@lru_cache(maxsize=65536)
+def _slot_pixels(w: int, h: int, shape: str | None, size: int, colour: int) -> bytes:
+    """The bytes one slot of a panel renders to (shape None: an empty slot), as _panel_gray paints it."""
+    out = np.full((h, w), WHITE, dtype=np.uint8)
+    if shape is not None:
+        region, interior = object_masks(w, h, shape, size)
+        out[region] = BLACK
+        out[interior] = COLOURS[colour]
+    return out.tobytes()
+
+
+def _render_key(panel: Panel, config: str, side: int) -> tuple[bytes, ...]:
+    """Equal keys <=> the two panels render to the same pixels at `side` (the slots tile the panel)."""
+    return tuple(
+        _slot_pixels(x1 - x0, y1 - y0, panel.type if k in panel.positions else None, panel.size, panel.colour)
+        for k, (x0, y0, x1, y1) in enumerate(slot_boxes(config, side))
+    )
+
+
+@cache
+def matched_sides(config: str) -> tuple[int, ...]:
+    """Cell sides of supported matrices at which nearest_candidate matches in pixel L2, not by parsing."""
+    return tuple(range(_layout(MIN_RESOLUTION)[0], EXACT_FROM[config]))
+
+
+def distinct_renders(panels: Sequence[Panel], config: str) -> bool:
+    """Do the panels draw pairwise different pixels at every cell side of a matrix >= MIN_RESOLUTION?
+
+    From EXACT_FROM[config] up the parser tells every panel apart, below it they must differ in pixels.
+    """
+    return all(
+        len({_render_key(p, config, side) for p in panels}) == len(panels) for side in matched_sides(config)
+    )
+
+
 # --------------------------------------------------------------------------- 3x3 matrix layout
 
 
 def _layout(resolution: int) -> tuple[int, int, int]:
     """(cell side, separator width, margin): three cells and two thin lines, centred in the image."""
-    if resolution < MIN_MATRIX:
-        raise DalleEvalError(f"raven: matrix resolution must be >= {MIN_MATRIX} px, got {resolution}")
+    if resolution < MIN_RESOLUTION:
+        raise DalleEvalError(
+            f"raven: a {resolution} px matrix is too small (some candidates draw the same pixels there); "
+            f"the smallest supported Raven resolution is {MIN_RESOLUTION} px"
+        )
     line = max(1, resolution // 200)
     cell = (resolution - 2 * line) // 3
     return cell, line, (resolution - 3 * cell - 2 * line) // 2
