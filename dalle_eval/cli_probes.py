@@ -91,20 +91,33 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
 
 @probes.command("export")
 @click.option("--suite", type=_SUITE, default="all", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="prompts JSONL to write.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Prompts JSONL to write (for the generator; the key goes to <stem>_key/ beside it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
 @click.option("--raven-items", type=int, default=None, help="Raven items [default: 60].")
-@click.option("--resolution", type=int, default=256, show_default=True, help="Raven context image size (px).")
+@click.option("--resolution", type=int, default=256, show_default=True,
+              help="Raven context image size (px, >= 64).")
 def probes_export(suite, out, seed, raven_items, resolution):
-    """Write a suite's prompts for another generator (JSONL; Raven context images beside it).
+    """Write a suite's prompts for another generator, and the answer key for scoring.
 
-    Each line: prompt_id, caption, suite, category, spec, heldout, and foils (shapes) or context_image,
-    answer_box and region (Raven: complete the answer cell). Save images as a samples dir:
-    {prompt_id}_{index}.png + samples.jsonl (prompt_id, index, file), then `probes score`.
+    \b
+    Give the generator these two, and only these:
+      OUT             one line per prompt: prompt_id, suite, category, caption; Raven lines also
+                      context_image, image_size, answer_box, region (complete that cell)
+      <stem>_raven/   the Raven context images, answer cell blank
+    \b
+    Keep this one: it is the answer key; never give it to the generator:
+      <stem>_key/     prompts.jsonl (every prompt's spec: Raven candidates and answer,
+                      rule types; shapes foils, held-out flags), raven.jsonl (the Raven
+                      manifest), export.json (suite, seed, raven items)
+
+    Save the generator's images as a samples dir: {prompt_id}_{index}.png + samples.jsonl
+    (prompt_id, index, file), then `probes score` with the same --seed and --raven-items.
 
     \b
     Example:
       dalle-eval probes export --suite all --out runs/export/prompts.jsonl
+      # give runs/export/prompts.jsonl and runs/export/prompts_raven/; keep runs/export/prompts_key/
     """
     from dalle_eval.probe_run import run_export
     from dalle_eval.probes import RAVEN_ITEMS

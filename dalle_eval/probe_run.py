@@ -130,27 +130,44 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
 
 def run_export(suite: str, out: Path, seed: int = 0, raven_items: int = RAVEN_ITEMS,
                resolution: int = EXPORT_RESOLUTION) -> Path:
-    """Write a suite's prompts as JSONL for another generator (prompt_id, caption, suite, category, spec,
-    heldout, foils); Raven prompts also get their context matrix image (answer cell blank) and answer box,
-    written beside the JSONL in <stem>_raven/ with the item manifest (raven.jsonl)."""
+    """Export a suite for another generator; -> OUT, the prompts JSONL.
+
+    Given to the generator (what it needs to draw, nothing it could be scored with):
+    - OUT: one line per prompt: prompt_id, suite, category, caption; a Raven line also context_image,
+      image_size, answer_box and region (complete that cell of the context image);
+    - <stem>_raven/: the Raven context images (answer cell blank), nothing else.
+    The answer key, <stem>_key/, stays with whoever scores; never give it to the generator:
+    - prompts.jsonl: every prompt in full: spec (for Raven the item: rules, candidates, answer), groups (a
+      Raven item's rule types), heldout, and the shapes prompts' foils (CLIP multiple choice ranks the
+      caption against them; a generator that saw them could steer away from exactly those captions, e.g.
+      as negative prompts);
+    - raven.jsonl: the Raven manifest (read_manifest validates it); export.json: suite, seed, raven_items.
+    `probes score` regenerates the same prompts from --seed/--raven-items; the key is their record.
+    """
     from dalle_eval.probes.raven_probe import export_context
     from dalle_eval.raven import RavenItem, write_manifest
 
     out = Path(out)
     prompts = make_prompts(suite, seed, raven_items)
-    folder = out.parent / f"{out.stem}_raven"
-    lines = []
+    folder, key = out.parent / f"{out.stem}_raven", out.parent / f"{out.stem}_key"
+    (folder / "raven.jsonl").unlink(missing_ok=True)  # the answer key, where exports before the key folder put it
+    given, kept = [], []
     for p in prompts:
-        row = dict(p)
+        row = {k: p[k] for k in ("prompt_id", "suite", "category", "caption")}
         if p["suite"] == "raven":
             row.update(export_context(p, folder, resolution))
+            kept.append(p)
         else:
-            row["foils"] = [{"kind": f["kind"], "caption": f["caption"]} for f in foils_for(p)]
-        lines.append(json.dumps(row))
+            kept.append({**p, "foils": [{"kind": f["kind"], "caption": f["caption"]} for f in foils_for(p)]})
+        given.append(row)
     raven = [RavenItem.from_json(p["spec"]) for p in prompts if p["suite"] == "raven"]
     if raven:
-        write_manifest(raven, folder / "raven.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+        write_manifest(raven, key / "raven.jsonl")
+    else:
+        (key / "raven.jsonl").unlink(missing_ok=True)
+    write_json(key / "export.json", {"suite": suite, "seed": seed, "raven_items": raven_items,
+                                     "resolution": resolution, "prompts": out.name})
+    for path, rows in ((key / "prompts.jsonl", kept), (out, given)):
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out

@@ -15,7 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl
-from dalle_eval.raven import RavenItem, answer_box, render_matrix
+from dalle_eval.errors import DalleEvalError
+from dalle_eval.raven import MIN_RESOLUTION, RavenItem, answer_box, render_matrix
 from dalle_eval.samples import SAMPLES
 
 Completer = Callable[[RavenItem, str, list[int]], list[Image.Image]]
@@ -64,7 +65,11 @@ def complete_raven(prompts: list[dict], completer: Completer, out: Path, n: int,
 
 
 def export_context(prompt: dict, folder: Path, resolution: int) -> dict:
-    """Write the context matrix (answer cell blank) for another model; -> the fields the export adds."""
+    """Write the context matrix (answer cell blank) for another model; -> the fields the export adds: where
+    the image is and where to draw, nothing from which the answer follows (no candidates, rules, answer)."""
+    if resolution < MIN_RESOLUTION:
+        raise DalleEvalError(f"probes export --resolution {resolution}: Raven context images need >= "
+                             f"{MIN_RESOLUTION} px (the smallest resolution where no two candidates draw alike)")
     item = RavenItem.from_json(prompt["spec"])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{prompt['prompt_id']}.png"
