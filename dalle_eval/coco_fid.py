@@ -34,6 +34,8 @@ from dalle_eval.fid_reference import (
 )
 from dalle_eval.samples import SAMPLES
 
+NOT_RECORDED = "not recorded"  # a sampling setting the samples dir does not record (another generator's rows)
+
 
 def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, progress: bool) -> tuple[Path, bool]:
     """One image per caption (best of sample.rerank by CLIP when > 1) into OUT/samples; under torchrun each
@@ -138,11 +140,13 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
                                           verify_cache)
     t_ref = time.time() - t_ref
     gen = sweep_features(net, fakes, e.resolution, radii, e.fid_batch, "inception: generated images", progress)
-    sweep = []
+    sweep, is_splits = [], min(e.is_splits, len(fakes))
     for r in radii:
         feats, logits = gen[r]
-        is_mean, is_std = inception_score(logits, splits=min(e.is_splits, len(fakes)))
-        sweep.append({"blur_radius": r, "fid": frechet_distance_to_features(*ref[r], feats),
+        is_mean, is_std = inception_score(logits, splits=is_splits)
+        raw = frechet_distance_to_features(*ref[r], feats)
+        # FID is a squared distance (>= 0): a value below 0 is sqrtm round-off (e.g. generated = real), reported as 0
+        sweep.append({"blur_radius": r, "fid": max(raw, 0.0), "fid_raw": raw,
                       "is_mean": is_mean, "is_std": is_std, "reference_cached": cache[r]["hit"]})
     if e.kid:  # needs the real features themselves (not cached): at the first radius only
         r0 = radii[0]
@@ -153,9 +157,10 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     report = {
         "protocol": {"n_captions": len(prompts), "n_real_images": len(real), "n_generated": len(fakes),
                      "captions_per_image": e.captions_per_image, "seed": e.seed, "subset": str(subset or out / "subset.json"),
-                     "rerank": _rerank_used(rows), "temperature": rows[0].get("temperature") if rows else None,
+                     "rerank": _rerank_used(rows), "temperature": _recorded(rows, "temperature"),
                      "resolution": e.resolution, "resize_policy": resize_policy(e.resolution),
-                     "inception_weights": weights_note, "feature_extractor": extractor, "is_splits": e.is_splits},
+                     "inception_weights": weights_note, "random_inception": random_inception,
+                     "feature_extractor": extractor, "is_splits": is_splits},
         "sweep": sweep,
         "fid": sweep[0]["fid"], "is_mean": sweep[0]["is_mean"], "is_std": sweep[0]["is_std"],
         "clip_score": float(np.mean(clip)) if clip else None, "clip_model": clip_note,
@@ -168,7 +173,18 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     return report
 
 
-def _rerank_used(rows: list[dict]) -> int | str:
-    """The N of best-of-N reranking recorded in the samples (1 = none; 'unknown' for other generators)."""
+def _rerank_used(rows: list[dict]) -> int | list | str:
+    """The N of best-of-N reranking recorded in the samples (this project's sampler records a seed, and `rerank`
+    only when it reranked: else 1), or "not recorded" (another generator's rows)."""
     ns = {r.get("rerank", 1 if "seed" in r else None) for r in rows}
-    return ns.pop() if len(ns) == 1 and None not in ns else "unknown" if None in ns else sorted(ns)
+    if None in ns or not ns:
+        return NOT_RECORDED
+    return ns.pop() if len(ns) == 1 else sorted(ns)
+
+
+def _recorded(rows: list[dict], field: str) -> float | list | str:
+    """A sampling setting as recorded in every row (one value, or the sorted values), else "not recorded"."""
+    values = {r.get(field) for r in rows}
+    if None in values or not values:
+        return NOT_RECORDED
+    return values.pop() if len(values) == 1 else sorted(values)

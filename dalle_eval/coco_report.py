@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dalle_eval.artifacts import atomic_path
+from dalle_eval.coco_fid import NOT_RECORDED
 from dalle_eval.report import image_grid, md_table
 
 # Published zero-shot MS-COCO FID at blur radius 0 (30,000 captions): NOT measured by this tool.
@@ -19,8 +20,12 @@ PUBLISHED = [
 ]
 
 
-def plot_sweep(sweep: list[dict], out: Path) -> Path:
-    fig = Figure(figsize=(8, 3.2), dpi=100)
+CAVEAT_RANDOM = "random Inception weights: not comparable to published FID"
+
+
+def sweep_figure(sweep: list[dict], caveat: str | None = None) -> Figure:
+    """FID and IS against the blur radius; `caveat` (e.g. CAVEAT_RANDOM) is drawn as the figure's title."""
+    fig = Figure(figsize=(8, 3.6 if caveat else 3.2), dpi=100)
     FigureCanvasAgg(fig)
     radii = [s["blur_radius"] for s in sweep]
     for i, (key, label) in enumerate((("fid", "FID (lower is better)"), ("is_mean", "Inception score"))):
@@ -32,10 +37,40 @@ def plot_sweep(sweep: list[dict], out: Path) -> Path:
         ax.set_xlabel("Gaussian blur radius (px, both sets)")
         ax.set_title(label)
         ax.grid(alpha=0.3)
+    if caveat:
+        fig.suptitle(caveat[0].upper() + caveat[1:], color="tab:red", fontweight="bold")
     fig.tight_layout()
+    return fig
+
+
+def plot_sweep(sweep: list[dict], out: Path, caveat: str | None = None) -> Path:
+    """The sweep figure as PNG; the caveat is also stored in the PNG's Description text chunk."""
+    fig = sweep_figure(sweep, caveat)
+    meta = {"Title": "FID and IS vs Gaussian blur radius (coco-fid)", "Description": caveat or ""}
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=meta)
     return out
+
+
+def _values(v: float | list) -> str:
+    return ", ".join(f"{x:g}" for x in (v if isinstance(v, list) else [v]))
+
+
+def sampling_sentence(p: dict, samples_dir: str) -> str:
+    """Where the images come from and how they were drawn, saying only what the samples dir records."""
+    rerank, temp = p["rerank"], p["temperature"]
+    if rerank == NOT_RECORDED and temp == NOT_RECORDED:
+        return f"Images from `{samples_dir}`; sampling settings (reranking, temperature) not recorded."
+    if rerank == NOT_RECORDED:
+        how = "reranking not recorded"
+    elif rerank == 1:
+        how = "one sample per caption (no reranking)"
+    elif isinstance(rerank, list):
+        how = f"best of N by CLIP, N varying over the samples ({_values(rerank)})"
+    else:
+        how = f"best of {rerank} by CLIP"
+    t = "temperature not recorded" if temp == NOT_RECORDED else f"temperature {_values(temp)}"
+    return f"Images from `{samples_dir}`: {how}, {t}."
 
 
 def write_report(report: dict, rows: list[dict], clip: list[float] | None, folder: Path, out: Path) -> Path:
@@ -47,10 +82,13 @@ def write_report(report: dict, rows: list[dict], clip: list[float] | None, folde
         if "kid_mean" in s:
             row["KID"] = f"{s['kid_mean']:.5f} ± {s['kid_std']:.5f}"
         table.append(row)
+    caveat = CAVEAT_RANDOM if p.get("random_inception") else None
     md = "# Zero-shot MS-COCO-format FID / IS\n\n"
+    if caveat:
+        md += f"> **{caveat[0].upper() + caveat[1:]}** (`--random-inception`: offline tests and demo only).\n\n"
     md += (f"{p['n_captions']:,} captions ({p['captions_per_image']} per image, seed {p['seed']}, ids in `{p['subset']}`) → "
-           f"{p['n_generated']:,} generated images in `{report['samples_dir']}`, against {p['n_real_images']:,} real images "
-           f"of `{report['coco']}`. Reranking: best of {p['rerank']} by CLIP. Temperature: {p['temperature']}.\n\n")
+           f"{p['n_generated']:,} generated images, against {p['n_real_images']:,} real images of `{report['coco']}`. "
+           f"{sampling_sentence(p, report['samples_dir'])}\n\n")
     md += md_table(table, list(table[0]))
     if report["clip_score"] is not None:
         md += f"\nCLIP score (100 × cosine, image vs its caption; {report['clip_model']}): **{report['clip_score']:.2f}**\n"
@@ -58,9 +96,11 @@ def write_report(report: dict, rows: list[dict], clip: list[float] | None, folde
            f" Inception weights: {p['inception_weights']}. FID: 2048-d pool features, float64 statistics; IS: "
            f"{p['is_splits']} splits (torch-fidelity's order, seed 2020).\n\n![FID and IS vs blur](fid_is_vs_blur.png)\n")
     md += "\n## Published figures (not measured here; for comparison only)\n\n"
+    if caveat:
+        md += f"The FID above was measured with {caveat}.\n\n"
     md += md_table([{"model": r["model"], "published FID (blur 0)": f"{r['fid']:.1f}"} for r in PUBLISHED],
                    ["model", "published FID (blur 0)"])
-    plot_sweep(sweep, out / "fid_is_vs_blur.png")
+    plot_sweep(sweep, out / "fid_is_vs_blur.png", caveat)
     if clip:
         order = sorted(range(len(rows)), key=lambda i: clip[i])
         for name, idx in (("best", order[::-1][:12]), ("worst", order[:12])):

@@ -167,7 +167,7 @@ def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, m
     assert not other["sweep"][0]["reference_cached"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "published" in md.lower() and "27.5" in md and "center crop" in md and (tmp_path / "run" / "fid_is_vs_blur.png").exists()
-    assert second["protocol"]["rerank"] == "unknown"  # rows from another generator do not record it
+    assert second["protocol"]["rerank"] == "not recorded"  # rows from another generator do not record it
 
 
 def _change_one_pixel(path: Path, y: int, x: int) -> None:
@@ -220,6 +220,60 @@ def test_reference_cache_is_keyed_by_content(tmp_path, inception):
     verified = run("--verify-cache")
     assert verified["hashed"] == 6 and not verified["hit"] and verified["sha"] not in (first["sha"], after["sha"])
     assert len(list((tmp_path / "cache").glob("ref-*.npz"))) == 3 and verified["fid"] != after["fid"]
+
+
+RAW_ORACLE_FID = -3.3e-7  # what an oracle (generated = real) measured in test_reference_cache_is_keyed_by_content
+
+
+@pytest.fixture(scope="module")
+def other_generator_run(coco, tmp_path_factory):
+    """`coco-fid --images DIR --random-inception` on another generator's samples dir (rows record no sampling
+    settings), the samples being the real images (an oracle) whose FID comes out a hair below 0 from round-off."""
+    import dalle_eval.coco_fid as cf
+
+    tmp = tmp_path_factory.mktemp("other")
+    prompts = load_or_choose_subset(coco, tmp / "run", 6, 0)
+    samples = _copy_as_samples(prompts, tmp / "their_samples")
+    args = ["coco-fid", "--coco", str(coco), "--images", str(samples), "--out", str(tmp / "run"), "--random-inception",
+            "--set", "eval.n_captions=6", "--set", "eval.blur_radii=[0,2]", "--set", "eval.resolution=32",
+            "--set", f"eval.cache_dir={tmp / 'cache'}"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cf, "frechet_distance_to_features", lambda *a: RAW_ORACLE_FID)
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    out = tmp / "run"
+    return {"output": r.output, "md": (out / "report.md").read_text(), "json": json.loads((out / "report.json").read_text()),
+            "plot": out / "fid_is_vs_blur.png", "samples": samples}
+
+
+def test_oracle_fid_prints_zero_and_keeps_the_raw_value(other_generator_run):
+    """FID is a squared distance (>= 0): a round-off value below 0 is reported as 0, never '-0.000'."""
+    md, out, report = other_generator_run["md"], other_generator_run["output"], other_generator_run["json"]
+    assert "-0.000" not in md and "-0.000" not in out
+    assert "| 0.000 |" in md and "FID 0.000" in out
+    assert report["fid"] == 0.0 and all(s["fid"] == 0.0 and s["fid_raw"] == RAW_ORACLE_FID for s in report["sweep"])
+
+
+def test_report_on_another_generator_says_what_is_known(other_generator_run):
+    md, out, report = other_generator_run["md"], other_generator_run["output"], other_generator_run["json"]
+    for text in (md, out):
+        assert "unknown" not in text.lower() and "None" not in text
+    assert f"Images from `{other_generator_run['samples']}`; sampling settings (reranking, temperature) not recorded" in md
+    assert report["protocol"]["rerank"] == report["protocol"]["temperature"] == "not recorded"
+
+
+def test_random_inception_caveat_on_plot_and_report(other_generator_run):
+    from dalle_eval.coco_report import CAVEAT_RANDOM, sweep_figure
+
+    assert CAVEAT_RANDOM == "random Inception weights: not comparable to published FID"
+    md = other_generator_run["md"].lower()
+    assert md.index(CAVEAT_RANDOM.lower()) < md.index("| blur radius")  # above the numbers
+    assert other_generator_run["json"]["protocol"]["random_inception"]
+    with Image.open(other_generator_run["plot"]) as im:
+        assert CAVEAT_RANDOM in im.text.get("Description", "")
+    sweep = other_generator_run["json"]["sweep"]
+    titles = lambda caveat: " ".join(t.get_text().lower() for t in sweep_figure(sweep, caveat).texts)
+    assert CAVEAT_RANDOM.lower() in titles(CAVEAT_RANDOM) and CAVEAT_RANDOM.lower() not in titles(None)
 
 
 def test_blurred_generated_set_gets_closer_with_blur(coco, tmp_path, inception):
