@@ -7,11 +7,11 @@ Only the parser path is imported here: model code loads when a model is used.
 """
 
 from dalle_eval.probes.foils import foils_for
-from dalle_eval.probes.scoring import P_OBJECT, score_samples, score_scene_image
+from dalle_eval.probes.scoring import score_samples, score_scene_image
 from dalle_eval.probes.stats import chance_within_ci, summarise, wilson
 from dalle_eval.probes.suites import RAVEN_CAPTION, RAVEN_ITEMS, SUITES, make_prompts, resolve_suites
 
 __all__ = [
-    "P_OBJECT", "RAVEN_CAPTION", "RAVEN_ITEMS", "SUITES", "chance_within_ci", "foils_for", "make_prompts",
+    "RAVEN_CAPTION", "RAVEN_ITEMS", "SUITES", "chance_within_ci", "foils_for", "make_prompts",
     "resolve_suites", "score_samples", "score_scene_image", "summarise", "wilson",
 ]

@@ -4,14 +4,12 @@ Checks of a shapes image: colour/shape/size of the largest object and count (att
 multisets (colours, shapes, sizes: right attributes, wherever they are), count, each object with all its
 attributes (object_i), the stated relation or stacking, and the whole image all-or-nothing (binding).
 A Raven image is a completed matrix (or the answer cell alone): its answer cell is matched to the nearest
-of the item's 8 candidates. Chance levels are those of a generator drawing objects uniformly at random.
+of the item's 8 candidates. Chance levels are the scores of each suite's random generator (chance.py).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -19,21 +17,11 @@ from PIL import Image
 from dalle_eval.artifacts import read_rgb
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, nearest_candidate
-from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, parse_image, relation_holds
+from dalle_eval.probes.chance import N_CANDIDATES, STACKS, scene_chance
+from dalle_eval.shapes import ParsedObj, Scene, parse_image, relation_holds
+from dalle_eval.shapes.scene import CELLS
 
-N_CANDIDATES = 8
-P_OBJECT = 1 / (len(COLOURS) * len(SHAPES) * len(SIZES))  # a random object has all three attributes
-P_COUNT = 1 / 4  # counts 1-4
-P_RELATION = 1 / 2  # a random placement satisfies a stated relation about half the time
-
-
-def multiset_chance(values: list[str], levels: int) -> float:
-    """P(n uniform draws from `levels` values form this multiset) = multinomial(n; m_1..m_k) / levels^n."""
-    ways = math.factorial(len(values))
-    for m in Counter(values).values():
-        ways //= math.factorial(m)
-    return ways / levels ** len(values)
-
+ATTRIBUTES = ("colour", "shape", "size")
 
 def _match(spec_objs, parsed) -> list:
     """Assign each spec object a distinct parsed object with all its attributes (None if none left)."""
@@ -47,7 +35,7 @@ def _match(spec_objs, parsed) -> list:
 
 
 def _relation_checks(spec: Scene, matched: list) -> bool | None:
-    if spec.kind in ("stack", "stack3"):  # each block rests on the next one
+    if spec.kind in STACKS:  # each block rests on the next one
         pairs = list(itertools.pairwise(matched))
         return all(a is not None and b is not None and bool(relation_holds(a, b, "on")) for a, b in pairs)
     if spec.relation is not None:
@@ -56,33 +44,41 @@ def _relation_checks(spec: Scene, matched: list) -> bool | None:
     return None
 
 
-def score_scene_image(spec: Scene, image: Image.Image) -> dict[str, tuple[bool, float]]:
-    """{check: (passed, chance)} for one image of a shapes prompt."""
-    parsed = parse_image(image)
-    main = max(parsed, key=lambda p: (p.x1 - p.x0) * (p.y1 - p.y0), default=None)
+def _main_order(p: ParsedObj) -> tuple:
+    """The main object of an image is a large one if any, then the first by layout cell (row, column) of its
+    box centre: never by pixel extent or exact position, which differ by shape and would favour one."""
+    cell = (int((p.y0 + p.y1) / 2 * CELLS), int((p.x0 + p.x1) / 2 * CELLS))
+    return (p.size != "large", cell)
+
+
+def scene_checks(spec: Scene, parsed: list[ParsedObj]) -> dict[str, bool]:
+    """{check: passed} for the objects read from one image of a shapes prompt."""
+    main = min(parsed, key=_main_order, default=None)
     want = spec.objects[0]
-    attr = {name: (main is not None and getattr(main, name) == getattr(want, name), 1 / levels)
-            for name, levels in (("colour", len(COLOURS)), ("shape", len(SHAPES)), ("size", len(SIZES)))}
+    attr = {name: main is not None and getattr(main, name) == getattr(want, name) for name in ATTRIBUTES}
     if spec.kind == "single":
-        return {**attr, "object": (len(parsed) == 1 and parsed[0].attrs == want.attrs, P_OBJECT)}
+        return {**attr, "object": len(parsed) == 1 and parsed[0].attrs == want.attrs}
     if spec.kind == "count":
-        return {"count": (len(parsed) == len(spec.objects), P_COUNT), **attr}
+        return {"count": len(parsed) == len(spec.objects), **attr}
     n = len(spec.objects)
-    checks = {"count": (len(parsed) == n, P_COUNT)}
-    for name, levels in (("colour", len(COLOURS)), ("shape", len(SHAPES)), ("size", len(SIZES))):
-        want_set = sorted(getattr(o, name) for o in spec.objects)
-        checks[f"{name}s"] = (sorted(getattr(p, name) for p in parsed) == want_set, multiset_chance(want_set, levels))
+    checks = {"count": len(parsed) == n}
+    for name in ATTRIBUTES:
+        checks[f"{name}s"] = sorted(getattr(p, name) for p in parsed) == sorted(getattr(o, name) for o in spec.objects)
     matched = _match(spec.objects, parsed)
-    checks.update({f"object_{i}": (m is not None, P_OBJECT) for i, m in enumerate(matched)})
+    checks.update({f"object_{i}": m is not None for i, m in enumerate(matched)})
     relation = _relation_checks(spec, matched)
-    p_image = P_OBJECT**n
     if relation is not None:
-        n_rel = n - 1 if spec.kind in ("stack", "stack3") else 1
-        checks["relation"] = (relation, P_OBJECT ** (n_rel + 1) * P_RELATION**n_rel)
-        p_image *= P_RELATION**n_rel
+        checks["relation"] = relation
     bound = all(m is not None for m in matched) and relation is not False  # None: no relation stated
-    checks["image"] = (bound and len(parsed) == n, p_image)
+    checks["image"] = bound and len(parsed) == n
     return checks
+
+
+def score_scene_image(spec: Scene, image: Image.Image, chance: dict[str, float] | None = None
+                      ) -> dict[str, tuple[bool, float]]:
+    """{check: (passed, chance)} for one image of a shapes prompt."""
+    chance = chance or scene_chance(spec)
+    return {c: (ok, chance[c]) for c, ok in scene_checks(spec, parse_image(image)).items()}
 
 
 def score_raven_image(item: RavenItem, image: Image.Image) -> tuple[dict[str, tuple[bool, float]], int]:
@@ -114,6 +110,7 @@ def result(prompt: dict, check: str, passed: bool, chance: float, scorer: str, *
 def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) -> list[dict]:
     """Parser-score every sample (samples.jsonl rows) of `prompts`: one result per check per image."""
     by_id = {p["prompt_id"]: p for p in prompts}
+    chances: dict[str, dict[str, float]] = {}
     results = []
     for s in samples:
         prompt = by_id.get(str(s["prompt_id"]))
@@ -125,6 +122,9 @@ def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) ->
             checks, chosen = score_raven_image(RavenItem.from_json(prompt["spec"]), image)
             extra["chosen"] = chosen
         else:
-            checks = score_scene_image(Scene.from_json(prompt["spec"]), image)
+            spec = Scene.from_json(prompt["spec"])
+            if prompt["prompt_id"] not in chances:
+                chances[prompt["prompt_id"]] = scene_chance(spec)
+            checks = score_scene_image(spec, image, chances[prompt["prompt_id"]])
         results += [result(prompt, c, ok, ch, "parser", **extra) for c, (ok, ch) in checks.items()]
     return results

@@ -27,7 +27,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)  # Wilson 1927: (p + z²/2n) / (1 + z²/n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k <= 0 else lo, 1.0 if k >= n else hi)  # exact ends: round-off put 1.0 outside at k = n
 
 
 def effective_n(successes: list[int], trials: list[int]) -> float:
@@ -43,8 +44,8 @@ def effective_n(successes: list[int], trials: list[int]) -> float:
     return float(n) if var <= 0 else min(float(n), p * (1 - p) / var)
 
 
-def clustered_wilson(results: list[dict]) -> tuple[tuple[float, float], int, float]:
-    """(95% interval, prompts, effective n) of the pass rate of `results`, clustered by prompt_id."""
+def clustered_wilson(results: list[dict], z: float = 1.96) -> tuple[tuple[float, float], int, float]:
+    """(interval, prompts, effective n) of the pass rate of `results`, clustered by prompt_id (95% at z=1.96)."""
     k: dict[str, int] = defaultdict(int)
     m: dict[str, int] = defaultdict(int)
     for r in results:
@@ -52,7 +53,7 @@ def clustered_wilson(results: list[dict]) -> tuple[tuple[float, float], int, flo
         m[r["prompt_id"]] += 1
     n, n_eff = len(results), effective_n(list(k.values()), list(m.values()))
     p = sum(k.values()) / n
-    return wilson(p * n_eff, n_eff), len(m), n_eff
+    return wilson(p * n_eff, n_eff, z), len(m), n_eff
 
 
 def check_name(check: str) -> str:
