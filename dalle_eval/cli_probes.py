@@ -12,6 +12,12 @@ from dalle_eval.errors import DalleEvalError
 _SUITE = click.Choice(["attributes", "binding", "raven", "all"])
 
 
+_REQUIRE_COMPLETE = click.option(
+    "--require-complete", is_flag=True,
+    help="Fail if any prompt of the suite has no image (default: score what is there, report coverage, mark "
+         "figures computed on partial coverage).")
+
+
 def _probe_options(fn):
     """Options shared by `probes run` and the bare `probes` (which runs `probes run`)."""
     for opt in reversed([
@@ -26,6 +32,7 @@ def _probe_options(fn):
         click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
         click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
                      help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
+        _REQUIRE_COMPLETE,
     ]):
         fn = opt(fn)
     return fn
@@ -37,20 +44,24 @@ def _probesummary(r: dict, out: Path) -> None:
     lines = {}
     for row in r["table"]:
         if row["split"] == "all" and row["category"] == "all":
-            lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = f"{pct(row['accuracy'])} (chance {pct(row['chance'])})"
+            rand = "" if row.get("random") is None else f", random generator {pct(row['random'])}"
+            mark = " † partial coverage" if row.get("partial") else ""
+            lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = (
+                f"{pct(row['accuracy'])} (chance {pct(row['chance'])}{rand}){mark}")
     if r["not_scored"]:
         lines["not scored"] = ", ".join(r["not_scored"])
     summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
 
 
-def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file) -> None:
+def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
+                    require_complete=False) -> None:
     from dalle_eval.probe_run import run_probes
     from dalle_eval.probes import RAVEN_ITEMS
 
     if out is None:
         raise DalleEvalError("--out is required (the report dir)")
     r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
-                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file)
+                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file, require_complete=require_complete)
     _probesummary(r, out)
 
 
@@ -78,7 +89,8 @@ def probes(ctx, configs, overrides, **kwargs):
 @probes.command("run")
 @_probe_options
 @config_options(("sample", "eval"))
-def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
+def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
+               require_complete):
     """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
 
     \b
@@ -86,7 +98,8 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
       dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
     """
-    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
+    _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
+                    require_complete)
 
 
 @probes.command("export")
@@ -139,8 +152,10 @@ def probes_export(suite, out, seed, raven_items, resolution):
 @click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
+@_REQUIRE_COMPLETE
 @config_options(("eval",))
-def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file):
+def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
+                 require_complete):
     """Score another generator's images of exported prompts (exact parser; CLIP multiple choice).
 
     \b
@@ -149,4 +164,5 @@ def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_p
       dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \
           --clip-model ViT-B-32 --clip-pretrained /models/clip.bin --out runs/theirs-clip
     """
-    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file)
+    _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
+                    require_complete)

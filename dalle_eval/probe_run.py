@@ -13,10 +13,11 @@ from pathlib import Path
 from dalle_eval.artifacts import atomic_path, read_jsonl, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.probes.chance import random_generator_results
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
-from dalle_eval.probes.stats import summarise
+from dalle_eval.probes.stats import attach_random, coverage, mark_partial, summarise
 from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, read_custom_prompts, resolve_suites
 from dalle_eval.samples import SAMPLES
 
@@ -70,12 +71,14 @@ def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer
 def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
                scorers: tuple[str, ...] | None = None, clip_model: str | None = None,
                clip_pretrained: str | None = None, raven_items: int = RAVEN_ITEMS, progress: bool = True,
-               completer=None, prompts_file: Path | None = None) -> dict:
+               completer=None, prompts_file: Path | None = None, require_complete: bool = False) -> dict:
     """Score a suite (or "all") with each scorer; writes OUT/report.json, OUT/report.md and grids.
 
     Default scorers: parser + likelihood with --ckpt, parser with --images. `completer` replaces the
     model's Raven completion (tests use oracles). `prompts_file`: your own prompts with foils (suite
-    "custom", CLIP multiple choice only; see suites.read_custom_prompts).
+    "custom", CLIP multiple choice only; see suites.read_custom_prompts). Prompts without images are
+    counted per suite and category in the report (`coverage`) and their rows marked partial;
+    `require_complete` makes any missing prompt an error.
     """
     out = Path(out)
     if prompts_file is not None:
@@ -99,6 +102,9 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     elif {"parser", "clip"} & set(scorers):
         folder = _generate(Path(ckpt), prompts, out, cfg, completer, progress)
         samples = read_jsonl(folder / SAMPLES)
+    cover = coverage(prompts, samples) if folder is not None else []
+    if require_complete:
+        _require_complete(cover, folder)
     results: list[dict] = []
     if "parser" in scorers:
         results += score_samples(prompts, samples, folder)
@@ -116,16 +122,29 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     if not results:
         raise DalleEvalError(f"{folder or ckpt}: nothing to score for the {suite} suite with {', '.join(scorers)}")
     scored = {r["suite"] for r in results}
+    table = summarise(results)
+    with_images = {str(s["prompt_id"]) for s in samples}
+    attach_random(table, random_generator_results([p for p in prompts if p["prompt_id"] in with_images]))
+    mark_partial(table, cover)
     report = {"suite": suite, "suites": suites, "scorers": list(scorers), "samples_dir": str(folder) if folder else None,
               "ckpt": str(ckpt) if ckpt else None, "n_prompts": len(prompts),
               "n_images": len({r["file"] for r in results if "file" in r}),
               "not_scored": [s for s in suites if s not in scored],
               "text_window": text_window(Path(ckpt), prompts) if ckpt is not None and prompts_file is None else None,
-              "table": summarise(results),
+              "coverage": cover, "table": table,
               "results": results, "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
     write_markdown(report, results, folder, out)
     return report
+
+
+def _require_complete(cover: list[dict], folder: Path) -> None:
+    gaps = [c for c in cover if c["missing"] and c["category"] != "all"]
+    if gaps:
+        first = gaps[0]["missing"][:3]
+        raise DalleEvalError(f"--require-complete: {folder} has no images for " + ", ".join(
+            f"{c['suite']}/{c['category']} {len(c['missing'])} of {c['expected']}" for c in gaps)
+            + f" prompts (e.g. {', '.join(first)})")
 
 
 def run_export(suite: str, out: Path, seed: int = 0, raven_items: int = RAVEN_ITEMS,

@@ -263,3 +263,52 @@ def test_intervals_account_for_correlated_images_of_one_prompt():
     assert c_eff == pytest.approx(40, rel=0.1) and chi - clo == pytest.approx(hi - lo, rel=0.05)
     assert (chi - clo) > 1.8 * (wilson(80, 160)[1] - wilson(80, 160)[0])  # the naive interval is half as wide
     assert effective_n([4, 0, 2], [4, 4, 4]) <= 12 and effective_n([0, 0], [3, 3]) == 2  # p = 0: one fact per prompt
+
+
+def test_partial_coverage_is_reported_and_can_be_required(tmp_path, fast_cfg):
+    """A samples dir with only some prompts: coverage per suite and category, partial rows marked, and
+    --require-complete turns it into one clear error."""
+    prompts = make_prompts("attributes")
+    folder = _samples_dir(tmp_path / "s", [p for p in prompts if p["category"] == "single"], _draw())
+    r = run_probes("attributes", tmp_path / "o", fast_cfg, images=folder, progress=False)
+    cover = {c["category"]: c for c in r["coverage"]}
+    assert (cover["single"]["expected"], cover["single"]["with_images"], cover["single"]["missing"]) == (36, 36, [])
+    assert (cover["count"]["expected"], cover["count"]["with_images"], len(cover["count"]["missing"])) == (24, 0, 24)
+    assert cover["all"]["with_images"] == 36 and cover["all"]["expected"] == 60
+    by = {(row["category"], row["check"], row["split"]): row for row in r["table"]}
+    assert by[("all", "colour", "all")]["partial"] and not by[("single", "colour", "all")]["partial"]
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "## Coverage" in md and "| attributes | count | 24 | 0 | 24 |" in md and "Partial coverage" in md
+    assert "100.0%†" in md
+    res = CliRunner().invoke(main, ["probes", "score", "--suite", "attributes", "--images", str(folder),
+                                    "--out", str(tmp_path / "o2"), "--require-complete"])
+    assert res.exit_code == 1 and "no images for attributes/count 24 of 24 prompts" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o2" / "report.json").exists()
+
+
+def test_random_generator_column_beside_chance(tmp_path, fast_cfg):
+    prompts = make_prompts("binding")
+    r = run_probes("binding", tmp_path / "o", fast_cfg, images=_samples_dir(tmp_path / "s", prompts, _draw()),
+                   progress=False)
+    row = next(x for x in r["table"] if (x["category"], x["check"], x["split"]) == ("all", "object", "all"))
+    assert row["chance"] > 0.05 and 0.0 < row["random"] < 0.2  # 1-(35/36)^n for n = 2..4, not 1/36
+    assert "random generator" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_non_square_images_are_refused(tmp_path, fast_cfg):
+    prompts = make_prompts("binding")[:2]
+    folder = _samples_dir(tmp_path / "s", prompts, lambda p: _scene_image(p).resize((96, 64)))
+    with pytest.raises(DalleEvalError, match=r"two-000_0.png: 96x64 image; the samples-dir contract asks for square"):
+        run_probes("binding", tmp_path / "o", fast_cfg, images=folder, progress=False)
+
+
+def test_raven_grid_labels_name_chosen_and_correct(tmp_path, fast_cfg):
+    from dalle_eval.probes.report_md import raven_label
+
+    prompts = make_prompts("raven", raven_items=3)
+    r = run_probes("raven", tmp_path / "o", fast_cfg, raven_items=3, progress=False,
+                   images=_samples_dir(tmp_path / "s", prompts, _draw()))
+    res = [x for x in r["results"] if x["suite"] == "raven"]
+    assert all(x["chosen"] == x["correct"] == RavenItem.from_json(p["spec"]).answer for x, p in zip(res, prompts))
+    label = raven_label({"a.png": "a matrix"}, {"a.png": 6}, {"a.png": 2})("a.png")
+    assert label == "a matrix | chose 7, correct 3"

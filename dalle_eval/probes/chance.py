@@ -143,7 +143,7 @@ def scene_chance(spec: Scene) -> dict[str, float]:
 
 
 def random_images(prompts: list[dict], per_prompt: int, resolution: int, seed: int = 0):
-    """Yield (prompt, image) of the random generator for the shapes prompts: the "random generator" column."""
+    """Yield (prompt, image) of the random generator for the shapes prompts."""
     from dalle_eval.shapes import render
 
     for p in prompts:
@@ -153,3 +153,21 @@ def random_images(prompts: list[dict], per_prompt: int, resolution: int, seed: i
         rng = random.Random(f"random-generator-{seed}-{p['prompt_id']}")
         for _ in range(per_prompt):
             yield p, render(random_scene(spec, rng), resolution)
+
+
+def random_generator_results(prompts: list[dict], per_prompt: int = 8, resolution: int = 64,
+                             seed: int = 0) -> list[dict]:
+    """Parser results of the random generator on `prompts` (rendered and parsed; a Raven generator picks a
+    candidate uniformly): the "random generator" column beside chance in every report."""
+    from dalle_eval.probes.scoring import result, score_scene_image
+
+    out = []
+    for i, (p, image) in enumerate(random_images(prompts, per_prompt, resolution, seed)):
+        checks = score_scene_image(Scene.from_json(p["spec"]), image, scene_chance(Scene.from_json(p["spec"])))
+        out += [result(p, c, ok, ch, "parser", file=f"random-{i}") for c, (ok, ch) in checks.items()]
+    for p in (p for p in prompts if p["suite"] == "raven"):
+        rng = random.Random(f"random-generator-{seed}-{p['prompt_id']}")
+        answer = p["spec"]["answer"]
+        out += [result(p, "answer", rng.randrange(N_CANDIDATES) == answer, 1 / N_CANDIDATES, "parser")
+                for _ in range(per_prompt)]
+    return out

@@ -15,7 +15,8 @@ HOW = {
                   "Raven candidates by the log-prob of the answer-cell tokens",
     "clip": "open_clip multiple choice: the image's similarity to the true caption vs each foil",
 }
-COLUMNS = ["category", "check", "split", "n", "prompts", "accuracy", "ci95", "chance"]
+COLUMNS = ["category", "check", "split", "n", "prompts", "accuracy", "ci95", "chance", "random generator"]
+PARTIAL = "†"
 GRID = 18  # images per grid
 
 
@@ -31,18 +32,47 @@ def _image_outcomes(results: list[dict], suite: str) -> dict[str, bool]:
     return ok
 
 
+def raven_label(captions: dict, chosen: dict, correct: dict):
+    """A Raven grid cell: its caption, the candidate the image was read as and the correct one (1-8)."""
+    return lambda f: f"{captions.get(f, '')} | chose {chosen[f] + 1}, correct {correct[f] + 1}"
+
+
+def _display(row: dict) -> dict:
+    rand = row.get("random")
+    return {**row, "accuracy": pct(row["accuracy"]) + (PARTIAL if row.get("partial") else ""), "ci95": ci(row["ci95"]),
+            "chance": pct(row["chance"]), "random generator": "—" if rand is None else pct(rand)}
+
+
+def _coverage_md(cover: list[dict]) -> str:
+    """Prompts expected / with images per suite and category; a note when any are missing."""
+    if not cover:
+        return ""
+    rows = [{**c, "missing": len(c["missing"])} for c in cover if not c["category"].startswith("rule:")]
+    md = "\n## Coverage\n\n" + md_table(rows, ["suite", "category", "expected", "with_images", "missing"])
+    if any(c["missing"] for c in cover):
+        md += (f"\n**Partial coverage:** some prompts have no image (ids in report.json `coverage`); figures "
+               f"marked {PARTIAL} are computed on the prompts that have images only. "
+               "`--require-complete` makes this an error.\n")
+    return md
+
+
 def write_markdown(report: dict, results: list[dict], folder: Path | None, out: Path) -> None:
     md = f"# Probes: {report['suite']}\n\n"
     if folder is not None:
         md += f"Images: `{folder}` ({report['n_images']} images). "
-    md += f"{report['n_prompts']} prompts. 95% Wilson intervals on the effective sample size (checks of one prompt are correlated, so `n` checks over `prompts` prompts count as fewer); chance beside each (a generator drawing at random). "
-    md += "`seen` / `heldout`: prompts without / with a colour-shape pair never shown in training.\n"
+    md += (f"{report['n_prompts']} prompts. 95% Wilson intervals on the effective sample size (checks of one "
+           "prompt are correlated, so `n` checks over `prompts` prompts count as fewer). `chance` is the expected "
+           "score of the suite's random generator (the prompt's number of objects, every attribute and position "
+           "drawn uniformly; a random Raven candidate), exact; `random generator` is that generator rendered and "
+           "scored on the same prompts. `seen` / `heldout`: prompts without / with a colour-shape pair never "
+           "shown in training.\n")
+    md += _coverage_md(report.get("coverage") or [])
     for suite in report["suites"]:
         for scorer in report["scorers"]:
-            rows = [r for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
+            rows = [_display(r) for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
             if rows:
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
-                md += md_table(rows, COLUMNS, {"accuracy": pct, "ci95": ci, "chance": pct})
+                md += md_table(rows, COLUMNS)
     window = report.get("text_window")
     if window and window["truncated"]:
         by = Counter(f"{t['suite']}/{t['category']}" for t in window["truncated"])
@@ -54,13 +84,14 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
         md += f"\nNo images or scores for: {', '.join(report['not_scored'])}.\n"
     captions = {s["file"]: s.get("caption", "") for s in read_jsonl(folder / SAMPLES)} if folder else {}
     chosen = {r["file"]: r["chosen"] for r in results if "chosen" in r and "file" in r}
+    correct = {r["file"]: r["correct"] for r in results if "correct" in r and "file" in r}
     for suite in report["suites"]:
         outcome = _image_outcomes(results, suite)
         for name, want in (("successes", True), ("failures", False)):
             files = [f for f, v in outcome.items() if v == want][:GRID]
             if not files:
                 continue
-            label = (lambda f: f"{f} chose {chosen[f]}") if suite == "raven" else (lambda f: captions.get(f, ""))
+            label = raven_label(captions, chosen, correct) if suite == "raven" else (lambda f: captions.get(f, ""))
             image_grid([(folder / f, label(f)) for f in files], out / f"{suite}_{name}.png")
             md += f"\n## {suite}: {name}\n\n![{suite} {name}]({suite}_{name}.png)\n"
     (out / "report.md").write_text(md)

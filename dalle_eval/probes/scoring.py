@@ -16,8 +16,8 @@ from PIL import Image
 
 from dalle_eval.artifacts import read_rgb
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.raven import RavenItem, nearest_candidate
 from dalle_eval.probes.chance import N_CANDIDATES, STACKS, scene_chance
+from dalle_eval.raven import RavenItem, nearest_candidate
 from dalle_eval.shapes import ParsedObj, Scene, parse_image, relation_holds
 from dalle_eval.shapes.scene import CELLS
 
@@ -117,10 +117,14 @@ def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) ->
         if prompt is None:
             continue
         image = read_rgb(Path(images_dir) / s["file"])
+        if image.width != image.height:
+            raise DalleEvalError(f"{Path(images_dir) / s['file']}: {image.width}x{image.height} image; the samples-dir "
+                                 "contract asks for square images (center-crop them to a square first)")
         extra = {"file": s["file"]}
         if prompt["suite"] == "raven":
-            checks, chosen = score_raven_image(RavenItem.from_json(prompt["spec"]), image)
-            extra["chosen"] = chosen
+            item = RavenItem.from_json(prompt["spec"])
+            checks, chosen = score_raven_image(item, image)
+            extra.update(chosen=chosen, correct=item.answer)
         else:
             spec = Scene.from_json(prompt["spec"])
             if prompt["prompt_id"] not in chances:

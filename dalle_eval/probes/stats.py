@@ -85,6 +85,35 @@ def _row_order(item: tuple) -> tuple:
     return (suite, scorer, group != "all", group, check, SPLITS.index(split))
 
 
+def attach_random(table: list[dict], random_results: list[dict]) -> None:
+    """Give each parser row the random generator's accuracy on the same prompts ("random" column)."""
+    rand = {_key(r): r["accuracy"] for r in summarise(random_results)}
+    for row in table:
+        row["random"] = rand.get(_key(row)) if row["scorer"] == "parser" else None
+
+
+def _key(row: dict) -> tuple:
+    return (row["suite"], row["scorer"], row["category"], row["check"], row["split"])
+
+
+def coverage(prompts: list[dict], samples: list[dict]) -> list[dict]:
+    """Per suite and table group: prompts expected, with at least one image, and the ids of those without."""
+    have = {str(s["prompt_id"]) for s in samples}
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for p in prompts:
+        for g in dict.fromkeys(p["groups"]):
+            groups[(p["suite"], g)].append(p["prompt_id"])
+    return [{"suite": suite, "category": g, "expected": len(ids), "with_images": sum(i in have for i in ids),
+             "missing": [i for i in ids if i not in have]} for (suite, g), ids in sorted(groups.items())]
+
+
+def mark_partial(table: list[dict], cover: list[dict], image_scorers: tuple[str, ...] = ("parser", "clip")) -> None:
+    """row["partial"] = its figure comes from images of only some of the group's prompts."""
+    missing = {(c["suite"], c["category"]): bool(c["missing"]) for c in cover}
+    for row in table:
+        row["partial"] = row["scorer"] in image_scorers and missing.get((row["suite"], row["category"]), False)
+
+
 def chance_within_ci(row: dict) -> bool:
     """Is the chance level inside the row's 95% interval (is the measured accuracy at chance)?"""
     return row["ci95"][0] <= row["chance"] <= row["ci95"][1]
