@@ -35,7 +35,8 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# lucidrains' dalle-pytorch only imports with an old stack (../shared/ENV.md): its own venv, never the main one.
+# lucidrains' dalle-pytorch only imports with an old stack (pkg_resources, pytorch-lightning<2, youtokentome):
+# its own venv, never the main one.
 $(PEER)/.installed: constraints.txt
 	test -x $(PEER)/bin/python || python3 -m venv $(PEER)
 	$(PEER_PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1

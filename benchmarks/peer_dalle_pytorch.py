@@ -3,12 +3,13 @@
     .venv-peer/bin/python benchmarks/peer_dalle_pytorch.py [sample] [tiny] [mid]   # generate_images
     .venv-peer/bin/python benchmarks/peer_dalle_pytorch.py train [tiny] [mid]      # fwd + bwd + AdamW
 
-dalle-pytorch only imports with an old stack (ENV.md), so it lives in its own venv (.venv-peer);
+dalle-pytorch only imports with an old stack (pkg_resources, pytorch-lightning < 2, youtokentome built from
+source; see the Makefile's bench-peers target), so it lives in its own venv (.venv-peer);
 this script imports our model code from the repo (torch-only modules) next to it. Config of the
-peer's baseline in ENV.md: dim 256, depth 4, 4 heads x 64, 32 text tokens of 1000, a 64 px
+peer's baseline (its README-sized tiny model): dim 256, depth 4, 4 heads x 64, 32 text tokens of 1000, a 64 px
 DiscreteVAE with 2 layers -> 16x16 = 256 image tokens of 512, batch 4, filter_thres 0.9 (top 10%).
 Sampling: both sides generate all image tokens and decode them with their VAE.
-Training (issue 4; ENV.md's peer step: 0.81 s at batch 8): both sides train on the same random
+Training (the peer's step measured alone here: 0.81 s at batch 8, benchmarks/README.md): both sides train on the same random
 text ids and precomputed image token ids (the peer's DALLE.forward takes a (b, n) long `image` as
 codes; its DiscreteVAE is only the required `vae` object, frozen and unused), AdamW, steps of the
 two models interleaved so both see the same load, median after warm-up. Our achieved FLOP rate
@@ -84,7 +85,7 @@ def theirs(size: str, attn_types: tuple[str, ...]) -> float:
 
 
 PEAK_GFLOPS = 160.0
-TRAIN_BATCH = {"tiny": 8, "mid": 2}  # tiny = ENV.md's peer baseline: batch 8 x (32 + 256) tokens
+TRAIN_BATCH = {"tiny": 8, "mid": 2}  # tiny = the peer's baseline: batch 8 x (32 + 256) tokens
 TRAIN_STEPS = {"tiny": (2, 10), "mid": (1, 3)}  # (warm-up, timed) steps per model
 ATTENTION = (("full", ("full",)), ("sparse", ("axial_row", "axial_col", "conv_like")))  # ours <-> theirs
 
