@@ -201,7 +201,8 @@ class SampleConfig:
     device: str = "cpu"
     rerank: int = 0  # > 1: draw this many candidates per caption, keep the best by CLIP (paper: 512)
     clip_model: str = "ViT-B-32"  # open_clip model name, or a model-config JSON path
-    clip_pretrained: str = ""  # open_clip tag or local checkpoint path; "" = random init (tests only)
+    clip_pretrained: str = ""  # open_clip tag or local checkpoint path; "" = none: CLIP is refused unless random_clip
+    random_clip: bool = False  # no weights: use a random-init CLIP (offline smoke tests; every figure says so)
 
 
 @dataclass(frozen=True)
@@ -271,21 +272,78 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, where: str, base: Any = None) -> Any:
+# Valid ranges of numeric options: (lowest, highest, lowest excluded). 0 stays valid where it means "off" or "auto"
+# (micro_batch, top_k, rerank, sample_every, val_shards, keep_last, ...; steps=0 evaluates the untrained model). Checked wherever a value is set (TOML
+# file, --set, a saved config); the defaults and named configs are tested to pass.
+_AT_LEAST_1 = (1, None, False)
+_AT_LEAST_0 = (0, None, False)
+_POSITIVE = (0, None, True)
+_FRACTION = (0, 1, False)
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    **{f"data.{k}": _AT_LEAST_1 for k in ("resolution", "shard_size", "bpe_vocab", "download_processes",
+                                          "download_threads", "download_timeout", "encode_batch")},
+    "data.n_val": _AT_LEAST_0, "data.download_retries": _AT_LEAST_0, "data.min_image_size": _AT_LEAST_0,
+    "data.max_aspect_ratio": (1, None, False), "data.max_image_area": _POSITIVE,
+    **{f"filter.{k}": _AT_LEAST_0 for k in ("min_chars", "min_words", "lang_min_words")},
+    "filter.max_chars": _AT_LEAST_1, "filter.max_words": _AT_LEAST_1,
+    "filter.lang_min_confidence": _FRACTION, "filter.lang_floor": _FRACTION,
+    "filter.dedup_threshold": (0, 64, False), "filter.eval_threshold": (0, 64, False),
+    "filter.clip_threshold": (-1, 1, False),
+    **{f"dvae.{k}": _AT_LEAST_1 for k in ("image_size", "group_count", "n_hid", "n_blk_per_group", "n_init",
+                                          "input_channels")},
+    "dvae.vocab_size": (2, None, False),
+    **{f"transformer.{k}": _AT_LEAST_1 for k in ("text_len", "text_vocab", "image_vocab", "grid", "n_layer", "n_head",
+                                                 "d_head", "d_model", "mlp_ratio", "conv_kernel")},
+    "transformer.dropout": (0, 1, False),
+    "transformer.text_loss_weight": _AT_LEAST_0, "transformer.image_loss_weight": _AT_LEAST_0,
+    **{f"train.{stage}.{k}": r for stage in ("dvae", "transformer") for k, r in (
+        ("steps", _AT_LEAST_0), ("batch_size", _AT_LEAST_1), ("micro_batch", _AT_LEAST_0), ("lr", _AT_LEAST_0),
+        ("lr_min", _AT_LEAST_0), ("eps", _POSITIVE), ("weight_decay", _AT_LEAST_0))},
+    "train.dvae.kl_weight": _AT_LEAST_0, "train.dvae.kl_warmup": _AT_LEAST_0, "train.dvae.tau_start": _POSITIVE,
+    "train.dvae.tau_end": _POSITIVE, "train.dvae.tau_steps": _AT_LEAST_1, "train.dvae.ema": _FRACTION,
+    "train.transformer.warmup": _AT_LEAST_0, "train.transformer.halve_every": _AT_LEAST_0,
+    "train.transformer.plateau_patience": _AT_LEAST_1, "train.transformer.plateau_threshold": _AT_LEAST_0,
+    "train.transformer.bpe_dropout": _FRACTION, "train.transformer.grad_clip": _POSITIVE,
+    **{f"train.{k}": _AT_LEAST_1 for k in ("log_every", "ckpt_every", "shuffle_shards")},
+    **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "data_streams", "num_workers", "val_shards", "val_samples",
+                                           "val_every", "sample_every", "max_bad_steps", "peak_tflops")},
+    "sample.temperature": _POSITIVE, "sample.top_k": _AT_LEAST_0, "sample.top_p": (0, 1, True),
+    "sample.batch_size": _AT_LEAST_1, "sample.rerank": _AT_LEAST_0,
+    **{f"eval.{k}": _AT_LEAST_1 for k in ("n_captions", "captions_per_image", "resolution", "is_splits",
+                                          "kid_subsets", "kid_subset_size", "fid_batch", "probe_samples")},
+}
+
+
+def _check_range(key: str, value: Any, label: str) -> None:
+    if key not in RANGES:
+        return
+    low, high, open_low = RANGES[key]
+    if (value <= low if open_low else value < low) or (high is not None and value > high):
+        if high is None:
+            want = f"above {low:g}" if open_low else f"at least {low:g}"
+        else:
+            want = f"in ({low:g}, {high:g}]" if open_low else f"in [{low:g}, {high:g}]"
+        raise DalleEvalError(f"{label}: must be {want}, got {value!r}")
+
+
+def _build(cls: type, values: dict, where: str, base: Any = None, path: str = "") -> Any:
+    """`where` names the source ("file.toml:", "--set "), `path` the dotted table; messages say where + path.key."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise DalleEvalError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        label = where + path if path else where.rstrip(": ") or "config"
+        raise DalleEvalError(f"{label}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     base = base if base is not None else cls()
     changes = {}
     for key, value in values.items():
-        sub = f"{where}.{key}" if where else key
+        sub = f"{path}.{key}" if path else key
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = _build(type(current), value, sub, current)
+            changes[key] = _build(type(current), value, where, current, sub)
         else:
-            changes[key] = _coerce(value, hints[key], sub)
+            changes[key] = _coerce(value, hints[key], where + sub)
+            _check_range(sub, changes[key], where + sub)
     return dataclasses.replace(base, **changes)
 
 
@@ -310,16 +368,30 @@ def _parse_override(item: str) -> dict:
     return nested
 
 
+def read_toml(path: Path) -> dict:
+    """A config file's tables; a folder, an unreadable, non-text, empty or invalid file is one error naming it."""
+    if path.is_dir():
+        raise DalleEvalError(f"--config {path}: a folder, expected a TOML config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DalleEvalError(f"--config {path}: not a UTF-8 text file (expected a TOML config)") from None
+    except OSError as e:
+        raise DalleEvalError(f"--config {path}: unreadable ({e.strerror or e})") from None
+    if not text.strip():
+        raise DalleEvalError(f"--config {path}: empty file (expected TOML tables such as [train])")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DalleEvalError(f"{path}: not valid TOML ({e})") from None
+
+
 def load_config(configs: typing.Sequence[str | Path] = (), overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then each TOML file in order, then each `key=value` override."""
     cfg = Config()
     for name in configs:
         path = resolve_config_path(name)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise DalleEvalError(f"{path}: not valid TOML ({e})") from None
-        cfg = config_from_dict(values, cfg, where=str(path) + ":")
+        cfg = config_from_dict(read_toml(path), cfg, where=str(path) + ":")
     return apply_overrides(cfg, overrides)
 
 
