@@ -10,6 +10,7 @@ same losses as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl, read_json, read_manifest, write_json
+from dalle_eval.artifacts import append_jsonl, atomic_path, read_json, read_manifest, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from model import distributed
@@ -182,6 +183,7 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info})
+        drop_records_after(out / "metrics.jsonl", start)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     peak = tc.peak_tflops * 1e12 or measure_peak_flops(device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
@@ -284,6 +286,22 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
             append_jsonl(metrics_path, {"split": "val", "step": step + 1, **{k: v for k, v in evaluation.items()
                                                                            if k.startswith("val_")}})
     return summary
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """metrics.jsonl as of the checkpoint at `step`: a run killed after it logged steps that the resumed run
+    logs again (and maybe a torn last line); drop them, atomically, so every step has one record."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError, AttributeError, TypeError):
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+    if len(keep) != len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _tensorboard(out: Path, enabled: bool):
