@@ -11,10 +11,14 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dalle_eval.artifacts import atomic_path, read_json
@@ -87,24 +91,90 @@ def save_state(ckpt: Path, step: int, task, opt: torch.optim.Optimizer, train_st
     return final
 
 
+def _kept_states(ckpt: Path) -> list[Path]:
+    return sorted(p for p in (Path(ckpt) / STATE).glob("step-*") if p.is_dir())
+
+
+def _previous_hint(ckpt: Path, bad: str | None = None) -> str:
+    """How to go on from the newest kept state dir older than the `bad` one (any, if None), or that none is kept."""
+    older = [p for p in _kept_states(ckpt) if bad is None or p.name < bad]
+    if not older:
+        return "no earlier checkpoint is kept: start a new --out (or retrain)"
+    prev = older[-1]
+    return (f"the previous kept checkpoint is {prev}: to resume from it, write its name into {Path(ckpt) / 'latest'} "
+            f"(echo {prev.name} > {Path(ckpt) / 'latest'}) and run again with --resume")
+
+
 def latest_state(ckpt: Path) -> Path | None:
+    """The newest complete state dir, None before the first checkpoint; a `latest` naming a missing or
+    malformed state dir is an error (never a silent fresh start over the kept checkpoints)."""
     pointer = Path(ckpt) / "latest"
     if not pointer.exists():
         return None
-    path = Path(ckpt) / STATE / pointer.read_text().strip()
-    return path if path.exists() else None
+    name = pointer.read_text(errors="replace").strip()
+    path = Path(ckpt) / STATE / name
+    well_formed = re.fullmatch(r"step-\d+", name) is not None
+    if not well_formed or not path.is_dir():
+        raise DalleEvalError(f"{pointer} names {name!r}, but {path} is not a checkpoint dir; "
+                             + _previous_hint(ckpt, name if well_formed else None))
+    return path
+
+
+def _load_tensors(path: Path, hint: str = "") -> dict[str, torch.Tensor]:
+    """A safetensors file, or one error naming it (missing, a folder, truncated, not safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "missing"
+        raise DalleEvalError(f"{path}: {what}, expected a model.safetensors weights file" + (f"; {hint}" if hint else ""))
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DalleEvalError(f"{path}: unreadable weights ({reason}): truncated or not a safetensors file"
+                             + (f"; {hint}" if hint else "")) from None
+
+
+def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, or one line saying how the file's tensors differ from the model's."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in tensors]
+    unexpected = [k for k in tensors if k not in want]
+    shapes = [k for k in want if k in tensors and tuple(tensors[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise DalleEvalError(f"{path}: the weights do not match the {type(module).__name__} its config.json describes: "
+                             + ", ".join(parts))
+    module.load_state_dict(tensors)
+
+
+def _load_train_pt(state_dir: Path) -> dict:
+    path = Path(state_dir) / "train.pt"
+    hint = _previous_hint(Path(state_dir).parent.parent, Path(state_dir).name)
+    if not path.is_file():
+        raise DalleEvalError(f"{path}: missing; {hint}")
+    try:
+        train = torch.load(path, weights_only=True)  # tensors, numbers, strings: no code
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        reason = "not a complete torch zip archive" if not zipfile.is_zipfile(path) else f"{type(e).__name__}: {e}"
+        raise DalleEvalError(f"{path}: unreadable training state ({reason.splitlines()[0][:160]}): truncated or "
+                             f"corrupt; {hint}") from None
+    if not isinstance(train, dict) or "step" not in train:
+        raise DalleEvalError(f"{path}: not a dalle-eval training state (no step); {hint}")
+    return train
 
 
 def load_state(state_dir: Path, task, opt: torch.optim.Optimizer, d: Dist, parallel: str) -> dict:
     """Restore model + optimizer (+ the task's extra state) from a state dir; -> the rest of train.pt."""
-    train = torch.load(state_dir / "train.pt", weights_only=True)  # tensors, numbers, strings: no code
+    train = _load_train_pt(state_dir)
     sharded = d.active and parallel == "fsdp"
     if train.get("sharded") and not sharded:
         raise DalleEvalError(f"{state_dir} is an FSDP (sharded) checkpoint: resume it under torchrun with train.parallel=fsdp")
     if sharded and not train.get("sharded"):  # a replicated checkpoint into a sharded model: full state dicts
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(task.model, load_file(state_dir / "model.safetensors"),
+        hint = _previous_hint(state_dir.parent.parent, state_dir.name)
+        set_model_state_dict(task.model, _load_tensors(state_dir / "model.safetensors", hint),
                              options=StateDictOptions(full_state_dict=True))
     elif sharded:
         import torch.distributed.checkpoint as dcp
@@ -115,7 +185,8 @@ def load_state(state_dir: Path, task, opt: torch.optim.Optimizer, d: Dist, paral
         dcp.load(sd, checkpoint_id=str(state_dir / "dcp"))
         set_state_dict(task.model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
     else:
-        task.model.load_state_dict(load_file(state_dir / "model.safetensors"))
+        path = state_dir / "model.safetensors"
+        _load_into(task.model, _load_tensors(path, _previous_hint(state_dir.parent.parent, state_dir.name)), path)
         opt.load_state_dict(train["optimizer"])
     task.load_extra_state(train.get("extra", {}))
     return train
@@ -124,6 +195,9 @@ def load_state(state_dir: Path, task, opt: torch.optim.Optimizer, d: Dist, paral
 def read_ckpt_config(ckpt: Path, stage: str | None = None) -> tuple[dict, Config]:
     ckpt = Path(ckpt)
     meta = read_json(ckpt / "config.json", "checkpoint config")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise DalleEvalError(f"{ckpt / 'config.json'}: not a checkpoint config (no 'config' table); "
+                             "expected a checkpoint dir written by `dalle-eval train`")
     if stage and meta.get("stage") != stage:
         raise DalleEvalError(f"{ckpt}: a '{meta.get('stage')}' checkpoint, expected a '{stage}' checkpoint")
     return meta, config_from_dict(meta["config"])
@@ -133,7 +207,7 @@ def load_weights(module: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
     path = Path(ckpt) / "model.safetensors"
     if not path.exists():
         raise DalleEvalError(f"{ckpt}: no model.safetensors — has training saved a checkpoint yet?")
-    module.load_state_dict(load_file(path))
+    _load_into(module, _load_tensors(path), path)
     return module.eval()
 
 
