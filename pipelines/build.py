@@ -35,6 +35,7 @@ from dalle_eval.shards import count_samples
 from model import distributed
 from model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
 from model.tokenizer import load_tokenizer, train_bpe
+from pipelines.download import check_rows_left
 from pipelines.encode import encode_shards, prepare_assets, token_manifest
 from pipelines.shapes_source import write_coco_split, write_shapes_shards
 from pipelines.sources import read_pairs, source_fingerprint
@@ -143,6 +144,7 @@ def build_dataset(
                              "the dVAE encoding (--dvae)")
     t0 = time.time()
     report: dict = {"out": str(out), "images": build_images(cfg, source, out, n, eval_captions, eval_images)}
+    check_rows_left(report["images"], out)  # an empty set is an error (pairs.parquet says why for each row)
     if dvae is not None:
         report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
     report["seconds"] = round(time.time() - t0, 1)

@@ -1,19 +1,46 @@
 """Download url+caption pairs with img2dataset into webdataset shards, and fold its per-sample
-status back into the pair table (so every row ends with exactly one status).
+status back into the pair table (so every row ends with exactly one documented status).
 
 img2dataset does the heavy lifting (threads, processes, or a pyspark/ray cluster via
 `data.download_distributor`), resizing to `data.resolution` with a center crop, the size/aspect/area
-limits and incremental mode (a killed run resumes: finished shards are skipped). Its free-text
-errors become short status classes (`http_404`, `timeout`, `undecodable`, ...) with the original
-message kept in `error`.
+limits and incremental mode (a killed run resumes: finished shards are skipped). Around it:
+
+URLs are sent as a browser sends them (`browser_url`): spaces, quotes and non-ASCII characters in path
+and query percent-encoded as UTF-8 (existing %XX kept), an IDNA host, no fragment. The pair table keeps
+the list's own text in `url`.
+
+Its two catch-alls (`failed_to_download`, `failed_to_resize`) and free-text messages become the status
+classes of DOWNLOAD_STATUSES (`http_404`, `timeout`, `empty_body`, ...), the message kept in `error`.
+
+Retries: img2dataset's own `retries` option re-requests a failed URL at once, whatever the failure (a 404
+too), with no pause; it is left at 0. Instead, after the whole list, the rows whose latest status is
+transient (TRANSIENT: timeout, connection reset, truncated body, HTTP 408/425/429/5xx) are downloaded
+again by one more img2dataset run over just those rows (its `extend` mode: new shards beside the old), at
+most `data.download_retries` times, the k-th round after RETRY_BACKOFF * 2**(k-1) seconds. The last
+attempt's status counts. A host that failed is thus asked again only once the rest of the list is done.
+Politeness per domain: img2dataset has none (no per-host limit or queue; Retry-After is not read); at most
+processes x threads requests are in flight over all hosts together, so a list sorted by domain sends them
+all to one host: shuffle such lists (CC3M/CC12M/LAION ship shuffled).
+
+EXIF orientation: img2dataset decodes with OpenCV's IMREAD_UNCHANGED, which ignores the EXIF Orientation
+tag (a portrait phone photo is stored on its side). Its `exif` column (read with exifread from the
+original bytes) has the tag; `apply_exif_orientation` turns those samples upright in the shards (a flip
+or rotation of the square center crop is the crop of the turned photo), once: the sample's json records
+it. width/height in the table are the original size as shown (swapped for the rotated tags 5-8).
 """
 
 from __future__ import annotations
 
 import importlib
+import io
+import json
 import os
 import re
 import sys
+import tarfile
+import time
+import unicodedata
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,28 +49,109 @@ import pandas as pd
 
 from dalle_eval.config import DataConfig
 from dalle_eval.errors import DalleEvalError
+from pipelines.prefilter import FILTERS
 
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
-_CLASSES = [  # (regex on img2dataset's error message, status class), first match wins
-    (r"infinite loop", "redirect_loop"),
+
+# Every status of stage 3 (download); "http_<code>" stands for http_404, http_503, ... (any code).
+DOWNLOAD_STATUSES = (
+    "http_<code>", "timeout", "connection_reset", "truncated", "empty_body", "redirect_loop", "unreachable",
+    "tls_error", "bad_url", "opted_out", "download_error",
+    "undecodable", "too_small", "bad_aspect_ratio", "too_large", "resize_error",
+    "not_attempted",
+)
+POSTFILTER_STATUSES = ("near_duplicate", "eval_overlap", "clip_score_low", "unreadable_image")
+# Every status a web build's pairs.parquet can hold: the README's stage table lists exactly these.
+STATUSES = ("ok", *FILTERS, *DOWNLOAD_STATUSES, *POSTFILTER_STATUSES)
+TRANSIENT = ("timeout", "connection_reset", "truncated", "http_408", "http_425", "http_429", "http_500",
+             "http_502", "http_503", "http_504")
+RETRY_BACKOFF = 1.0  # seconds before the first retry round; doubled for each further round
+
+_DOWNLOAD_CLASSES = [  # (regex on img2dataset's failed_to_download message, status class), first match wins
+    (r"X-Robots-Tag", "opted_out"),
+    (r"infinite loop", "redirect_loop"),  # "HTTP Error 302: ... would lead to an infinite loop"
     (r"HTTP Error (\d{3})", "http_{0}"),
+    (r"IncompleteRead", "truncated"),  # fewer bytes than Content-Length, then the server hung up
     (r"timed out|timeout", "timeout"),
+    (r"Connection reset|Remote end closed connection|Connection aborted|Broken pipe", "connection_reset"),
+    (r"SSL|certificate", "tls_error"),
+    (r"unknown url type|no host given|Invalid URL|InvalidURL|can't contain control characters|codec can't encode",
+     "bad_url"),
+    ((r"Name or service not known|nodename nor servname|getaddrinfo|name resolution|Connection refused|unreachable"
+      r"|No route to host|No such file|Is a directory|Permission denied"), "unreachable"),
+]
+_RESIZE_CLASSES = [  # (regex on img2dataset's failed_to_resize message, status class)
+    (r"!buf\.empty\(\)", "empty_body"),  # OpenCV's assertion on a zero-byte body
     (r"image too small", "too_small"),
     (r"aspect ratio too large", "bad_aspect_ratio"),
-    (r"image area too large", "too_large"),
+    (r"image area too large|CV_IO_MAX_IMAGE_PIXELS", "too_large"),
     (r"decoding error|cannot identify|truncated", "undecodable"),
-    (r"X-Robots-Tag", "opted_out"),
-    (r"Name or service not known|nodename nor servname|getaddrinfo|Connection refused|unreachable", "unreachable"),
-    (r"unknown url type|no host given|Invalid URL", "bad_url"),
 ]
 
 
-def error_class(message: str | None, fallback: str) -> str:
-    for pattern, name in _CLASSES:
+def is_documented_status(status: str) -> bool:
+    return status in STATUSES or re.fullmatch(r"http_\d{3}", status) is not None
+
+
+def error_class(message: str | None, i2d_status: str) -> str:
+    """img2dataset's (error message, status) of a failed sample -> one of DOWNLOAD_STATUSES."""
+    table, fallback = {"failed_to_resize": (_RESIZE_CLASSES, "resize_error")}.get(
+        i2d_status, (_DOWNLOAD_CLASSES, "download_error"))
+    for pattern, name in table:
         m = re.search(pattern, message or "", re.IGNORECASE)
         if m:
             return name.format(*m.groups())
     return fallback
+
+
+# --------------------------------------------------------------------------- URLs as browsers send them
+
+_C0_SPACE = "".join(map(chr, range(0x21)))
+_PATH_ENCODE = set(_C0_SPACE + '"#<>?`{}\x7f')  # WHATWG's path percent-encode set
+_QUERY_ENCODE = set(_C0_SPACE + "\"#<>'\x7f")  # its special-query percent-encode set
+_USERINFO_ENCODE = set(_C0_SPACE + '"#<>?`{}/:;=@[\\]^|\x7f')
+
+
+def _percent_encode(text: str, encode: set[str]) -> str:
+    """Characters in `encode` and non-ASCII ones as UTF-8 %XX; everything else, % included, as is."""
+    return "".join(
+        "".join(f"%{b:02X}" for b in c.encode("utf-8", "replace")) if c in encode or ord(c) > 0x7E else c
+        for c in text
+    )
+
+
+def _host(host: str) -> str:
+    """A non-ASCII host name in IDNA (punycode), as browsers send it; an unencodable one unchanged."""
+    if host.isascii():
+        return host
+    try:
+        return unicodedata.normalize("NFC", host).encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
+def _netloc(netloc: str) -> str:
+    userinfo, at, hostport = netloc.rpartition("@")
+    host, colon, port = (hostport, "", "") if hostport.startswith("[") else hostport.partition(":")  # [IPv6]
+    return (_percent_encode(userinfo, _USERINFO_ENCODE) + at if at else "") + _host(host) + colon + port
+
+
+def browser_url(url: str) -> str:
+    """The URL a browser requests for `url` as written in a list (WHATWG URL serialisation, simplified):
+    leading/trailing spaces and controls trimmed, tabs and newlines dropped, the fragment left off,
+    path and query percent-encoded (UTF-8; an existing %XX is kept, so encoding twice changes nothing),
+    a non-ASCII host in IDNA. A URL Python cannot split is returned trimmed, for img2dataset to reject."""
+    text = re.sub("[\t\n\r]", "", url.strip(_C0_SPACE))
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return text
+    path = parts.path.replace("\\", "/") if parts.scheme.lower() in ("http", "https") else parts.path
+    return urllib.parse.urlunsplit((parts.scheme, _netloc(parts.netloc), _percent_encode(path, _PATH_ENCODE),
+                                    _percent_encode(parts.query, _QUERY_ENCODE), ""))
+
+
+# --------------------------------------------------------------------------- download
 
 
 def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
@@ -51,15 +159,24 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
     if cfg.download_distributor not in DISTRIBUTORS:
         raise DalleEvalError(f"data.download_distributor must be one of {', '.join(DISTRIBUTORS)}, "
                              f"got {cfg.download_distributor!r}")
+    if cfg.download_retries < 0:
+        raise DalleEvalError(f"data.download_retries must be >= 0 (rounds of retries), got {cfg.download_retries}")
+    if pairs.empty:  # nothing to download (the pre-filter rejected every row): img2dataset is not started
+        return _fold_status(pairs, _read_stats(out, [])), []
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download  # heavy import (albumentations, cv2): only when downloading
 
     out.mkdir(parents=True, exist_ok=True)
     url_list = out / "_url_list.parquet"
-    pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"}).to_parquet(url_list, index=False)
+    urls = pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"})
+    urls["url"] = [browser_url(u) for u in urls["url"]]
+    urls.to_parquet(url_list, index=False)
     with _cluster(cfg.download_distributor):
-        _download(download, url_list, out, cfg)
-    return _fold_status(pairs, out)
+        _download(download, url_list, out, cfg, "incremental")  # a killed run resumes: finished shards skipped
+        _retry_transient(download, out, cfg)
+    apply_exif_orientation(out)
+    shards = _finished_shards(out)
+    return _fold_status(pairs, _read_stats(out, shards)), [out / f"{s}.tar" for s in shards]
 
 
 @contextmanager
@@ -95,7 +212,9 @@ def _cluster(distributor: str) -> Iterator[None]:
             session.stop()
 
 
-def _download(download, url_list: Path, out: Path, cfg: DataConfig) -> None:
+def _download(download, url_list: Path, out: Path, cfg: DataConfig, mode: str) -> None:
+    """One img2dataset run over `url_list` into `out`: mode "incremental" (skip finished shards) or
+    "extend" (new shards after the existing ones: a retry round)."""
     download(
         url_list=str(url_list),
         input_format="parquet",
@@ -110,27 +229,175 @@ def _download(download, url_list: Path, out: Path, cfg: DataConfig) -> None:
         thread_count=cfg.download_threads,
         distributor=cfg.download_distributor,
         timeout=cfg.download_timeout,
-        retries=cfg.download_retries,
+        retries=0,  # its retries are immediate and for any error: ours are rounds over transient ones
+        extract_exif=True,  # the Orientation tag, applied by apply_exif_orientation
         min_image_size=cfg.min_image_size,
         max_aspect_ratio=cfg.max_aspect_ratio,
         max_image_area=cfg.max_image_area,
         number_sample_per_shard=cfg.shard_size,
-        incremental_mode="incremental",  # a killed run resumes: finished shards are skipped
+        incremental_mode=mode,
         enable_wandb=False,
     )
 
 
-def _fold_status(pairs: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """img2dataset's per-shard parquet (status, error) joined back onto the pair table by pair key."""
-    stats = [pd.read_parquet(p) for p in sorted(out.glob("[0-9]*.parquet"))]
-    got = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame(columns=["pair_key", "status"])
-    got = got.drop(columns=[c for c in ("width", "height") if c in got.columns])  # the resized size: known
-    got = got.rename(columns={"error_message": "error", "original_width": "width", "original_height": "height"})
-    got = got.drop_duplicates("pair_key", keep="last")  # a shard retried by incremental mode
-    got = got.rename(columns={"key": "i2d_key"})  # img2dataset's own sample key (its shards use it)
-    keep = [c for c in ("pair_key", "i2d_key", "status", "error", "width", "height") if c in got.columns]
-    table = pairs[["key"]].merge(got[keep].rename(columns={"pair_key": "key"}), on="key", how="left")
-    failed = table["status"].notna() & (table["status"] != "success")
-    table.loc[failed, "status"] = [error_class(e, s) for e, s in zip(table.loc[failed, "error"], table.loc[failed, "status"])]
+def _retry_transient(download, out: Path, cfg: DataConfig) -> None:
+    """Rounds of img2dataset over the rows whose latest status is transient, each after a backoff, until
+    none is left or each has had 1 + data.download_retries attempts (counted from the shards, so a resumed
+    run does not start the count again)."""
+    for _ in range(cfg.download_retries):
+        latest = _latest(_read_stats(out, _finished_shards(out)))
+        todo = latest[latest["class"].isin(TRANSIENT) & (latest["attempts"] <= cfg.download_retries)]
+        if todo.empty:
+            return
+        wait = RETRY_BACKOFF * 2 ** (int(todo["attempts"].min()) - 1)
+        reasons = ", ".join(f"{k} {v}" for k, v in todo["class"].value_counts().items())
+        print(f"download: {len(todo)} transient failure(s) ({reasons}); retrying in {wait:.0f} s")
+        time.sleep(wait)
+        retry_list = out / "_retry_list.parquet"
+        todo[["pair_key", "url", "caption"]].to_parquet(retry_list, index=False)
+        _download(download, retry_list, out, cfg, "extend")
+
+
+def _finished_shards(out: Path) -> list[str]:
+    """Shards img2dataset finished (it writes {id}_stats.json last), in id order: retry rounds come later.
+    A shard killed mid-write has no stats file; its partial tar and parquet are ignored."""
+    ids = [p.name.split("_")[0] for p in out.glob("[0-9]*_stats.json")]
+    return sorted((i for i in ids if (out / f"{i}.parquet").exists() and (out / f"{i}.tar").exists()), key=int)
+
+
+def _read_stats(out: Path, shards: list[str]) -> pd.DataFrame:
+    """img2dataset's per-sample rows (pair_key, key, status, error_message, ...) of `shards`, in order."""
+    frames = [pd.read_parquet(out / f"{s}.parquet") for s in shards]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["pair_key", "url", "caption", "key", "status", "error_message", "original_width",
+                 "original_height", "exif"])
+
+
+def _latest(stats: pd.DataFrame) -> pd.DataFrame:
+    """The last attempt per pair key, with `attempts` (how many rows it has) and its status `class`."""
+    attempts = stats.groupby("pair_key").size()
+    latest = stats.drop_duplicates("pair_key", keep="last").copy()
+    latest["attempts"] = latest["pair_key"].map(attempts)
+    latest["class"] = [s if s == "success" else error_class(e, s)
+                       for e, s in zip(latest["error_message"], latest["status"])]
+    return latest
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+# exifread's names of the Orientation values (its tags/exif.py) -> the PIL transpose that shows the
+# stored pixels upright (what PIL's ImageOps.exif_transpose does for the tag)
+_ORIENTATION = {
+    "Mirrored horizontal": 2,
+    "Rotated 180": 3,
+    "Mirrored vertical": 4,
+    "Mirrored horizontal then rotated 90 CCW": 5,
+    "Rotated 90 CW": 6,
+    "Mirrored horizontal then rotated 90 CW": 7,
+    "Rotated 90 CCW": 8,
+}
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+            7: "TRANSVERSE", 8: "ROTATE_90"}
+APPLIED = "exif_orientation_applied"  # key in a sample's json once its pixels were turned
+
+
+def exif_orientation(exif: str | None) -> int:
+    """img2dataset's `exif` column (JSON of exifread's tags) -> the Orientation tag, 1 if none/unknown."""
+    try:
+        tags = json.loads(exif) if exif else {}
+    except (TypeError, ValueError):
+        return 1
+    return _ORIENTATION.get(str(tags.get("Image Orientation", "")).strip(), 1) if isinstance(tags, dict) else 1
+
+
+def apply_exif_orientation(out: Path) -> int:
+    """Turn upright every finished shard's samples whose EXIF Orientation is 2-8 -> how many were turned.
+    A shard is rewritten atomically; a sample whose json records APPLIED is left alone (a resumed run)."""
+    turned = 0
+    for shard in _finished_shards(out):
+        stats = pd.read_parquet(out / f"{shard}.parquet", columns=["key", "status", "exif"])
+        todo = {k: exif_orientation(e) for k, s, e in stats.itertuples(index=False) if s == "success"}
+        todo = {k: tag for k, tag in todo.items() if tag != 1}
+        if todo:
+            turned += _turn_shard(out / f"{shard}.tar", todo)
+    return turned
+
+
+def _turn_shard(tar_path: Path, orientation: dict[str, int]) -> int:
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    files: dict[str, dict[str, bytes]] = {}
+    for m, data in members:
+        stem, _, ext = m.name.partition(".")
+        files.setdefault(stem, {})[ext] = data
+    turned = {}
+    for key, tag in orientation.items():
+        sample = files.get(key, {})
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        image_ext = next((e for e in ("jpg", "png", "webp") if e in sample), None)
+        if image_ext is None or meta.get(APPLIED):
+            continue
+        turned[f"{key}.{image_ext}"] = _turn_image(sample[image_ext], tag, image_ext)
+        turned[f"{key}.json"] = json.dumps(_turned_meta(meta, tag), indent=4).encode()
+    if turned:
+        tmp = tar_path.with_name(tar_path.name + ".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            for m, data in members:
+                data = turned.get(m.name, data)
+                if data is not None:
+                    m.size = len(data)
+                tar.addfile(m, io.BytesIO(data) if data is not None else None)
+        os.replace(tmp, tar_path)
+    return len(turned) // 2
+
+
+def _turn_image(data: bytes, tag: int, ext: str) -> bytes:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    upright = image.transpose(getattr(Image.Transpose, _UPRIGHT[tag]))
+    buf = io.BytesIO()
+    fmt = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext]
+    upright.save(buf, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))  # img2dataset's encode_quality
+    return buf.getvalue()
+
+
+def _turned_meta(meta: dict, tag: int) -> dict:
+    if tag >= 5:  # a quarter turn: the shown width is the stored height
+        for w, h in (("width", "height"), ("original_width", "original_height")):
+            meta[w], meta[h] = meta.get(h), meta.get(w)
+    return {**meta, APPLIED: tag}
+
+
+# --------------------------------------------------------------------------- the pair table
+
+
+def _fold_status(pairs: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """img2dataset's per-sample rows (the last attempt of each) joined back onto the pair table by pair key:
+    DataFrame[key, i2d_key, status, error, width, height] (width/height: the original size as shown)."""
+    got = _latest(stats) if len(stats) else pd.DataFrame(columns=[*stats.columns, "class", "attempts"])
+    exif = got["exif"] if "exif" in got else pd.Series(None, index=got.index, dtype=object)
+    quarter = pd.Series([exif_orientation(e) >= 5 for e in exif], index=got.index, dtype=bool)
+    w, h = got["original_width"], got["original_height"]
+    got = pd.DataFrame({"key": got["pair_key"], "i2d_key": got["key"], "status": got["class"],
+                        "error": got["error_message"], "width": w.where(~quarter, h), "height": h.where(~quarter, w)})
+    table = pairs[["key"]].merge(got, on="key", how="left")
     table["status"] = table["status"].replace({"success": "ok"}).fillna("not_attempted")
-    return table, sorted(out.glob("[0-9]*.tar"))
+    return table
+
+
+def check_rows_left(manifest: dict, out: Path) -> None:
+    """An image stage that kept no row is an error (after the table is written): which stage emptied the
+    set, why (the commonest statuses), and where every row's status is."""
+    if manifest.get("n_samples", 0) > 0:
+        return
+    counts = {k: int(v) for k, v in manifest.get("status_counts", {}).items()}
+    if manifest.get("prefilter", {}).get("ok", 0) == 0 and "prefilter" in manifest:
+        stage = "the pre-filter"
+    elif any(s in POSTFILTER_STATUSES for s in counts):
+        stage = "the post-filter"
+    else:
+        stage = "the download"
+    reasons = ", ".join(f"{s} {n:,}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
+    raise DalleEvalError(f"0 rows left after {stage} (of {sum(counts.values()):,} rows: {reasons}); "
+                         f"every row's status is in {out / 'pairs.parquet'}")

@@ -17,7 +17,8 @@ that a duplicate's first *surviving* copy is the one kept):
 Measured per row: characters and words of the caption after HTML unescaping and whitespace collapsing;
 `caption_norm` = that, lowercased, every run of characters other than letters, digits and combining
 marks turned into one space ("Tom &amp; Jerry!" -> "tom jerry"); words = the tokens of caption_norm.
-A `filter.skip` name turns that filter off.
+A `filter.skip` name turns that filter off; the post-filters `near_duplicate` and `eval_overlap`
+(pipelines/web.py) are turned off the same way (SKIPPABLE).
 
 Language ID: py3langid 0.4, a numpy-only rewrite of langid.py whose 140-label naive-Bayes byte
 n-gram model ships inside its wheel: nothing to download, no C extension, deterministic. Measured
@@ -63,6 +64,8 @@ FILTERS = (
     "duplicate_url",
     "duplicate_caption",
 )
+POSTFILTERS = ("near_duplicate", "eval_overlap")  # after the download (pipelines/web.py), also in filter.skip
+SKIPPABLE = FILTERS + POSTFILTERS
 ADDED = ("status", "caption_norm", "lang", "lang_prob")  # the columns prefilter() adds
 
 # RE2 classes: Unicode whitespace and separators (nbsp, ideographic space), and what is not a word.
@@ -172,10 +175,10 @@ def _connect(cfg: FilterConfig) -> duckdb.DuckDBPyConnection:
 
 
 def _check_config(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
-    unknown = sorted(set(cfg.skip) - set(FILTERS))
+    unknown = sorted(set(cfg.skip) - set(SKIPPABLE))
     if unknown:
         raise DalleEvalError(
-            f"filter.skip: unknown filter(s) {', '.join(unknown)}; known: {', '.join(FILTERS)}"
+            f"filter.skip: unknown filter(s) {', '.join(unknown)}; known: {', '.join(SKIPPABLE)}"
         )
     for pattern in cfg.boilerplate:
         try:

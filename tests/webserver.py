@@ -1,6 +1,10 @@
 """A real HTTP server on 127.0.0.1 serving the web's bad inputs, for download tests.
 
-Every path maps to a (status, headers, body, delay) answer built once from images rendered here.
+Every path maps to a list of answers built once from images rendered here: the first request gets the
+first answer, the next the second, ..., the last one repeats (a server that fails once, then serves).
+Paths are matched after percent-decoding (path and query), as a web server maps them to files: a
+client must send `/with%20space/a%20b.jpg` for the route `/with space/a b.jpg`; a raw space or
+non-ASCII byte in the request line does not reach it.
 """
 
 from __future__ import annotations
@@ -8,12 +12,40 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import socket
+import struct
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+    delay: float = 0.0
+    length: int | None = None  # the Content-Length sent (default len(body)); larger: the server hangs up early
+    reset: bool = False  # no answer at all: the connection is reset (TCP RST)
+
+
+# EXIF orientation tag -> the PIL transpose that turns an upright picture into the stored pixels
+# (the inverse of what a viewer applies when showing it)
+EXIF_STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -51,7 +83,28 @@ def _png_bomb(side: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-def routes(slow_seconds: float) -> dict[str, tuple[int, dict, bytes, float]]:
+def upright_photo(w: int = 96, h: int = 128) -> Image.Image:
+    """A portrait picture that no flip or rotation maps onto itself (a dark corner top left, a bar on
+    the right, a horizontal gradient)."""
+    img = Image.new("RGB", (w, h))
+    img.putdata([(int(255 * x / w), 128, 60) for y in range(h) for x in range(w)])
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((w // 6, h // 6, w // 2, h // 2 - 8), fill=(0, 0, 0))
+    draw.rectangle((w - w // 5, h // 3, w - 4, h - h // 3), fill=(255, 255, 255))
+    return img
+
+
+def exif_photo(orientation: int) -> bytes:
+    """upright_photo() stored as a camera would: pixels transposed, EXIF Orientation = `orientation`."""
+    stored = upright_photo()
+    if EXIF_STORED[orientation] is not None:
+        stored = stored.transpose(EXIF_STORED[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def web_routes(slow_seconds: float) -> dict[str, tuple[int, dict, bytes, float]]:
     jpg = _encode(_picture(seed=1), "JPEG", quality=90)
     gif = io.BytesIO()
     frames = [_picture(seed=i).convert("P") for i in range(3)]
@@ -78,27 +131,75 @@ def routes(slow_seconds: float) -> dict[str, tuple[int, dict, bytes, float]]:
     return table
 
 
+def routes(slow_seconds: float) -> dict[str, list[Answer]]:
+    """web_routes() plus broken connections, flaky servers, paths that need percent-encoding and
+    EXIF-rotated photos (each good image a different picture, so none is a near-duplicate of another)."""
+    table = {path: [Answer(*answer)] for path, answer in web_routes(slow_seconds).items()}
+    img = {"Content-Type": "image/jpeg"}
+
+    def pic(seed: int) -> bytes:
+        return _encode(_picture(seed=seed), "JPEG", quality=90)
+
+    ok = [Answer(200, img, pic(seed)) for seed in range(20, 30)]
+    table.update({
+        "/empty.jpg": [Answer(200, img, b"")],
+        "/short.jpg": [Answer(200, img, pic(11)[:3000], length=len(pic(11)))],
+        "/reset.jpg": [Answer(reset=True)],
+        "/always/503.jpg": [Answer(503, {"Retry-After": "1"}, b"busy")],
+        "/flaky/503.jpg": [Answer(503, {"Retry-After": "1"}, b"busy"), ok[0]],
+        "/flaky/429.jpg": [Answer(429, {"Retry-After": "1"}, b"slow down"), ok[1]],
+        "/flaky/reset.jpg": [Answer(reset=True), ok[2]],
+        "/flaky/timeout.jpg": [Answer(200, img, pic(12), delay=slow_seconds), ok[3]],
+        "/with space/a b.jpg": [ok[4]],
+        "/ünïcödé/café.jpg": [ok[5]],
+        "/search.jpg?q=red car&lang=ü": [ok[6]],
+        "/pct ok.jpg": [ok[7]],  # listed already encoded (/pct%20ok.jpg): must not be encoded twice
+        "/tiny.png": [Answer(200, {"Content-Type": "image/png"}, _encode(_picture(62, 62, seed=13), "PNG"))],
+        "/wide.png": [Answer(200, {"Content-Type": "image/png"}, _encode(_picture(300, 100, seed=14), "PNG"))],
+        "/noai.jpg": [Answer(200, {**img, "X-Robots-Tag": "noai"}, pic(15))],
+    })
+    for tag in EXIF_STORED:
+        table[f"/exif/{tag}.jpg"] = [Answer(200, img, exif_photo(tag))]
+    return table
+
+
 @contextlib.contextmanager
 def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[str]:
     """Yield the base URL of a threaded server answering `routes()` plus /pic/{i}.png for i < n_pictures
-    (distinct images, each answered after `delay` seconds); stopped on exit."""
+    (distinct images, each answered after `delay` seconds); stopped on exit. Answer lists advance per
+    server: a flaky route fails once for each new server."""
     table = routes(slow_seconds)
     for i in range(n_pictures):
         body = _encode(_picture(96, 96, seed=100 + i), "PNG")
-        table[f"/pic/{i}.png"] = (200, {"Content-Type": "image/png"}, body, delay)
+        table[f"/pic/{i}.png"] = [Answer(200, {"Content-Type": "image/png"}, body, delay)]
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def answer(path: str) -> Answer:
+        answers = table.get(urllib.parse.unquote(path), [Answer(404, {}, b"no route")])
+        with lock:
+            n = seen[path] = seen.get(path, -1) + 1
+        return answers[min(n, len(answers) - 1)]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            status, headers, body, delay = table.get(self.path, (404, {}, b"no route", 0.0))
-            if delay:
-                time.sleep(delay)
-            self.send_response(status)
-            for k, v in headers.items():
+            a = answer(self.path)
+            if a.delay:
+                time.sleep(a.delay)
+            if a.reset:  # linger 0: closing sends RST instead of FIN
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.rfile.close()  # its reference would keep the socket open until after a FIN
+                self.connection.close()
+                return
+            self.send_response(a.status)
+            for k, v in a.headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(a.body) if a.length is None else a.length))
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(body)
+                self.wfile.write(a.body)
+            self.close_connection = True
 
         def log_message(self, *args):
             pass

@@ -1,0 +1,197 @@
+"""Download statuses (issue 13): every status the pair table can hold is documented in the README, URLs are
+sent the way a browser sends them, transient failures are retried, EXIF orientation is applied, and a list
+the pre-filter empties still writes its table.
+
+One img2dataset run (module fixture) against tests/webserver.py serves the whole battery; the other tests
+need no download."""
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dalle_eval.cli import main
+from dalle_eval.shards import iter_raw_samples, iter_shards
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+BATTERY = {  # path on the test server -> the status its row must end with
+    "/good.jpg": "ok",
+    "/missing.jpg": "http_404",
+    "/error.jpg": "http_500",
+    "/always/503.jpg": "http_503",
+    "/slow.jpg": "timeout",
+    "/truncated.jpg": "undecodable",
+    "/page.jpg": "undecodable",
+    "/bomb.png": "too_large",
+    "/loop.jpg": "redirect_loop",
+    "/tiny.png": "too_small",
+    "/wide.png": "bad_aspect_ratio",
+    "/noai.jpg": "opted_out",
+    "/empty.jpg": "empty_body",  # 200 with a zero-byte body
+    "/short.jpg": "truncated",  # fewer bytes than its Content-Length, then the server hangs up
+    "/reset.jpg": "connection_reset",
+    "/flaky/503.jpg": "ok",  # 503 once, then the image: retried
+    "/flaky/429.jpg": "ok",
+    "/flaky/reset.jpg": "ok",
+    "/flaky/timeout.jpg": "ok",
+    "/with space/a b.jpg": "ok",  # listed as written by people: sent percent-encoded
+    "/ünïcödé/café.jpg": "ok",
+    "/search.jpg?q=red car&lang=ü": "ok",
+    "/pct%20ok.jpg": "ok",  # already encoded: not encoded twice
+    **{f"/exif/{tag}.jpg": "ok" for tag in range(1, 9)},
+}
+ELSEWHERE = {  # full URLs -> status
+    "http://127.0.0.1:1/refused.jpg": "unreachable",
+    "http:///no-host.jpg": "bad_url",
+}
+
+
+@pytest.fixture(scope="module")
+def battery(tmp_path_factory, fast_cfg):
+    """(pair table indexed by url, the build's output folder) of one build over the whole battery."""
+    from pipelines.build import build_dataset
+    from tests.webserver import serve
+
+    tmp = tmp_path_factory.mktemp("battery")
+    data = dataclasses.replace(fast_cfg.data, download_timeout=2, download_retries=1)
+    # the eight EXIF photos are one picture: keep them all to look at each
+    cfg = dataclasses.replace(fast_cfg, data=data, filter=dataclasses.replace(fast_cfg.filter, skip=("near_duplicate",)))
+    with serve(slow_seconds=4) as base:
+        want = {base + path: status for path, status in BATTERY.items()} | ELSEWHERE
+        rows = [(url, f"a picture for case number {i}") for i, url in enumerate(want)]
+        pd.DataFrame(rows, columns=["url", "caption"]).to_parquet(tmp / "list.parquet")
+        build_dataset(cfg, str(tmp / "list.parquet"), tmp / "out")
+    table = pd.read_parquet(tmp / "out" / "pairs.parquet").set_index("url")
+    return table, want, tmp / "out"
+
+
+def test_every_row_ends_with_its_documented_status(battery):
+    from pipelines.download import is_documented_status
+
+    table, want, _ = battery
+    assert table["status"].to_dict() == want  # url: the list's own text, not the encoded one
+    undocumented = sorted(s for s in set(table["status"]) if not is_documented_status(s))
+    assert not undocumented, f"statuses the README does not list: {undocumented}"
+
+
+def test_failures_keep_their_message(battery):
+    table, _, _ = battery
+    failed = table[table["status"] != "ok"]
+    assert failed["error"].notna().all() and (failed["error"].str.len() > 0).all()
+    by_status = failed.set_index("status")["error"]
+    assert "buf.empty()" in by_status["empty_body"]  # OpenCV's own words stay in `error`
+    assert "IncompleteRead" in by_status["truncated"]
+    assert "reset" in by_status["connection_reset"].lower()
+    assert by_status["http_503"] == "HTTP Error 503: Service Unavailable"
+    assert table.loc[table["status"] == "ok", "error"].isna().all()  # a retried success keeps no old error
+
+
+def test_exif_orientation_is_applied_and_the_shown_size_recorded(battery):
+    """All 8 EXIF orientations: the stored square is the upright photo's center crop, not a rotated or
+    mirrored one; width/height are the size as shown (portrait 96x128)."""
+    from tests.webserver import EXIF_STORED, upright_photo
+
+    table, _, out = battery
+    exif = table[table.index.str.contains("/exif/")]
+    assert (exif["status"] == "ok").all()
+    assert (exif["width"] == 96).all() and (exif["height"] == 128).all()
+    # what img2dataset makes of the upright photo: shorter side to 64 (96x128 -> 64x85), center crop
+    reference = upright_photo().resize((64, 85), Image.Resampling.BOX).crop((0, 10, 64, 74))
+    candidates = {t: np.asarray(reference if t is None else reference.transpose(t), np.float32)
+                  for t in EXIF_STORED.values()}
+    samples = {s["txt"]: s["image"] for s in iter_shards(sorted((out / "images").glob("*.tar")))}
+    for url, row in exif.iterrows():
+        got = np.asarray(samples[row["caption"]], np.float32)
+        diffs = {t: float(np.abs(got - c).mean()) for t, c in candidates.items()}
+        assert min(diffs, key=diffs.get) is None and diffs[None] < 8, (url, diffs)
+
+
+def test_exif_pass_leaves_upright_shards_alone_on_a_rerun(battery):
+    """A resumed download runs the orientation pass again: shards already turned stay byte for byte."""
+    from pipelines.download import APPLIED, apply_exif_orientation
+
+    _, _, out = battery
+    folder = out / "download" / "img2dataset"
+    before = {p.name: p.read_bytes() for p in folder.glob("*.tar")}
+    assert apply_exif_orientation(folder) == 0
+    assert {p.name: p.read_bytes() for p in folder.glob("*.tar")} == before
+    metas = [json.loads(files["json"]) for p in folder.glob("*.tar") for _, files in iter_raw_samples(p)]
+    assert sorted(m[APPLIED] for m in metas if APPLIED in m) == [2, 3, 4, 5, 6, 7, 8]  # tag 1: nothing to do
+
+
+def readme_statuses(text: str) -> set[str]:
+    """The status names in the README's build-dataset stage table (its third column), plus `ok`."""
+    section = text.split("## Building web data", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"\|\s*\d\.", line)]
+    names = {name for row in rows for name in re.findall(r"`([a-z0-9_<>]+)`", row.split("|")[3])}
+    return names | {"ok"}
+
+
+def test_readme_table_lists_exactly_the_statuses_in_code():
+    from pipelines.download import STATUSES
+
+    assert readme_statuses(README.read_text(encoding="utf-8")) == set(STATUSES)
+
+
+@pytest.mark.parametrize(
+    "url, sent",
+    [
+        ("http://h/a b.jpg", "http://h/a%20b.jpg"),
+        ("http://h/ünï/café.jpg", "http://h/%C3%BCn%C3%AF/caf%C3%A9.jpg"),
+        ("http://h/s.jpg?q=red car&l=ü", "http://h/s.jpg?q=red%20car&l=%C3%BC"),
+        ("http://h/a%20b.jpg?x=%C3%BC", "http://h/a%20b.jpg?x=%C3%BC"),  # never encoded twice
+        ("http://h/100% real.jpg", "http://h/100%%20real.jpg"),  # a lone % stays, as in browsers
+        ('http://h/q"<>`{}.jpg?a="b\'', "http://h/q%22%3C%3E%60%7B%7D.jpg?a=%22b%27"),
+        ("  http://h/x.jpg#frag \n", "http://h/x.jpg"),  # trimmed; the fragment is never sent
+        ("http://h/a\tb\nc.jpg", "http://h/abc.jpg"),  # tabs and newlines inside are dropped
+        ("http://bücher.example/x.jpg", "http://xn--bcher-kva.example/x.jpg"),  # IDNA host
+        ("http://h:8080/a+b,c;d=e.jpg", "http://h:8080/a+b,c;d=e.jpg"),  # reserved characters stay
+        ("file:///tmp/a%20b.jpg", "file:///tmp/a%20b.jpg"),  # what Path.as_uri() writes
+    ],
+)
+def test_urls_are_percent_encoded_as_browsers_send_them(url, sent):
+    from pipelines.download import browser_url
+
+    assert browser_url(url) == sent
+
+
+@pytest.mark.parametrize(
+    "status, message, name",
+    [
+        ("failed_to_download", "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>",
+         "tls_error"),
+        ("failed_to_download", "<urlopen error [Errno -2] Name or service not known>", "unreachable"),
+        ("failed_to_download", "<urlopen error [Errno 110] Connection timed out>", "timeout"),
+        ("failed_to_download", "HTTP Error 999: Request denied", "http_999"),
+        ("failed_to_download", "something nobody has seen", "download_error"),
+        ("failed_to_resize", "Image decoding error", "undecodable"),
+        ("failed_to_resize", "something nobody has seen", "resize_error"),
+        ("failed_to_resize", "OpenCV(4.9) error: (-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS", "too_large"),
+    ],
+)
+def test_messages_nobody_serves_here_map_to_documented_classes(status, message, name):
+    from pipelines.download import error_class, is_documented_status
+
+    assert error_class(message, status) == name and is_documented_status(name)
+
+
+def test_prefilter_rejecting_every_row_writes_the_table_and_says_so(tmp_path):
+    src = tmp_path / "pairs.csv"
+    pd.DataFrame({"url": ["http://127.0.0.1:9/a.jpg", "ftp://x/b.jpg", "http://127.0.0.1:9/c.jpg"],
+                  "caption": ["   ", "a red car on a road", "ab"]}).to_csv(src, index=False)
+    out = tmp_path / "out"
+    for _ in range(2):  # a re-run says the same, it does not report an empty success
+        result = CliRunner().invoke(main, ["build-dataset", "--source", str(src), "--out", str(out)])
+        assert result.exit_code == 1, result.output
+        last = result.stderr.strip().splitlines()[-1]  # after "images: already built" on stdout, on a re-run
+        assert last.startswith("Error: 0 rows left after the pre-filter") and "Traceback" not in result.output
+        assert "caption_empty 1" in last and "url_invalid 1" in last and str(out / "pairs.parquet") in last
+    table = pd.read_parquet(out / "pairs.parquet")
+    assert table["status"].tolist() == ["caption_empty", "url_invalid", "caption_too_short"]
