@@ -49,15 +49,31 @@ def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
                                  f"records {manifest[key][:12]}; the tokens were made with another {what} — rebuild them")
 
 
-def decode_tokens(sample: dict, text_len: int, dropout: BPEDropout | None = None, seed: int = 0):
+def check_ids(ids: np.ndarray, vocab: int, what: str) -> None:
+    """ValueError (a bad shard to the stream) unless every id is in [0, vocab): the embedding would IndexError."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{what} out of range: ids in [{int(ids.min())}, {int(ids.max())}], the manifest's vocab is {vocab}")
+
+
+def decode_tokens(sample: dict, text_len: int, dropout: BPEDropout | None = None, seed: int = 0,
+                  text_vocab: int | None = None, image_vocab: int | None = None, image_len: int | None = None):
     """A token-shard sample -> (text ids padded with -1 to text_len, flat image codes), int64.
 
     dropout: while training (the stream sets sample["__epoch__"]) the caption is re-tokenized with BPE
-    dropout seeded by (seed, key, epoch): a new segmentation each epoch, the same one after a resume."""
-    ids = sample["text.npy"]
+    dropout seeded by (seed, key, epoch): a new segmentation each epoch, the same one after a resume.
+    text_vocab / image_vocab / image_len (the manifest's): ids outside the vocabularies or a code grid of
+    another size raise ValueError, so the stream treats the shard as bad instead of the model failing on it."""
+    ids = np.asarray(sample["text.npy"])
+    codes = np.asarray(sample["codes.npy"]).reshape(-1)
     if dropout is not None and "__epoch__" in sample:
         ids = dropout.encode(sample["txt"], random.Random(mix_seed(seed, "bpe", sample["__key__"], sample["__epoch__"])))
-    return pad_batch([ids], text_len)[0], torch.from_numpy(sample["codes.npy"].astype(np.int64).reshape(-1))
+    if text_vocab is not None:
+        check_ids(ids, text_vocab, "text ids")
+    if image_vocab is not None:
+        check_ids(codes, image_vocab, "image codes")
+    if image_len is not None and codes.size != image_len:
+        raise ValueError(f"{codes.size} image codes, the manifest's grid has {image_len}")
+    return pad_batch([ids], text_len)[0], torch.from_numpy(codes.astype(np.int64))
 
 
 class TransformerTask:
@@ -67,7 +83,9 @@ class TransformerTask:
         self.model = DalleTransformer(cfg.transformer)
         t = cfg.transformer
         dropout = BPEDropout(folder / TOKENIZER, self.tc.bpe_dropout) if self.tc.bpe_dropout > 0 else None
-        self.decode = functools.partial(decode_tokens, text_len=t.text_len, dropout=dropout, seed=cfg.train.seed)
+        self.decode = functools.partial(decode_tokens, text_len=t.text_len, dropout=dropout, seed=cfg.train.seed,
+                                        text_vocab=manifest["text_vocab"], image_vocab=manifest["image_vocab"],
+                                        image_len=manifest["grid"] ** 2)
         self.fingerprints = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dvae_sha256": manifest["dvae_sha256"]}
         self.tokens_per_sample = t.text_len + t.image_len
         self.flops_per_sample = train_flops(t)["per_sample"]  # MFU's numerator: 6 N + the pairs the masks allow

@@ -43,8 +43,12 @@ def _perm(n: int, *seed_parts) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(*seed_parts))).tolist()
 
 
-class BadShard(Exception):
-    """A shard that cannot be read whole (truncated, corrupt, wrong sample count, undecodable)."""
+class BadShard(DalleEvalError):
+    """A shard that cannot be read whole (truncated, corrupt, wrong sample count, undecodable, ids out of range)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: unreadable shard ({reason})")
+        self.path, self.reason = Path(path), reason
 
 
 def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None, epoch: int | None = None) -> list[tuple]:
@@ -57,10 +61,39 @@ def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None
     try:
         samples = [decode(s if epoch is None else {**s, "__epoch__": epoch}) for s in dataset]
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
-        raise BadShard(f"{type(e).__name__}: {e}") from None
+        # webdataset re-raises as (message, stream, url): keep the message, the path is named anyway
+        detail = e.args[0] if len(e.args) > 1 and isinstance(e.args[0], str) else e
+        raise BadShard(path, f"{type(e).__name__}: {detail}") from None
     if expected is not None and len(samples) != expected:
-        raise BadShard(f"holds {len(samples)} samples, the manifest says {expected}")
+        raise BadShard(path, f"holds {len(samples)} samples, the manifest says {expected}")
     return samples
+
+
+def _bad_shard(e: BadShard, policy: str, what: str = "") -> None:
+    """--on-bad-shard: fail with one line naming the shard, or warn and let the caller skip it."""
+    if policy == "fail":
+        raise DalleEvalError(f"{e.path}: unreadable {what}shard ({e.reason}); "
+                             "--on-bad-shard skip would skip it and go on") from None
+    warnings.warn(f"skipping unreadable {what}shard {e.path}: {e.reason}", stacklevel=3)
+
+
+def read_held_out(folder: Path, names: list[str], decode: Callable[[dict], tuple], limit: int,
+                  on_bad_shard: str = "skip") -> tuple[list[tuple], list[str]]:
+    """Up to `limit` samples of the validation shards, in order, and the bad ones skipped; a bad shard is
+    skipped by name or fatal as --on-bad-shard says, as in training."""
+    if on_bad_shard not in BAD_SHARD_POLICIES:
+        raise DalleEvalError(f"--on-bad-shard must be skip or fail, got {on_bad_shard!r}")
+    samples: list[tuple] = []
+    bad: list[str] = []
+    for name in names:
+        if len(samples) >= limit:
+            break
+        try:
+            samples += read_shard(Path(folder) / name, decode, None)
+        except BadShard as e:
+            _bad_shard(e, on_bad_shard, "validation ")
+            bad.append(name)
+    return samples[:limit], bad
 
 
 class ShardStream:
@@ -92,10 +125,7 @@ class ShardStream:
             try:
                 samples.extend(read_shard(self.folder / name, self.decode, self.size.get(name), epoch))
             except BadShard as e:
-                if self.on_bad_shard == "fail":
-                    raise DalleEvalError(f"{self.folder / name}: unreadable shard ({e}); "
-                                         "--on-bad-shard skip would skip it and go on") from None
-                warnings.warn(f"skipping unreadable shard {self.folder / name}: {e}", stacklevel=2)
+                _bad_shard(e, self.on_bad_shard)
                 bad.append(name)
         return [samples[i] for i in _perm(len(samples), self.seed, "samples", v, epoch, w)], bad
 

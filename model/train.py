@@ -25,7 +25,7 @@ from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from model import distributed
 from model.checkpoint import latest_state, load_state, save_state
-from model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_shard
+from model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_held_out, read_shard
 
 STAGES = ("dvae", "transformer")
 
@@ -77,13 +77,9 @@ def split_shards(folder: Path, manifest: dict, n_val: int) -> tuple[list[str], l
     return shards[: len(shards) - n_val], shards[len(shards) - n_val :]
 
 
-def load_val(folder: Path, names: list[str], decode, limit: int) -> list[tuple]:
-    samples: list[tuple] = []
-    for name in names:
-        if len(samples) >= limit:
-            break
-        samples += read_shard(folder / name, decode, None)
-    return samples[:limit]
+def load_val(folder: Path, names: list[str], decode, limit: int, on_bad_shard: str = "skip") -> tuple[list[tuple], list[str]]:
+    """-> up to `limit` held-out samples and the bad validation shards skipped (--on-bad-shard, as in training)."""
+    return read_held_out(folder, names, decode, limit, on_bad_shard)
 
 
 def _first_sample(folder: Path, names: list[str], decode) -> tuple:
@@ -145,7 +141,7 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
     task = make_task(stage, cfg, folder, manifest, out, d.is_main)
     st = task.tc
     train_shards, val_shards = split_shards(folder, manifest, tc.val_shards)
-    val = load_val(folder, val_shards, task.decode, tc.val_samples)
+    val, bad_val = load_val(folder, val_shards, task.decode, tc.val_samples, tc.on_bad_shard)
     task.check_sample(val[0] if val else _first_sample(folder, train_shards, task.decode), folder)
 
     device = d.device
@@ -175,7 +171,7 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
                          tc.shuffle_shards, tc.seed, tc.on_bad_shard)
     positions = {int(v): tuple(p) for v, p in data_state.get("positions", {}).items()}
     loader = StreamLoader(stream, d.rank, d.world, micro * accum, tc.num_workers, positions)
-    loader.bad_shards.update(data_state.get("bad_shards", []))
+    loader.bad_shards.update(data_state.get("bad_shards", []) + bad_val)
     data_info = {"folder": str(folder), "train_shards": len(train_shards), "val_shards": len(val_shards),
                  "n_val": len(val), "n_streams": n_streams, "micro_batch": micro, "accumulation": accum,
                  "world_size": d.world, "parallel": tc.parallel if d.active else "none",
