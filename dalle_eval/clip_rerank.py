@@ -7,6 +7,7 @@ checkpoint path. Offline, a tag fails fast with a message saying to pass a local
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -14,25 +15,49 @@ from PIL import Image
 
 from dalle_eval.errors import DalleEvalError
 
+RANDOM_CLIP = "random CLIP: reranking and CLIP score not meaningful"
+
+
+def _no_weights(model: str) -> DalleEvalError:
+    return DalleEvalError(
+        f"no CLIP weights for {model}: give --clip-pretrained FILE|TAG (sample.clip_pretrained, filter.clip_pretrained); "
+        "a random-init CLIP makes reranking and CLIP scores meaningless (--random-clip allows one for offline smoke tests)"
+    )
+
+
+def _check_pretrained(pretrained: str) -> None:
+    """A local checkpoint path must be a file; anything else is an open_clip tag."""
+    p = Path(pretrained)
+    if p.is_dir():
+        raise DalleEvalError(f"--clip-pretrained {pretrained}: a folder, expected an open_clip checkpoint file or tag")
+    if not p.exists() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
+        raise DalleEvalError(f"--clip-pretrained {pretrained}: file not found")
+
 
 class ClipScorer:
-    def __init__(self, model: str, pretrained: str | None, device: str = "cpu"):
+    """open_clip image-text cosine. Without weights (`pretrained` empty) it refuses unless allow_random: then
+    `random` is True and every figure made with it must say so (RANDOM_CLIP)."""
+
+    def __init__(self, model: str, pretrained: str | None, device: str = "cpu", allow_random: bool = False):
         import open_clip
 
+        if not pretrained and not allow_random:
+            raise _no_weights(model)
+        self.random = not pretrained
         name = model
         if model.endswith(".json"):
-            if not Path(model).exists():
+            if not Path(model).is_file():
                 raise DalleEvalError(f"--clip-model {model}: model-config file not found")
             open_clip.add_model_config(model)
             name = Path(model).stem
-        if pretrained and not Path(pretrained).exists() and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
-            raise DalleEvalError(f"--clip-pretrained {pretrained}: file not found")
+        if pretrained:
+            _check_pretrained(pretrained)
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None, device=device)
             self.tokenizer = open_clip.get_tokenizer(name)
-        except RuntimeError as e:
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
             raise DalleEvalError(
-                f"could not load CLIP {model} ({pretrained or 'random init'}): {str(e).splitlines()[0]} — "
+                f"could not load CLIP {model} ({pretrained or 'random init'}): {str(e).splitlines()[0] if str(e) else type(e).__name__} — "
                 "offline, pass --clip-pretrained /path/to/open_clip_checkpoint"
             ) from None
         self.model.eval()
