@@ -32,22 +32,37 @@ from dalle_eval.fid_reference import (
     sweep_features,
     weights_id,
 )
-from dalle_eval.samples import SAMPLES
+from dalle_eval.outputs import on_rank0
+from dalle_eval.samples import SAMPLES, claim_samples
 
 NOT_RECORDED = "not recorded"  # a sampling setting the samples dir does not record (another generator's rows)
 
 
-def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, progress: bool) -> tuple[Path, bool]:
+def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, progress: bool,
+                     overwrite: bool = False) -> tuple[Path, bool]:
     """One image per caption (best of sample.rerank by CLIP when > 1) into OUT/samples; under torchrun each
-    rank draws prompts[rank::world] into its own row file, merged by rank 0. -> (samples dir, is rank 0)."""
-    from dalle_eval.generate import merge_rank_rows, run_sample
+    rank draws prompts[rank::world] into its own row file, merged by rank 0. -> (samples dir, is rank 0).
+    Rank 0 alone claims OUT/samples for this checkpoint, subset and sampling settings (hashing the weights once);
+    another run's folder stops every rank, or with `overwrite` is cleared by rank 0 before any rank samples."""
+    from dalle_eval.generate import merge_rank_rows, prompts_id, run_sample, sample_fingerprint
     from model import distributed
 
     d = distributed.setup(cfg.sample.device)
     folder = Path(out) / "samples"
+
+    def claim() -> bool:
+        fp = {**sample_fingerprint(ckpt, cfg.sample), "prompts": prompts_id(prompts)}
+        return claim_samples(folder, fp, overwrite, f"coco-fid --ckpt {ckpt}")
+
+    try:
+        on_rank0(d, claim)
+    except DalleEvalError:
+        distributed.teardown(d)  # every rank stops here together
+        raise
     sample_cfg = dataclasses.replace(cfg.sample, device=str(d.device))
     rows = SAMPLES if d.world == 1 else f"samples.rank{d.rank}.jsonl"
-    run_sample(ckpt, prompts[d.rank :: d.world], 1, folder, sample_cfg, progress and d.is_main, rows_file=rows)
+    run_sample(ckpt, prompts[d.rank :: d.world], 1, folder, sample_cfg, progress and d.is_main, rows_file=rows,
+               claim=False)
     distributed.barrier(d)
     if d.is_main:
         merge_rank_rows(folder)
@@ -83,30 +98,38 @@ def _inception(out: Path, weights: Path | None, random_inception: bool):
     return load_inception(weights), weights_id(weights), note
 
 
-def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) -> tuple[list[float] | None, str]:
+def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) -> tuple[list[float] | None, str, bool]:
     """CLIP score per image (cosine x 100 with its caption): from reranking when it used the same CLIP,
-    else computed when eval.clip_score is "on", or "auto" with CLIP weights given."""
+    else computed when eval.clip_score is "on", or "auto" with CLIP weights given. -> (scores, note, whether a
+    random-init CLIP made them or reranked the samples)."""
+    from dalle_eval.clip_rerank import RANDOM_CLIP
+
     s, mode = cfg.sample, cfg.eval.clip_score
+    reranked_randomly = any(r.get("random_clip") for r in rows)
     if all("clip_score" in r for r in rows) and rows and mode != "off":
-        return [100 * r["clip_score"] for r in rows], f"{rows[0].get('clip_model', s.clip_model)} (from reranking)"
+        note = f"{rows[0].get('clip_model', s.clip_model)} (from reranking)"
+        return [100 * r["clip_score"] for r in rows], note + (f"; {RANDOM_CLIP}" if reranked_randomly else ""), \
+            reranked_randomly
     if mode == "off" or (mode == "auto" and not s.clip_pretrained):
-        return None, "not computed (set sample.clip_pretrained, or eval.clip_score=on)"
+        return None, "not computed (set sample.clip_pretrained, or eval.clip_score=on)", reranked_randomly
     from PIL import Image
 
     from dalle_eval.clip_rerank import ClipScorer
 
-    scorer = ClipScorer(s.clip_model, s.clip_pretrained or None, s.device)
+    scorer = ClipScorer(s.clip_model, s.clip_pretrained or None, s.device, allow_random=s.random_clip)
     images = [Image.open(Path(folder) / r["file"]).convert("RGB") for r in rows]
     scores = scorer.scores(images, [r["caption"] for r in rows]).tolist()
-    note = f"{s.clip_model} ({s.clip_pretrained or 'RANDOM-INIT: not comparable'})"
-    return [100 * v for v in scores], note
+    note = f"{s.clip_model} ({s.clip_pretrained or RANDOM_CLIP})"
+    return [100 * v for v in scores], note, scorer.random or reranked_randomly
 
 
 def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
                  inception_weights: Path | None = None, random_inception: bool = False, subset: Path | None = None,
-                 export: Path | None = None, progress: bool = True, verify_cache: bool = False) -> dict | None:
+                 export: Path | None = None, progress: bool = True, verify_cache: bool = False,
+                 overwrite: bool = False) -> dict | None:
     """Evaluate, write OUT/report.{json,md}; -> the report (None on torchrun ranks other than 0).
-    verify_cache: re-hash every real image before trusting cached statistics (else only files whose stat changed)."""
+    verify_cache: re-hash every real image before trusting cached statistics (else only files whose stat changed).
+    overwrite: replace OUT/samples made by another checkpoint or other sampling settings (else refused)."""
     from dalle_eval.coco_report import write_report
 
     out, e, t0 = Path(out), cfg.eval, time.time()
@@ -121,7 +144,10 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
             return {"exported": str(export), "n_captions": len(prompts)}
     if (ckpt is None) == (images is None):
         raise DalleEvalError("give exactly one of --ckpt (generate with a model) or --images (a samples dir)")
-    folder, main = (Path(images), True) if images is not None else generate_sharded(ckpt, prompts, out, cfg, progress)
+    if images is not None:
+        folder, main = Path(images), True
+    else:
+        folder, main = generate_sharded(ckpt, prompts, out, cfg, progress, overwrite)
     if not main:
         return None
     rows = _generated(folder, prompts)
@@ -153,14 +179,14 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
         real_feats = sweep_features(net, real, e.resolution, [r0], e.fid_batch, "inception: real (KID)", progress)
         kid = kernel_inception_distance(gen[r0][0], real_feats[r0][0], e.kid_subsets, e.kid_subset_size)
         sweep[0].update(kid_mean=kid[0], kid_std=kid[1])
-    clip, clip_note = _clip_scores(cfg, folder, rows, progress)
+    clip, clip_note, random_clip = _clip_scores(cfg, folder, rows, progress)
     report = {
         "protocol": {"n_captions": len(prompts), "n_real_images": len(real), "n_generated": len(fakes),
                      "captions_per_image": e.captions_per_image, "seed": e.seed, "subset": str(subset or out / "subset.json"),
                      "rerank": _rerank_used(rows), "temperature": _recorded(rows, "temperature"),
                      "resolution": e.resolution, "resize_policy": resize_policy(e.resolution),
                      "inception_weights": weights_note, "random_inception": random_inception,
-                     "feature_extractor": extractor, "is_splits": is_splits},
+                     "feature_extractor": extractor, "is_splits": is_splits, "random_clip": random_clip},
         "sweep": sweep,
         "fid": sweep[0]["fid"], "is_mean": sweep[0]["is_mean"], "is_std": sweep[0]["is_std"],
         "clip_score": float(np.mean(clip)) if clip else None, "clip_model": clip_note,

@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dalle_eval.artifacts import atomic_path
+from dalle_eval.clip_rerank import RANDOM_CLIP
 from dalle_eval.coco_fid import NOT_RECORDED
 from dalle_eval.report import image_grid, md_table
 
@@ -68,7 +69,7 @@ def sampling_sentence(p: dict, samples_dir: str) -> str:
     elif isinstance(rerank, list):
         how = f"best of N by CLIP, N varying over the samples ({_values(rerank)})"
     else:
-        how = f"best of {rerank} by CLIP"
+        how = f"best of {rerank} by CLIP" + (" (a random CLIP)" if p.get("random_clip") else "")
     t = "temperature not recorded" if temp == NOT_RECORDED else f"temperature {_values(temp)}"
     return f"Images from `{samples_dir}`: {how}, {t}."
 
@@ -86,6 +87,8 @@ def write_report(report: dict, rows: list[dict], clip: list[float] | None, folde
     md = "# Zero-shot MS-COCO-format FID / IS\n\n"
     if caveat:
         md += f"> **{caveat[0].upper() + caveat[1:]}** (`--random-inception`: offline tests and demo only).\n\n"
+    if p.get("random_clip"):
+        md += f"> **{RANDOM_CLIP[0].upper() + RANDOM_CLIP[1:]}** (`--random-clip`: offline smoke tests only).\n\n"
     md += (f"{p['n_captions']:,} captions ({p['captions_per_image']} per image, seed {p['seed']}, ids in `{p['subset']}`) → "
            f"{p['n_generated']:,} generated images, against {p['n_real_images']:,} real images of `{report['coco']}`. "
            f"{sampling_sentence(p, report['samples_dir'])}\n\n")
