@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,18 +45,14 @@ def _umask() -> int:
     return mask
 
 
-def prepare_stage(folder: str | Path, inputs: dict) -> bool:
-    """True if `folder` is complete (has its manifest) for exactly these inputs. A folder built from other
-    inputs is wiped first; an incomplete one is kept (its finished parts are reused); the inputs are recorded."""
-    folder = Path(folder)
-    record = folder / STAGE_INPUTS
-    if record.exists() and read_json(record) != inputs:
-        print(f"{folder}: inputs changed since the last build; rebuilding it")
-        shutil.rmtree(folder)
-    if (folder / MANIFEST).exists() and record.exists():
-        return True
-    write_json(record, inputs)
-    return False
+def prepare_stage(folder: str | Path, inputs: dict, overwrite: bool = True, made_by: str = "") -> bool:
+    """True if `folder` is complete (has its manifest) for exactly these inputs; an incomplete one is kept (its
+    finished parts are reused). A folder built from other inputs is refused naming them, or with `overwrite`
+    wiped first (a cache such as the download folder); the inputs are recorded (outputs.claim_output)."""
+    from dalle_eval.outputs import claim_output  # outputs builds on this module
+
+    same = claim_output(folder, inputs, overwrite, made_by or f"build-dataset ({Path(folder).name} stage)")
+    return same and (Path(folder) / MANIFEST).exists()
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.cli_common import config_options, summary
+from dalle_eval.cli_common import config_options, overwrite_option, summary
 from dalle_eval.cli_probes import probes
 from dalle_eval.config import apply_overrides, config_from_dict
 from dalle_eval.errors import DalleEvalError
@@ -147,8 +147,10 @@ def plot_metrics(run_dir, out):
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="Complete this image (with --keep-rows or --region).")
 @click.option("--keep-rows", type=int, default=None, help="Keep the image's top R token rows, regenerate the rest.")
 @click.option("--region", default=None, metavar="X0,Y0", help="Regenerate the token rectangle from column X0, row Y0 to the bottom-right.")
+@overwrite_option("samples dir")
 @config_options(("sample",))
-def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_pretrained, out, image, keep_rows, region):
+def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_pretrained, out, image, keep_rows, region,
+           overwrite):
     """Generate images autoregressively (temperature, top-k) into a samples dir.
 
     \b
@@ -159,7 +161,7 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
       dalle-eval sample --ckpt runs/transformer --prompts prompts.txt --rerank 64 --keep 4 \
           --clip-model ViT-B-32 --clip-pretrained /models/vit-b-32-openai.bin --out runs/reranked
     """
-    from dalle_eval.generate import read_prompts, run_sample
+    from dalle_eval.generate import finished_rows, read_prompts, run_sample
     from dalle_eval.report import image_grid
 
     if (prompts is None) == (caption is None):
@@ -176,8 +178,10 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
     clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
     items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
-    path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner)
-    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner,
+                      overwrite=overwrite)
+    wanted = {str(p["prompt_id"]) for p in items}
+    rows = [r for r in finished_rows(out) if str(r["prompt_id"]) in wanted and r["index"] < n]  # files that exist
     grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
     summary("sample", {"images": len(rows), "samples": path}, grid)
 
@@ -201,9 +205,10 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
               help="Write the subset as JSONL {prompt_id, caption, image_id} for another generator (alone: export only).")
 @click.option("--verify-cache", is_flag=True,
               help="Re-hash every real image before using cached statistics (default: only files whose stat changed).")
+@overwrite_option("OUT/samples")
 @config_options(("sample", "eval"))
 def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, inception_weights,
-             random_inception, subset, export_captions, verify_cache):
+             random_inception, subset, export_captions, verify_cache, overwrite):
     """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
 
     30,000 seeded captions (eval.n_captions), one per image; one image each, best of --rerank by CLIP;
@@ -226,7 +231,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
     try:
         r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
-                         verify_cache=verify_cache)
+                         verify_cache=verify_cache, overwrite=overwrite)
     except DalleEvalError as e:
         raise click.ClickException(str(e)) from None
     if r is None:  # torchrun rank > 0: rank 0 reports

@@ -33,6 +33,13 @@ def config_options(sections: tuple[str, ...]):
     return decorate
 
 
+def overwrite_option(what: str):
+    """--overwrite: replace an output made by another run (otherwise refused, naming what differs)."""
+    return click.option("--overwrite", is_flag=True,
+                        help=f"Replace a {what} made by another run (other checkpoint, captions, settings); without "
+                             "it such a folder is refused, naming what differs. The same run again resumes.")
+
+
 def print_config(cfg: Config, sections: tuple[str, ...]) -> None:
     d = config_to_dict(cfg)
     click.echo("# resolved config\n" + to_toml({k: d[k] for k in sections}).rstrip() + "\n", err=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.cli_common import config_options, summary
+from dalle_eval.cli_common import config_options, overwrite_option, summary
 from dalle_eval.errors import DalleEvalError
 
 _SUITE = click.Choice(["attributes", "binding", "raven", "all"])
@@ -33,6 +33,7 @@ def _probe_options(fn):
         click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
                      help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
         _REQUIRE_COMPLETE,
+        overwrite_option("OUT/samples"),
     ]):
         fn = opt(fn)
     return fn
@@ -54,14 +55,15 @@ def _probesummary(r: dict, out: Path) -> None:
 
 
 def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
-                    require_complete=False) -> None:
+                    require_complete=False, overwrite=False) -> None:
     from dalle_eval.probe_run import run_probes
     from dalle_eval.probes import RAVEN_ITEMS
 
     if out is None:
         raise DalleEvalError("--out is required (the report dir)")
     r = run_probes(suite, out, cfg, ckpt, images, tuple(scorers) or None, clip_model, clip_pretrained,
-                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file, require_complete=require_complete)
+                   raven_items or RAVEN_ITEMS, prompts_file=prompts_file, require_complete=require_complete,
+                   overwrite=overwrite)
     _probesummary(r, out)
 
 
@@ -90,7 +92,7 @@ def probes(ctx, configs, overrides, **kwargs):
 @_probe_options
 @config_options(("sample", "eval"))
 def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
-               require_complete):
+               require_complete, overwrite):
     """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
 
     \b
@@ -99,7 +101,7 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
       dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
     """
     _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
-                    require_complete)
+                    require_complete, overwrite)
 
 
 @probes.command("export")

@@ -1,6 +1,8 @@
 """`sample`: captions -> samples dir (DESIGN.md): `{prompt_id}_{index}.png` + samples.jsonl.
 
-Resumable: images already listed in samples.jsonl are skipped, so a killed run continues.
+The folder records what made it (fingerprint.json: checkpoint, captions, sampling settings, seed, format).
+Resumable: the same run again skips the images already there (listed in samples.jsonl, file present), so a
+killed run continues and a larger --n extends; another run into the folder is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -15,13 +17,23 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl_rows, atomic_path, read_jsonl, write_json
+from dalle_eval.artifacts import (
+    append_jsonl_rows,
+    atomic_path,
+    fingerprint,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.samples import SAMPLES
+from dalle_eval.outputs import file_sha256
+from dalle_eval.samples import SAMPLES, claim_samples, row_files
 from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from model.sampling import completion_keep, sample_codes
 from model.tokenizer import encode_captions, load_tokenizer, pad_batch
+
+SAMPLES_FORMAT = 1  # the samples-dir layout this code writes: part of every samples fingerprint
 
 
 def read_prompts(path: Path) -> list[dict]:
@@ -71,32 +83,83 @@ def image_to_codes(dvae, path: Path) -> torch.Tensor:
     return dvae.encode(x.to(next(dvae.parameters()).device))
 
 
-def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer, rows_file: str) -> None:
-    """Save a prompt's images (the best n by CLIP when reranking) and append their rows together."""
+def checkpoint_id(ckpt: Path) -> str:
+    """What a transformer checkpoint samples with: its weights, dVAE weights and tokenizer (sha256 of each file,
+    hashed once per process) and its model config. Training on writes new weights: a new id."""
+    ckpt = Path(ckpt)
+    files = [ckpt / "model.safetensors", ckpt / DVAE_DIR / "model.safetensors", ckpt / TOKENIZER]
+    for f in files:
+        if not f.is_file():
+            raise DalleEvalError(f"--ckpt {ckpt}: no {f.relative_to(ckpt)}; expected a transformer checkpoint dir")
+    model = read_json(ckpt / "config.json", "checkpoint config").get("config", {}).get("transformer")
+    return fingerprint({"files": [file_sha256(f) for f in files], "transformer": model})
+
+
+def prompts_id(prompts: list[dict]) -> str:
+    """The prompt set: ids, captions and (probes) specs."""
+    return fingerprint([[str(p["prompt_id"]), p["caption"], p.get("spec")] for p in prompts])
+
+
+def _reference_id(value: str) -> str:
+    """A CLIP model config or weights reference: a local file by its content, a name or tag as it is."""
+    return file_sha256(value) if value and Path(value).is_file() else value
+
+
+def sample_fingerprint(ckpt: Path, cfg: SampleConfig, completion: dict | None = None) -> dict:
+    """What decides a samples dir's images besides the prompts (the caller adds those): the checkpoint and
+    every sampling setting but batch_size (an image depends only on its own seed: the same for any batch) and
+    the device's index (its type stays: CPU and CUDA round differently). Not n: a larger n extends."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
+    settings["device"] = torch.device(cfg.device).type
+    if cfg.rerank > 1:
+        settings.update(clip_model=_reference_id(cfg.clip_model), clip_pretrained=_reference_id(cfg.clip_pretrained))
+    else:  # no reranking: CLIP plays no part
+        settings = {k: v for k, v in settings.items() if "clip" not in k} | {"rerank": 1}
+    return {"format": SAMPLES_FORMAT, "ckpt": checkpoint_id(ckpt), **settings, "completion": completion}
+
+
+def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer, rows_file: str,
+                  have: frozenset = frozenset(), listed: frozenset = frozenset()) -> None:
+    """Save a prompt's images (the best n by CLIP when reranking) and append their rows together; images in
+    `have` are kept as they are, and a row in `listed` (its file was lost) is not written twice."""
     p = cands[0][0]
+    pid = str(p["prompt_id"])
     scores = scorer.scores([c[3] for c in cands], [p["caption"]] * len(cands)).tolist() if scorer else None
-    order = sorted(range(len(cands)), key=lambda i: -scores[i]) if scorer else range(len(cands))
+    if scorer:  # index = rank by CLIP score
+        picks = list(enumerate(sorted(range(len(cands)), key=lambda i: -scores[i])[:n]))
+    else:  # index = the draw's own index (its seed)
+        picks = [(c[1], i) for i, c in enumerate(cands)]
     rows = []
-    for rank, i in enumerate(list(order)[:n]):
+    for index, i in picks:
+        if (pid, index) in have:
+            continue
         _, j, seed, img = cands[i]
-        name = f"{p['prompt_id']}_{rank}.png"
+        name = f"{pid}_{index}.png"
         with atomic_path(out / name) as tmp:
             img.save(tmp, format="PNG")
-        row = {"prompt_id": str(p["prompt_id"]), "index": rank, "caption": p["caption"], "file": name, "seed": seed,
+        if (pid, index) in listed:
+            continue
+        row = {"prompt_id": pid, "index": index, "caption": p["caption"], "file": name, "seed": seed,
                "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "ckpt": str(ckpt)}
         if scorer:
-            row.update(clip_score=scores[i], rank=rank, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
+            row.update(clip_score=scores[i], rank=index, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
         rows.append(row)
-    append_jsonl_rows(out / rows_file, rows)
+    if rows:
+        append_jsonl_rows(out / rows_file, rows)
 
 
 def done_rows(out: Path) -> list[dict]:
     """Rows of samples.jsonl and of the per-rank files of an unfinished sharded run, one per (prompt, index)."""
     rows = {}
-    for f in [Path(out) / SAMPLES, *sorted(Path(out).glob("samples.rank*.jsonl"))]:
+    for f in row_files(out):
         for r in read_jsonl(f):
             rows.setdefault((str(r["prompt_id"]), r["index"]), r)
     return list(rows.values())
+
+
+def finished_rows(out: Path) -> list[dict]:
+    """done_rows whose image file exists."""
+    return [r for r in done_rows(out) if (Path(out) / str(r.get("file"))).is_file()]
 
 
 def merge_rank_rows(out: Path) -> int:
@@ -114,13 +177,15 @@ def merge_rank_rows(out: Path) -> int:
 def run_sample(
     ckpt: Path, prompts: list[dict], n: int, out: Path, cfg: SampleConfig, progress: bool = True,
     image: Path | None = None, keep_rows: int | None = None, region: tuple[int, int] | None = None,
-    rows_file: str = SAMPLES,
+    rows_file: str = SAMPLES, overwrite: bool = False, claim: bool = True,
 ) -> Path:
     """Generate n images per prompt into `out`; returns the samples.jsonl path.
 
     With `image` and keep_rows or region: image completion, the kept tokens come from the image.
+    `claim`: record this run's fingerprint in `out` first (a folder of another run is refused, or replaced
+    with `overwrite`); False when the caller claimed the folder for a larger run (probes, coco-fid ranks).
     Rows go to `rows_file` (torchrun ranks each write their own, merged later by merge_rank_rows);
-    prompts already listed in samples.jsonl or any rank's file are skipped.
+    images listed in samples.jsonl or any rank's file, with their file present, are skipped.
     """
     ckpt, out = Path(ckpt), Path(out)
     model = load_transformer(ckpt).to(cfg.device)
@@ -133,9 +198,6 @@ def run_sample(
         except ValueError as e:
             raise DalleEvalError(f"--keep-rows/--region: {e}") from None
         known = image_to_codes(dvae, Path(image)).cpu()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg), "image": str(image) if image else None,
-                                            "keep_rows": keep_rows, "region": list(region) if region else None})
     scorer = None
     if cfg.rerank > 1:
         from dalle_eval.clip_rerank import ClipScorer
@@ -143,11 +205,24 @@ def run_sample(
         if cfg.rerank < n:
             raise DalleEvalError(f"sample.rerank={cfg.rerank} draws fewer candidates than the {n} kept per caption")
         scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained or None, cfg.device)
+    if claim:
+        completion = None if image is None else {"image": file_sha256(image), "keep_rows": keep_rows,
+                                                 "region": list(region) if region else None}
+        claim_samples(out, {**sample_fingerprint(ckpt, cfg, completion), "captions": prompts_id(prompts)}, overwrite,
+                      f"sample --ckpt {ckpt}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sample_config.json", {"ckpt": str(ckpt), "n": n, "sample": asdict(cfg), "image": str(image) if image else None,
+                                            "keep_rows": keep_rows, "region": list(region) if region else None})
     n_draw = cfg.rerank if scorer else n
-    counts: dict[str, int] = {}
-    for r in done_rows(out):
-        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
-    todo = [(p, j) for p in prompts if counts.get(str(p["prompt_id"]), 0) < n for j in range(n_draw)]
+    listed = frozenset((str(r["prompt_id"]), r["index"]) for r in done_rows(out))
+    have = frozenset((str(r["prompt_id"]), r["index"]) for r in finished_rows(out))
+    todo, expect = [], {}
+    for p in prompts:
+        missing = [j for j in range(n) if (str(p["prompt_id"]), j) not in have]
+        if missing:  # reranking draws every candidate again (to rank them) but writes only the missing ranks
+            draws = range(n_draw) if scorer else missing
+            expect[str(p["prompt_id"])] = len(draws)
+            todo += [(p, j) for j in draws]
     L = model.cfg.text_len
     pending: dict[str, list] = {}
     bar = tqdm(total=len(todo), desc=f"sample (best {n} of {n_draw} by CLIP)" if scorer else "sample", unit="img",
@@ -160,9 +235,10 @@ def run_sample(
         prior = None if known is None else known.expand(len(chunk), -1, -1)
         codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep, top_p=cfg.top_p)
         for (p, j), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
-            pending.setdefault(str(p["prompt_id"]), []).append((p, j, seed, img))
-            if len(pending[str(p["prompt_id"])]) == n_draw:  # all candidates of this prompt are in
-                _write_prompt(pending.pop(str(p["prompt_id"])), n, out, cfg, ckpt, scorer, rows_file)
+            pid = str(p["prompt_id"])
+            pending.setdefault(pid, []).append((p, j, seed, img))
+            if len(pending[pid]) == expect[pid]:  # all draws of this prompt are in
+                _write_prompt(pending.pop(pid), n, out, cfg, ckpt, scorer, rows_file, have, listed)
         bar.update(len(chunk))
     bar.close()
     return out / SAMPLES

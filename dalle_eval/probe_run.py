@@ -19,7 +19,7 @@ from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
 from dalle_eval.probes.stats import attach_random, coverage, mark_partial, summarise
 from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, read_custom_prompts, resolve_suites
-from dalle_eval.samples import SAMPLES
+from dalle_eval.samples import SAMPLES, claim_samples
 
 SCORERS = ("parser", "likelihood", "clip")
 EXPORT_RESOLUTION = 256  # Raven context images for other models: >= 137 px, where panel parsing is exact
@@ -51,16 +51,23 @@ def text_window(ckpt: Path, prompts: list[dict]) -> dict:
     return {"text_len": text_len, "prompts": len(shapes), "truncated": long}
 
 
-def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer, progress: bool) -> Path:
-    """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples."""
-    from dalle_eval.generate import run_sample
+def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer, progress: bool,
+              universe: list[dict], overwrite: bool = False) -> Path:
+    """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples.
+
+    The folder's fingerprint: the checkpoint, sampling settings, the Raven completer and `universe`, every
+    prompt the seed and item count make (all suites): another --suite reuses and adds to the same images."""
+    from dalle_eval.generate import prompts_id, run_sample, sample_fingerprint
     from dalle_eval.probes.likelihood import ProbeModel
     from dalle_eval.probes.raven_probe import complete_raven, model_completer
 
     folder = out / "samples"
+    completion = "model" if completer is None else f"custom {getattr(completer, '__qualname__', type(completer).__name__)}"
+    fp = {**sample_fingerprint(ckpt, cfg.sample), "prompts": prompts_id(universe), "raven_completion": completion}
+    claim_samples(folder, fp, overwrite, f"probes --ckpt {ckpt}")
     shapes = [p for p in prompts if p["suite"] != "raven"]
     if shapes:
-        run_sample(ckpt, shapes, cfg.eval.probe_samples, folder, cfg.sample, progress)
+        run_sample(ckpt, shapes, cfg.eval.probe_samples, folder, cfg.sample, progress, claim=False)
     if any(p["suite"] == "raven" for p in prompts):
         s = cfg.sample
         completer = completer or model_completer(ProbeModel.load(ckpt, s.device), s.temperature, s.top_k, s.top_p)
@@ -71,14 +78,16 @@ def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer
 def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, images: Path | None = None,
                scorers: tuple[str, ...] | None = None, clip_model: str | None = None,
                clip_pretrained: str | None = None, raven_items: int = RAVEN_ITEMS, progress: bool = True,
-               completer=None, prompts_file: Path | None = None, require_complete: bool = False) -> dict:
+               completer=None, prompts_file: Path | None = None, require_complete: bool = False,
+               overwrite: bool = False) -> dict:
     """Score a suite (or "all") with each scorer; writes OUT/report.json, OUT/report.md and grids.
 
     Default scorers: parser + likelihood with --ckpt, parser with --images. `completer` replaces the
     model's Raven completion (tests use oracles). `prompts_file`: your own prompts with foils (suite
     "custom", CLIP multiple choice only; see suites.read_custom_prompts). Prompts without images are
     counted per suite and category in the report (`coverage`) and their rows marked partial;
-    `require_complete` makes any missing prompt an error.
+    `require_complete` makes any missing prompt an error. OUT/samples of another checkpoint or other sampling
+    settings is refused, or replaced with `overwrite`.
     """
     out = Path(out)
     if prompts_file is not None:
@@ -100,7 +109,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
         known = {p["prompt_id"] for p in (prompts if prompts_file else make_prompts("all", cfg.eval.seed, raven_items))}
         check_samples(prompts, samples, folder / SAMPLES, suite, known)
     elif {"parser", "clip"} & set(scorers):
-        folder = _generate(Path(ckpt), prompts, out, cfg, completer, progress)
+        universe = prompts if prompts_file else make_prompts("all", cfg.eval.seed, raven_items)
+        folder = _generate(Path(ckpt), prompts, out, cfg, completer, progress, universe, overwrite)
         samples = read_jsonl(folder / SAMPLES)
     cover = coverage(prompts, samples) if folder is not None else []
     if require_complete:
