@@ -8,6 +8,7 @@ killed run continues and a larger --n extends; another run into the folder is re
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -118,10 +119,25 @@ def sample_fingerprint(ckpt: Path, cfg: SampleConfig, completion: dict | None = 
     return {"format": SAMPLES_FORMAT, "ckpt": checkpoint_id(ckpt), **settings, "completion": completion}
 
 
+def caption_tokens(tok, prompts: list[dict], text_len: int) -> dict[str, int]:
+    """Each prompt's caption length in BPE tokens; warns, naming them, about captions longer than the model's
+    text window: the model never sees their end (samples.jsonl marks them text_truncated)."""
+    ids, _ = encode_captions(tok, [p["caption"] for p in prompts], 10**9)
+    tokens = {str(p["prompt_id"]): len(a) for p, a in zip(prompts, ids)}
+    cut = [(pid, k) for pid, k in tokens.items() if k > text_len]
+    if cut:
+        shown = ", ".join(f"prompt {pid}: {k} tokens" for pid, k in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        warnings.warn(f"{len(cut)} of {len(tokens)} captions are longer than the model's {text_len}-token text window "
+                      f"and were cut, the model never sees their end ({shown}); samples.jsonl marks them "
+                      "text_truncated", stacklevel=3)
+    return tokens
+
+
 def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path, scorer, rows_file: str,
-                  have: frozenset = frozenset(), listed: frozenset = frozenset()) -> None:
+                  have: frozenset = frozenset(), listed: frozenset = frozenset(), extra: dict | None = None) -> None:
     """Save a prompt's images (the best n by CLIP when reranking) and append their rows together; images in
-    `have` are kept as they are, and a row in `listed` (its file was lost) is not written twice."""
+    `have` are kept as they are, and a row in `listed` (its file was lost) is not written twice. `extra`: fields
+    added to every row (the caption's token count and whether the text window cut it)."""
     p = cands[0][0]
     pid = str(p["prompt_id"])
     scores = scorer.scores([c[3] for c in cands], [p["caption"]] * len(cands)).tolist() if scorer else None
@@ -140,9 +156,10 @@ def _write_prompt(cands: list, n: int, out: Path, cfg: SampleConfig, ckpt: Path,
         if (pid, index) in listed:
             continue
         row = {"prompt_id": pid, "index": index, "caption": p["caption"], "file": name, "seed": seed,
-               "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "ckpt": str(ckpt)}
+               "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "ckpt": str(ckpt), **(extra or {})}
         if scorer:
-            row.update(clip_score=scores[i], rank=index, candidate=j, rerank=len(cands), clip_model=cfg.clip_model)
+            row.update(clip_score=scores[i], rank=index, candidate=j, rerank=len(cands), clip_model=cfg.clip_model,
+                       random_clip=scorer.random)
         rows.append(row)
     if rows:
         append_jsonl_rows(out / rows_file, rows)
@@ -204,7 +221,7 @@ def run_sample(
 
         if cfg.rerank < n:
             raise DalleEvalError(f"sample.rerank={cfg.rerank} draws fewer candidates than the {n} kept per caption")
-        scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained or None, cfg.device)
+        scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained or None, cfg.device, allow_random=cfg.random_clip)
     if claim:
         completion = None if image is None else {"image": file_sha256(image), "keep_rows": keep_rows,
                                                  "region": list(region) if region else None}
@@ -224,6 +241,7 @@ def run_sample(
             expect[str(p["prompt_id"])] = len(draws)
             todo += [(p, j) for j in draws]
     L = model.cfg.text_len
+    tokens = caption_tokens(tok, prompts, L)
     pending: dict[str, list] = {}
     bar = tqdm(total=len(todo), desc=f"sample (best {n} of {n_draw} by CLIP)" if scorer else "sample", unit="img",
                disable=not progress)
@@ -238,7 +256,8 @@ def run_sample(
             pid = str(p["prompt_id"])
             pending.setdefault(pid, []).append((p, j, seed, img))
             if len(pending[pid]) == expect[pid]:  # all draws of this prompt are in
-                _write_prompt(pending.pop(pid), n, out, cfg, ckpt, scorer, rows_file, have, listed)
+                _write_prompt(pending.pop(pid), n, out, cfg, ckpt, scorer, rows_file, have, listed,
+                              {"text_tokens": tokens[pid], "text_truncated": tokens[pid] > L})
         bar.update(len(chunk))
     bar.close()
     return out / SAMPLES
