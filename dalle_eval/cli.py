@@ -40,8 +40,9 @@ def main() -> None:
               help="Reject pairs whose caption is an evaluation caption (COCO captions JSON or one per line).")
 @click.option("--eval-images", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Reject images within filter.eval_threshold pHash bits of one in this folder (e.g. COCO val).")
+@overwrite_option("dataset stage")
 @config_options(("data", "filter"))
-def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_captions, eval_images):
+def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_captions, eval_images, overwrite):
     """Image shards + pair table (+ COCO-format split for shapes); with --dvae, token shards.
 
     \b
@@ -56,7 +57,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 
     if dvae is not None and not Path(dvae).exists():
         raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
-    r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images)
+    r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images, overwrite)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun-sharded encoding: rank 0 reports
         from model.distributed import exit_worker
 

@@ -7,13 +7,14 @@
     OUT/tokens/              with --dvae: token shards + tokenizer.json + dvae/ + manifest.json
     OUT/build_report.json    counts per status and what each stage did
 
-Each stage records its inputs; a re-run with the same inputs skips finished stages (and finished
-shards of an interrupted stage); changed inputs rebuild that stage from scratch.
+Each stage records its inputs (fingerprint.json: only the settings that change that stage's output); a re-run
+with the same inputs skips finished stages (and finished shards of an interrupted stage); other inputs are
+refused naming what differs, or with --overwrite rebuild that stage from scratch. Under torchrun rank 0
+alone checks, claims and deletes; the other ranks wait for its answer.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from dalle_eval.artifacts import (
 )
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.outputs import on_rank0, recorded_differences
 from dalle_eval.shards import count_samples
 from model import distributed
 from model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
@@ -42,14 +44,20 @@ from pipelines.sources import read_pairs, source_fingerprint
 from pipelines.stats import dataset_stats
 from pipelines.web import build_web_images
 
+# [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
+# processes download (img2dataset's distributors and process counts give the same table, tests/test_data.py).
+NOT_IMAGE_INPUTS = ("bpe_vocab", "encode_batch", "device", "download_processes", "download_threads",
+                    "download_distributor")
+
 
 def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captions: Path | None = None,
-                 eval_images: Path | None = None) -> dict:
+                 eval_images: Path | None = None, overwrite: bool = False, build: bool = True) -> dict:
+    """The image stage; -> its manifest. build=False (torchrun): only check it is built from these inputs."""
     d = cfg.data
     images = out / "images"
     if source == "shapes" and not n:
         raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
-    inputs = {"source": source, "n": n, "data": config_to_dict(d)}
+    inputs = {"source": source, "n": n, "data": {k: v for k, v in config_to_dict(d).items() if k not in NOT_IMAGE_INPUTS}}
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
@@ -58,7 +66,9 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         for name, path in (("eval_captions", eval_captions), ("eval_images", eval_images)):
             if path is not None:
                 inputs[name] = source_fingerprint(path)
-    if prepare_stage(images, inputs):
+    if not build:
+        return _built_images(images, inputs)
+    if prepare_stage(images, inputs, overwrite, "build-dataset (images stage)"):
         print(f"images: already built in {images}, skipping")
         return read_json(images / MANIFEST)
     if source != "shapes":
@@ -86,36 +96,27 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     return manifest
 
 
-def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None) -> dict:
-    image_manifest = read_json(out / "images" / MANIFEST, "image manifest")
-    inputs = {
-        "images": fingerprint(image_manifest),
-        "dvae_sha256": sha256_file(Path(dvae) / "model.safetensors") if (Path(dvae) / "model.safetensors").exists() else None,
-        "tokenizer_sha256": sha256_file(tokenizer) if tokenizer else None,
-        "bpe_vocab": cfg.data.bpe_vocab,
-        "text_len": cfg.transformer.text_len,
-    }
-    if inputs["dvae_sha256"] is None:
-        raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
-    d = distributed.setup(cfg.data.device)  # under torchrun the shards are encoded by every rank
-    try:
-        return _build_tokens(cfg, out, Path(dvae), tokenizer, inputs, image_manifest, d)
-    finally:
-        distributed.teardown(d)
+def _built_images(images: Path, inputs: dict) -> dict:
+    """Under torchrun: the image stage must be complete and built from these inputs; nothing is written."""
+    diff = recorded_differences(images, inputs)
+    if diff:
+        raise DalleEvalError(f"{images} was built from other inputs ({', '.join(diff)}); rebuild it in one process "
+                             "first (build-dataset with --overwrite, without torchrun): torchrun shards only the dVAE "
+                             "encoding (--dvae)")
+    if diff is None or not (images / MANIFEST).exists():
+        raise DalleEvalError(f"{images}: build the image shards in one process first; torchrun shards only the dVAE "
+                             "encoding (--dvae)")
+    print(f"images: already built in {images}, skipping")
+    return read_json(images / MANIFEST)
 
 
-def _build_tokens(cfg, out, dvae, tokenizer, inputs, image_manifest, d: distributed.Dist) -> dict:
+def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, d: distributed.Dist,
+                 overwrite: bool = False) -> dict:
+    """BPE + dVAE codes -> OUT/tokens. Rank 0 alone hashes the inputs, claims the folder (other inputs are
+    refused, or cleared with `overwrite`), trains BPE and copies the assets; every rank then encodes its shards."""
     images, tokens = out / "images", out / "tokens"
-    done = prepare_stage(tokens, inputs) if d.is_main else False
-    if tokenizer is None:
-        tokenizer = tokens / TOKENIZER
-        if d.is_main and not done and not tokenizer.exists():  # else an interrupted run of these inputs trained it
-            captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
-            train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
-    if d.is_main and not done:
-        prepare_assets(tokens, dvae, tokenizer)
-    distributed.barrier(d)
-    if (tokens / MANIFEST).exists():
+    image_manifest = read_json(images / MANIFEST, "image manifest")
+    if on_rank0(d, lambda: _prepare_tokens(cfg, out, dvae, tokenizer, image_manifest, overwrite)):
         if d.is_main:
             print(f"tokens: already built in {tokens}, skipping")
         return read_json(tokens / MANIFEST)
@@ -134,21 +135,52 @@ def _build_tokens(cfg, out, dvae, tokenizer, inputs, image_manifest, d: distribu
     return manifest
 
 
+def _prepare_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, image_manifest: dict,
+                    overwrite: bool) -> bool:
+    """Rank 0: claim OUT/tokens for these inputs; -> True when it is complete, else BPE and assets are ready."""
+    weights = Path(dvae) / "model.safetensors"
+    if not weights.exists():
+        raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
+    inputs = {
+        "images": fingerprint(image_manifest),
+        "dvae_sha256": sha256_file(weights),
+        "tokenizer_sha256": sha256_file(tokenizer) if tokenizer else None,
+        "bpe_vocab": cfg.data.bpe_vocab,
+        "text_len": cfg.transformer.text_len,
+    }
+    tokens = out / "tokens"
+    if prepare_stage(tokens, inputs, overwrite, "build-dataset (tokens stage)"):
+        return True
+    if tokenizer is None:
+        tokenizer = tokens / TOKENIZER
+        if not tokenizer.exists():  # else an interrupted run of these inputs trained it
+            captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
+            train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
+    prepare_assets(tokens, Path(dvae), tokenizer)
+    return False
+
+
 def build_dataset(
     cfg: Config, source: str, out: Path, n: int | None = None, dvae: Path | None = None, tokenizer: Path | None = None,
-    eval_captions: Path | None = None, eval_images: Path | None = None,
+    eval_captions: Path | None = None, eval_images: Path | None = None, overwrite: bool = False,
 ) -> dict:
+    """The image stage, then with `dvae` the token stage. Under torchrun the image stage must be built already
+    (rank 0 checks it; no rank writes it) and the ranks share the encoding. `overwrite`: rebuild a stage whose
+    recorded inputs differ (else refused, naming them)."""
     out = Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (out / "images" / MANIFEST).exists():
-        raise DalleEvalError(f"{out}/images: build the image shards in one process first; torchrun shards only "
-                             "the dVAE encoding (--dvae)")
     t0 = time.time()
-    report: dict = {"out": str(out), "images": build_images(cfg, source, out, n, eval_captions, eval_images)}
-    check_rows_left(report["images"], out)  # an empty set is an error (pairs.parquet says why for each row)
-    if dvae is not None:
-        report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer)
+    d = distributed.setup(cfg.data.device)
+    try:
+        images = on_rank0(d, lambda: build_images(cfg, source, out, n, eval_captions, eval_images, overwrite,
+                                                  build=not d.active))
+        report: dict = {"out": str(out), "images": images}
+        check_rows_left(images, out)  # an empty set is an error (pairs.parquet says why for each row)
+        if dvae is not None:
+            report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer, d, overwrite)
+    finally:
+        distributed.teardown(d)
     report["seconds"] = round(time.time() - t0, 1)
-    if os.environ.get("RANK", "0") == "0":
+    if d.is_main:
         stats = dataset_stats(out)  # OUT/stats/: tables and plots; the status summary goes in the report
         report["stats"] = {"status": stats["status"]["totals"], "files": str(out / "stats" / "stats.md")}
         write_json(out / "build_report.json", report)
