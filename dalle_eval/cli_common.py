@@ -37,8 +37,9 @@ def config_options(sections: tuple[str, ...]):
 def overwrite_option(what: str):
     """--overwrite: replace an output made by another run (otherwise refused, naming what differs)."""
     return click.option("--overwrite", is_flag=True,
-                        help=f"Replace a {what} made by another run (other checkpoint, captions, settings); without "
-                             "it such a folder is refused, naming what differs. The same run again resumes.")
+                        help=f"Replace a {what} made from other inputs (checkpoint, prompts, settings: see its "
+                             "fingerprint.json); without it such a folder is refused, naming what differs. The same "
+                             "inputs again resume.")
 
 
 def available_devices() -> list[str]:
