@@ -10,10 +10,16 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.cli_common import config_options, overwrite_option, summary
+from dalle_eval.artifacts import read_json
+from dalle_eval.cli_common import check_devices, config_options, overwrite_option, summary
 from dalle_eval.cli_probes import probes
-from dalle_eval.config import apply_overrides, config_from_dict
+from dalle_eval.config import RANDOM_CLIP, apply_overrides, config_from_dict
 from dalle_eval.errors import DalleEvalError
+
+_RANDOM_CLIP = click.option(
+    "--random-clip", is_flag=True,
+    help="No CLIP weights: use a random-init CLIP (offline smoke tests only; reranking and CLIP scores are then "
+         "meaningless and labelled so). Without it, reranking without --clip-pretrained is refused.")
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,13 +36,14 @@ def main() -> None:
 
 @main.command("build-dataset")
 @click.option("--source", required=True, help="'shapes' (embedded world) or a url+caption list: parquet/csv/tsv/jsonl.")
-@click.option("--n", "--limit", "n", type=int, default=None,
+@click.option("--n", "--limit", "n", type=click.IntRange(min=1), default=None,
               help="Scenes to render (shapes), or the first N rows of --source. (--limit: the same, for torchrun.)")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset directory.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Dataset directory.")
 @click.option("--dvae", type=click.Path(path_type=Path), default=None,
               help="dVAE checkpoint dir: also train BPE and write token shards (OUT/tokens).")
-@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="Use this tokenizer.json instead of training BPE.")
-@click.option("--eval-captions", type=click.Path(path_type=Path, exists=True), default=None,
+@click.option("--tokenizer", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Use this tokenizer.json instead of training BPE.")
+@click.option("--eval-captions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Reject pairs whose caption is an evaluation caption (COCO captions JSON or one per line).")
 @click.option("--eval-images", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Reject images within filter.eval_threshold pHash bits of one in this folder (e.g. COCO val).")
@@ -80,7 +87,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 @main.command()
 @click.option("--stage", type=click.Choice(["dvae", "transformer"]), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir from build-dataset.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint dir.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Checkpoint dir.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's latest checkpoint (its saved config + --set).")
 @click.option("--on-bad-shard", type=click.Choice(["skip", "fail"]), default=None,
               help="A truncated/corrupt shard: skip it (logged by name, counted) or fail. [default: skip]")
@@ -104,7 +111,11 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
 
     saved = Path(out) / "config.json"
     if resume and saved.exists():
-        cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())["config"]), overrides)
+        meta = read_json(saved, "checkpoint config")
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise DalleEvalError(f"{saved}: not a checkpoint config (no 'config' table)")
+        cfg = apply_overrides(config_from_dict(meta["config"], where=f"{saved}:"), overrides)
+        check_devices(cfg, ("train",))
         click.echo(f"resume: using the config saved in {saved} (plus --set overrides)", err=True)
     if on_bad_shard:
         cfg = apply_overrides(cfg, [f"train.on_bad_shard={on_bad_shard}"])
@@ -125,7 +136,8 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
 
 @main.command("plot-metrics")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="PNG path [default: RUN_DIR/loss_curves.png].")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PNG path [default: RUN_DIR/loss_curves.png].")
 def plot_metrics(run_dir, out):
     """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm."""
     from dalle_eval.plots import plot_metrics as plot
@@ -138,20 +150,24 @@ def plot_metrics(run_dir, out):
 
 @main.command()
 @click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="Transformer checkpoint dir.")
-@click.option("--prompts", type=click.Path(path_type=Path), default=None, help="JSONL {prompt_id, caption} or one caption per line.")
+@click.option("--prompts", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="JSONL {prompt_id, caption} or one caption per line.")
 @click.option("--caption", default=None, help="A single caption.")
-@click.option("--n", "--keep", "n", type=int, default=4, show_default=True, help="Images kept per caption.")
-@click.option("--rerank", type=int, default=None, help="Draw N candidates per caption, keep the best --keep by CLIP score.")
+@click.option("--n", "--keep", "n", type=click.IntRange(min=1), default=4, show_default=True, help="Images kept per caption.")
+@click.option("--rerank", type=click.IntRange(min=1), default=None,
+              help="Draw N candidates per caption, keep the best --keep by CLIP score.")
 @click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (sets sample.clip_model).")
 @click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (sets sample.clip_pretrained).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Samples dir.")
-@click.option("--image", type=click.Path(path_type=Path), default=None, help="Complete this image (with --keep-rows or --region).")
+@_RANDOM_CLIP
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Samples dir.")
+@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Complete this image (with --keep-rows or --region).")
 @click.option("--keep-rows", type=int, default=None, help="Keep the image's top R token rows, regenerate the rest.")
 @click.option("--region", default=None, metavar="X0,Y0", help="Regenerate the token rectangle from column X0, row Y0 to the bottom-right.")
 @overwrite_option("samples dir")
 @config_options(("sample",))
-def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_pretrained, out, image, keep_rows, region,
-           overwrite):
+def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_pretrained, random_clip, out, image,
+           keep_rows, region, overwrite):
     """Generate images autoregressively (temperature, top-k) into a samples dir.
 
     \b
@@ -167,6 +183,8 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
 
     if (prompts is None) == (caption is None):
         raise click.ClickException("give exactly one of --prompts FILE or --caption TEXT")
+    if caption is not None and not caption.strip():
+        raise click.ClickException("--caption is empty: give the text to draw")
     if (image is None) != (keep_rows is None and region is None) or (keep_rows is not None and region is not None):
         raise click.ClickException("image completion needs --image with exactly one of --keep-rows R or --region X0,Y0")
     corner = None
@@ -176,15 +194,33 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
             assert len(corner) == 2
         except (ValueError, AssertionError):
             raise click.ClickException(f"--region {region!r}: expected two integers X0,Y0 (token column, row)") from None
-    clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
-    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
+    cfg = _with_clip(cfg, rerank, clip_model, clip_pretrained, random_clip)
     items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
     path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner,
                       overwrite=overwrite)
     wanted = {str(p["prompt_id"]) for p in items}
     rows = [r for r in finished_rows(out) if str(r["prompt_id"]) in wanted and r["index"] < n]  # files that exist
     grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
-    summary("sample", {"images": len(rows), "samples": path}, grid)
+    lines = {"images": len(rows), "samples": path}
+    if any(r.get("random_clip") for r in rows):
+        lines["CLIP"] = RANDOM_CLIP
+    cut = {str(r["prompt_id"]) for r in rows if r.get("text_truncated")}
+    if cut:
+        lines["captions cut"] = f"{len(cut)} of {len(items)} longer than the text window (samples.jsonl: text_truncated)"
+    summary("sample", lines, grid)
+
+
+def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained: str | None, random_clip: bool):
+    """The sample section with the CLIP options given on the command line; --random-clip only without weights."""
+    clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained))
+            if v is not None}
+    if random_clip:
+        clip["random_clip"] = True
+    s = dataclasses.replace(cfg.sample, **clip)
+    if s.random_clip and s.clip_pretrained:
+        raise click.ClickException(f"--random-clip with --clip-pretrained {s.clip_pretrained}: give one (weights, or a "
+                                   "random-init CLIP for smoke tests)")
+    return dataclasses.replace(cfg, sample=s)
 
 
 @main.command("coco-fid")
@@ -193,22 +229,25 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate with this transformer checkpoint.")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Or evaluate this samples dir, made by any generator for the --export-captions prompts.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run dir: subset.json, samples/, report.")
-@click.option("--rerank", type=int, default=None, help="Draw N images per caption, keep the best by CLIP (paper: 512).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Run dir: subset.json, samples/, report.")
+@click.option("--rerank", type=click.IntRange(min=1), default=None,
+              help="Draw N images per caption, keep the best by CLIP (paper: 512).")
 @click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (reranking and CLIP score).")
 @click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (reranking and CLIP score).")
-@click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
+@_RANDOM_CLIP
+@click.option("--inception-weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Local FID Inception state dict (pt_inception-2015-12-05-6726825d.pth) [default: torchmetrics' download].")
 @click.option("--random-inception", is_flag=True, help="Use a random-init Inception (offline smoke runs only: not comparable).")
-@click.option("--subset", type=click.Path(path_type=Path), default=None,
+@click.option("--subset", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Use these caption ids (another run's subset.json or an --export-captions JSONL).")
-@click.option("--export-captions", type=click.Path(path_type=Path), default=None,
+@click.option("--export-captions", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the subset as JSONL {prompt_id, caption, image_id} for another generator (alone: export only).")
 @click.option("--verify-cache", is_flag=True,
               help="Re-hash every real image before using cached statistics (default: only files whose stat changed).")
 @overwrite_option("OUT/samples")
 @config_options(("sample", "eval"))
-def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, inception_weights,
+def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, random_clip, inception_weights,
              random_inception, subset, export_captions, verify_cache, overwrite):
     """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
 
@@ -228,8 +267,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     """
     from dalle_eval.coco_fid import run_coco_fid
 
-    clip = {k: v for k, v in (("rerank", rerank), ("clip_model", clip_model), ("clip_pretrained", clip_pretrained)) if v is not None}
-    cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **clip))
+    cfg = _with_clip(cfg, rerank, clip_model, clip_pretrained, random_clip)
     try:
         r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
                          verify_cache=verify_cache, overwrite=overwrite)
@@ -248,6 +286,8 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     p = r["protocol"]
     lines.update({"images (real/gen)": f"{p['n_real_images']}/{p['n_generated']}", "rerank": p["rerank"],
                   "inception": p["inception_weights"]})
+    if p.get("random_clip"):
+        lines["CLIP"] = RANDOM_CLIP
     summary("coco-fid", lines, Path(out) / "report.md")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from model.distributed import exit_worker
@@ -277,8 +317,8 @@ def info(cfg, overrides):
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--n", type=int, default=6000, show_default=True, help="Training scenes to render.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/demo"), show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=6000, show_default=True, help="Training scenes to render.")
 @config_options(("data", "dvae", "transformer", "train"))
 def demo(cfg, overrides, out, n):
     """The whole chain on the shapes world: data -> dVAE -> tokens -> transformer -> sample -> probes + FID.

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from dalle_eval.config import RANDOM_CLIP
 from dalle_eval.errors import DalleEvalError
 
-RANDOM_CLIP = "random CLIP: reranking and CLIP score not meaningful"
+__all__ = ["RANDOM_CLIP", "ClipScorer"]
 
 
 def _no_weights(model: str) -> DalleEvalError:

@@ -191,6 +191,9 @@ class TrainConfig:
     peak_tflops: float = 0.0  # device peak for MFU; 0 = measure a matmul once at start
 
 
+RANDOM_CLIP = "random CLIP: reranking and CLIP score not meaningful"  # the label of every figure made with random_clip
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     temperature: float = 1.0
