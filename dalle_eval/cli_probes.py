@@ -24,12 +24,14 @@ def _probe_options(fn):
         click.option("--suite", type=_SUITE, default="all", show_default=True),
         click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate/score with this transformer checkpoint."),
         click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir (any generator)."),
-        click.option("--out", type=click.Path(path_type=Path), default=None, help="Report dir (report.json, report.md, grids)."),
+        click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="Report dir (report.json, report.md, grids)."),
         click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "likelihood", "clip"]),
                      help="Repeatable. Default: parser + likelihood with --ckpt, parser with --images."),
         click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
         click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
-        click.option("--raven-items", type=int, default=None, help="Raven items [default: 60, 20 per configuration]."),
+        click.option("--raven-items", type=click.IntRange(min=1), default=None,
+                     help="Raven items [default: 60, 20 per configuration]."),
         click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
                      help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
         _REQUIRE_COMPLETE,
@@ -106,10 +108,10 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
 
 @probes.command("export")
 @click.option("--suite", type=_SUITE, default="all", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Prompts JSONL to write (for the generator; the key goes to <stem>_key/ beside it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
-@click.option("--raven-items", type=int, default=None, help="Raven items [default: 60].")
+@click.option("--raven-items", type=click.IntRange(min=1), default=None, help="Raven items [default: 60].")
 @click.option("--resolution", type=int, default=256, show_default=True,
               help="Raven context image size (px, >= 64).")
 def probes_export(suite, out, seed, raven_items, resolution):
@@ -147,11 +149,11 @@ def probes_export(suite, out, seed, raven_items, resolution):
 @probes.command("score")
 @click.option("--suite", type=_SUITE, default="all", show_default=True)
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Report dir.")
 @click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")
 @click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
 @click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
-@click.option("--raven-items", type=int, default=None, help="Raven items, as exported [default: 60].")
+@click.option("--raven-items", type=click.IntRange(min=1), default=None, help="Raven items, as exported [default: 60].")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
 @_REQUIRE_COMPLETE

@@ -25,8 +25,14 @@ from model.stream import mix_seed
 from model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
 from model.transformer import DalleTransformer, train_flops
 
+MANIFEST_FIELDS = ("shards", "text_len", "grid", "image_vocab", "text_vocab", "tokenizer_sha256", "dvae_sha256")
+
 
 def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
+    missing = [k for k in MANIFEST_FIELDS if k not in manifest] if isinstance(manifest, dict) else list(MANIFEST_FIELDS)
+    if missing:
+        raise DalleEvalError(f"{folder}/manifest.json: not a token-shard manifest (no {', '.join(missing)}); "
+                             "rebuild the tokens with `dalle-eval build-dataset --dvae`")
     t = cfg.transformer
     checks = [
         ("text_len", manifest["text_len"], t.text_len, manifest["text_len"] == t.text_len),
