@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import IMAGE_EXTS, iter_raw_samples
 from pipelines.dedup import gray32, phash_gray
 
+EXIF_ORIENTATION = 0x0112
 FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -40,9 +41,13 @@ def _message(e: Exception) -> str:
 
 
 def _decode(data: bytes) -> tuple[Image.Image | None, str | None]:
+    """The image as shown: EXIF orientation applied (an evaluation set's photos; downloaded samples were
+    turned upright by pipelines/download.py and carry no EXIF)."""
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
+        if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
         return im, None
     except Exception as e:  # noqa: BLE001 — any decoder failure (truncated, bomb, not an image) is reported
         return None, _message(e)
