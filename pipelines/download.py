@@ -41,6 +41,7 @@ import tarfile
 import time
 import unicodedata
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,13 +73,15 @@ _DOWNLOAD_CLASSES = [  # (regex on img2dataset's failed_to_download message, sta
     (r"infinite loop", "redirect_loop"),  # "HTTP Error 302: ... would lead to an infinite loop"
     (r"HTTP Error (\d{3})", "http_{0}"),
     (r"IncompleteRead", "truncated"),  # fewer bytes than Content-Length, then the server hung up
+    # before the words below: these messages quote the URL or file name, which may hold any word
+    (r"unknown url type|no host given|Invalid URL|InvalidURL|can't contain control characters|codec can't encode",
+     "bad_url"),
+    (r"No such file|Is a directory|Permission denied", "unreachable"),  # file:// URLs (an image folder)
     (r"timed out|timeout", "timeout"),
     (r"Connection reset|Remote end closed connection|Connection aborted|Broken pipe", "connection_reset"),
     (r"SSL|certificate", "tls_error"),
-    (r"unknown url type|no host given|Invalid URL|InvalidURL|can't contain control characters|codec can't encode",
-     "bad_url"),
-    ((r"Name or service not known|nodename nor servname|getaddrinfo|name resolution|Connection refused|unreachable"
-      r"|No route to host|No such file|Is a directory|Permission denied"), "unreachable"),
+    (r"Name or service not known|nodename nor servname|getaddrinfo|name resolution|Connection refused", "unreachable"),
+    (r"Network is unreachable|No route to host", "unreachable"),
 ]
 _RESIZE_CLASSES = [  # (regex on img2dataset's failed_to_resize message, status class)
     (r"!buf\.empty\(\)", "empty_body"),  # OpenCV's assertion on a zero-byte body
@@ -173,7 +176,8 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
     urls.to_parquet(url_list, index=False)
     with _cluster(cfg.download_distributor):
         _download(download, url_list, out, cfg, "incremental")  # a killed run resumes: finished shards skipped
-        _retry_transient(download, out, cfg)
+        if _main_pass_finished(out, len(urls), cfg.shard_size):
+            _retry_transient(download, out, cfg)
     apply_exif_orientation(out)
     shards = _finished_shards(out)
     return _fold_status(pairs, _read_stats(out, shards)), [out / f"{s}.tar" for s in shards]
@@ -258,6 +262,16 @@ def _retry_transient(download, out: Path, cfg: DataConfig) -> None:
         _download(download, retry_list, out, cfg, "extend")
 
 
+def _main_pass_finished(out: Path, n_rows: int, shard_size: int) -> bool:
+    """Whether img2dataset finished every shard of the list. Retry rounds add shards after the highest
+    finished one, so they wait: one of them could take the id of an unfinished list shard."""
+    missing = sorted(set(range(-(-n_rows // shard_size))) - {int(s) for s in _finished_shards(out)})
+    if missing:
+        warnings.warn(f"{out}: img2dataset did not finish shard(s) {', '.join(map(str, missing[:10]))}; their rows "
+                      "are not_attempted and no retry round runs: run the same command again")
+    return not missing
+
+
 def _finished_shards(out: Path) -> list[str]:
     """Shards img2dataset finished (it writes {id}_stats.json last), in id order: retry rounds come later.
     A shard killed mid-write has no stats file; its partial tar and parquet are ignored."""
@@ -324,31 +338,54 @@ def apply_exif_orientation(out: Path) -> int:
 
 
 def _turn_shard(tar_path: Path, orientation: dict[str, int]) -> int:
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
-    files: dict[str, dict[str, bytes]] = {}
-    for m, data in members:
-        stem, _, ext = m.name.partition(".")
-        files.setdefault(stem, {})[ext] = data
-    turned = {}
-    for key, tag in orientation.items():
-        sample = files.get(key, {})
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        image_ext = next((e for e in ("jpg", "png", "webp") if e in sample), None)
-        if image_ext is None or meta.get(APPLIED):
-            continue
-        turned[f"{key}.{image_ext}"] = _turn_image(sample[image_ext], tag, image_ext)
-        turned[f"{key}.json"] = json.dumps(_turned_meta(meta, tag), indent=4).encode()
+    """Copy a shard sample by sample, turning the samples in `orientation` (i2d key -> tag) not yet turned;
+    the copy replaces the shard only if one was turned."""
+    tmp = tar_path.with_name(tar_path.name + ".tmp")
+    turned = 0
+    with tarfile.open(tar_path) as src, tarfile.open(tmp, "w") as dst:
+        for stem, files in _tar_samples(src):
+            if stem in orientation:
+                turned += _turn_sample(files, orientation[stem])
+            for member, data in files:
+                dst.addfile(member, None if data is None else io.BytesIO(data))
     if turned:
-        tmp = tar_path.with_name(tar_path.name + ".tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for m, data in members:
-                data = turned.get(m.name, data)
-                if data is not None:
-                    m.size = len(data)
-                tar.addfile(m, io.BytesIO(data) if data is not None else None)
         os.replace(tmp, tar_path)
-    return len(turned) // 2
+    else:
+        tmp.unlink()
+    return turned
+
+
+def _tar_samples(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes | None]]]]:
+    """(webdataset key, [(member, bytes)]) per sample: the members sharing a stem, which are adjacent."""
+    stem, files = None, []
+    for member in tar:
+        data = tar.extractfile(member).read() if member.isfile() else None
+        name = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
+        if name != stem and files:
+            yield stem, files
+            files = []
+        stem = name
+        files.append((member, data))
+    if files:
+        yield stem, files
+
+
+def _turn_sample(files: list[tuple[tarfile.TarInfo, bytes | None]], tag: int) -> int:
+    """Turn one sample's image and record it in its json, in place -> 1, or 0 if it was turned before."""
+    ext = {m.name.rsplit(".", 1)[-1]: i for i, (m, _) in enumerate(files)}
+    image = next((e for e in ("jpg", "png", "webp") if e in ext), None)
+    if image is None or "json" not in ext:  # img2dataset writes both; without a json the turn is not recorded
+        return 0
+    meta = json.loads(files[ext["json"]][1])
+    if meta.get(APPLIED):
+        return 0
+    changed = {image: _turn_image(files[ext[image]][1], tag, image),
+               "json": json.dumps(_turned_meta(meta, tag), indent=4).encode()}
+    for e, data in changed.items():
+        member = files[ext[e]][0]
+        member.size = len(data)
+        files[ext[e]] = (member, data)
+    return 1
 
 
 def _turn_image(data: bytes, tag: int, ext: str) -> bytes:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from dalle_eval.shards import iter_raw_samples, iter_shards
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-BATTERY = {  # path on the test server -> the status its row must end with
+BATTERY = {  # path on the test server -> the status its row must end with (/bomb.png, too_large: test_data.py)
     "/good.jpg": "ok",
     "/missing.jpg": "http_404",
     "/error.jpg": "http_500",
@@ -29,7 +30,6 @@ BATTERY = {  # path on the test server -> the status its row must end with
     "/slow.jpg": "timeout",
     "/truncated.jpg": "undecodable",
     "/page.jpg": "undecodable",
-    "/bomb.png": "too_large",
     "/loop.jpg": "redirect_loop",
     "/tiny.png": "too_small",
     "/wide.png": "bad_aspect_ratio",
@@ -69,16 +69,29 @@ def battery(tmp_path_factory, fast_cfg):
         pd.DataFrame(rows, columns=["url", "caption"]).to_parquet(tmp / "list.parquet")
         build_dataset(cfg, str(tmp / "list.parquet"), tmp / "out")
     table = pd.read_parquet(tmp / "out" / "pairs.parquet").set_index("url")
+    table.attrs["hits"] = dict(base.hits)
     return table, want, tmp / "out"
 
 
 def test_every_row_ends_with_its_documented_status(battery):
-    from pipelines.download import is_documented_status
-
     table, want, _ = battery
     assert table["status"].to_dict() == want  # url: the list's own text, not the encoded one
+    from pipelines.download import is_documented_status
+
     undocumented = sorted(s for s in set(table["status"]) if not is_documented_status(s))
     assert not undocumented, f"statuses the README does not list: {undocumented}"
+
+
+def test_only_transient_failures_are_retried(battery):
+    """data.download_retries=1: a transient failure (timeout, reset, truncated, 429, 5xx) is asked once more,
+    after the rest of the list; a 404, an empty body or an opted-out image only once."""
+    table, _, _ = battery
+    hits = table.attrs["hits"]
+    retried = ["/error.jpg", "/always/503.jpg", "/slow.jpg", "/short.jpg", "/reset.jpg", "/flaky/503.jpg",
+               "/flaky/429.jpg", "/flaky/reset.jpg", "/flaky/timeout.jpg"]
+    assert {path: hits.get(path) for path in retried} == dict.fromkeys(retried, 2)
+    once = [path for path in BATTERY if path not in retried and path != "/loop.jpg"]  # a loop: 10 redirects
+    assert {path: hits.get(unquote(path)) for path in once} == dict.fromkeys(once, 1)  # hits: decoded paths
 
 
 def test_failures_keep_their_message(battery):
@@ -127,11 +140,12 @@ def test_exif_pass_leaves_upright_shards_alone_on_a_rerun(battery):
 
 
 def readme_statuses(text: str) -> set[str]:
-    """The status names in the README's build-dataset stage table (its third column), plus `ok`."""
+    """The status names in the README's build-dataset stage table (its third column), plus `ok`; examples of
+    `http_<code>` (`http_404`) count as that."""
     section = text.split("## Building web data", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if re.match(r"\|\s*\d\.", line)]
     names = {name for row in rows for name in re.findall(r"`([a-z0-9_<>]+)`", row.split("|")[3])}
-    return names | {"ok"}
+    return {"http_<code>" if re.fullmatch(r"http_\d{3}", n) else n for n in names} | {"ok"}
 
 
 def test_readme_table_lists_exactly_the_statuses_in_code():
@@ -171,6 +185,11 @@ def test_urls_are_percent_encoded_as_browsers_send_them(url, sent):
         ("failed_to_download", "<urlopen error [Errno 110] Connection timed out>", "timeout"),
         ("failed_to_download", "HTTP Error 999: Request denied", "http_999"),
         ("failed_to_download", "something nobody has seen", "download_error"),
+        # messages that quote a file name or URL are classed by the error, not by the words in the name
+        ("failed_to_download", "<urlopen error [Errno 2] No such file or directory: '/photos/timeout.jpg'>",
+         "unreachable"),
+        ("failed_to_download", "URL can't contain control characters. '/ssl/a\x01.jpg' (found at least '\x01')",
+         "bad_url"),
         ("failed_to_resize", "Image decoding error", "undecodable"),
         ("failed_to_resize", "something nobody has seen", "resize_error"),
         ("failed_to_resize", "OpenCV(4.9) error: (-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS", "too_large"),
@@ -195,3 +214,17 @@ def test_prefilter_rejecting_every_row_writes_the_table_and_says_so(tmp_path):
         assert "caption_empty 1" in last and "url_invalid 1" in last and str(out / "pairs.parquet") in last
     table = pd.read_parquet(out / "pairs.parquet")
     assert table["status"].tolist() == ["caption_empty", "url_invalid", "caption_too_short"]
+
+
+def test_evaluation_images_are_hashed_as_shown(tmp_path):
+    """An evaluation set's photo with an EXIF Orientation tag is hashed upright, as the downloaded copies
+    are stored: the overlap check compares the pictures people see."""
+    from pipelines.dedup import hamming, phash
+    from pipelines.image_reader import hash_folder
+    from tests.webserver import exif_photo, upright_photo
+
+    for tag in range(1, 9):
+        (tmp_path / f"{tag}.jpg").write_bytes(exif_photo(tag))
+    got = hash_folder(tmp_path, progress=False)
+    distances = hamming(got["phash"].to_numpy("int64"), phash([upright_photo()])[0])
+    assert distances.max() <= 4, dict(zip(got["key"], distances))

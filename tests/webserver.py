@@ -163,8 +163,14 @@ def routes(slow_seconds: float) -> dict[str, list[Answer]]:
     return table
 
 
+class BaseURL(str):
+    """The server's base URL; `.hits` counts the requests per route (percent-decoded path)."""
+
+    hits: dict[str, int]
+
+
 @contextlib.contextmanager
-def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[str]:
+def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[BaseURL]:
     """Yield the base URL of a threaded server answering `routes()` plus /pic/{i}.png for i < n_pictures
     (distinct images, each answered after `delay` seconds); stopped on exit. Answer lists advance per
     server: a flaky route fails once for each new server."""
@@ -172,14 +178,16 @@ def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) ->
     for i in range(n_pictures):
         body = _encode(_picture(96, 96, seed=100 + i), "PNG")
         table[f"/pic/{i}.png"] = [Answer(200, {"Content-Type": "image/png"}, body, delay)]
-    seen: dict[str, int] = {}
+    hits: dict[str, int] = {}
     lock = threading.Lock()
 
     def answer(path: str) -> Answer:
-        answers = table.get(urllib.parse.unquote(path), [Answer(404, {}, b"no route")])
+        route = urllib.parse.unquote(path)
+        answers = table.get(route, [Answer(404, {}, b"no route")])
         with lock:
-            n = seen[path] = seen.get(path, -1) + 1
-        return answers[min(n, len(answers) - 1)]
+            hits[route] = hits.get(route, 0) + 1
+            n = hits[route]
+        return answers[min(n, len(answers)) - 1]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -209,7 +217,9 @@ def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) ->
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        url = BaseURL(f"http://127.0.0.1:{server.server_port}")
+        url.hits = hits
+        yield url
     finally:
         server.shutdown()
         server.server_close()
