@@ -47,18 +47,28 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and len(value) >= 16 and all(c in "0123456789abcdef" for c in value)
+
+
 def _show(value: Any) -> str:
     if value is _MISSING:
         return "not recorded"
-    if isinstance(value, str) and len(value) >= 16 and all(c in "0123456789abcdef" for c in value):
-        return f"sha256 {value[:10]}…"
+    if _is_hash(value):
+        return f"{value[:10]}…"
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def differences(recorded: dict, current: dict) -> list[str]:
     """"key (recorded vs current)" for every key of `current` whose recorded value differs."""
     old, new = flatten(recorded), flatten(current)
-    return [f"{k} ({_show(old.get(k, _MISSING))} vs {_show(v)})" for k, v in new.items() if old.get(k, _MISSING) != v]
+    diff = []
+    for key, value in new.items():
+        was = old.get(key, _MISSING)
+        if was != value:
+            kind = "sha256 " if _is_hash(value) or _is_hash(was) else ""
+            diff.append(f"{key} ({kind}{_show(was)} vs {_show(value)})")
+    return diff
 
 
 def read_record(folder: Path) -> dict | None:
