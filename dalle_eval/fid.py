@@ -9,6 +9,7 @@ torch-fidelity does (seed 2020), so the numbers agree with its `calculate_metric
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -119,10 +120,18 @@ def load_inception(weights: str | Path | None):
             antialias=False,
         )
     except OSError as e:  # offline without local weights
+        if weights is not None:
+            raise DalleEvalError(f"--inception-weights {weights}: unreadable ({e})") from None
         raise DalleEvalError(
             f"could not download the FID Inception weights ({e}); pass --inception-weights PATH "
             "with a local copy of pt_inception-2015-12-05-6726825d.pth"
         ) from None
+    except (ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:  # a truncated or other file
+        if weights is None:
+            raise
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DalleEvalError(f"--inception-weights {weights}: not a readable FID Inception state dict "
+                             f"({type(e).__name__}: {reason[:160]}); expected pt_inception-2015-12-05-6726825d.pth") from None
 
 
 def save_random_inception(path: Path, seed: int = 0) -> Path:

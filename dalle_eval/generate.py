@@ -52,8 +52,8 @@ def read_prompts(path: Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise DalleEvalError(f"--prompts {path}:{i}: not a JSON line") from None
-            if "caption" not in row:
-                raise DalleEvalError(f"--prompts {path}:{i}: no 'caption' field")
+            if not isinstance(row, dict) or not isinstance(row.get("caption"), str) or not row["caption"].strip():
+                raise DalleEvalError(f"--prompts {path}:{i}: no caption (expected {{\"prompt_id\", \"caption\": text}})")
             prompts.append({**row, "prompt_id": str(row.get("prompt_id", i - 1))})
         return prompts
     return [{"prompt_id": str(i), "caption": line.strip()} for i, line in enumerate(lines)]

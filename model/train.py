@@ -70,7 +70,9 @@ def make_task(stage: str, cfg: Config, folder: Path, manifest: dict, out: Path, 
 
 
 def split_shards(folder: Path, manifest: dict, n_val: int) -> tuple[list[str], list[str]]:
-    shards = manifest["shards"]
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not shards:
+        raise DalleEvalError(f"{folder}/manifest.json: no shards listed; rebuild it with `dalle-eval build-dataset`")
     if n_val < 0 or len(shards) - n_val < 1:
         raise DalleEvalError(f"{folder}: {len(shards)} shard(s) cannot hold out train.val_shards={n_val} for "
                              "validation and still train; write smaller shards (data.shard_size) or lower it")
