@@ -8,6 +8,7 @@ need no download."""
 import dataclasses
 import json
 import re
+import tarfile
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -228,3 +229,39 @@ def test_evaluation_images_are_hashed_as_shown(tmp_path):
     got = hash_folder(tmp_path, progress=False)
     distances = hamming(got["phash"].to_numpy("int64"), phash([upright_photo()])[0])
     assert distances.max() <= 4, dict(zip(got["key"], distances))
+
+
+def test_retry_rounds_back_off_and_count_attempts_across_runs(tmp_path, monkeypatch):
+    """Rounds over the transient failures only, 1 s, 2 s, 4 s apart; attempts are counted from the shards,
+    so running again (a resumed build) adds no round beyond data.download_retries."""
+    from pipelines import download as dl
+
+    sleeps, rounds = [], []
+    monkeypatch.setattr(dl.time, "sleep", sleeps.append)
+    answers = {"a": ("failed_to_download", "HTTP Error 503: Service Unavailable"),
+               "b": ("failed_to_download", "HTTP Error 404: Not Found"),
+               "c": ("failed_to_download", "The read operation timed out")}
+
+    def shard(keys: list[str]) -> None:  # what img2dataset leaves for a finished shard
+        i = len(list(tmp_path.glob("*_stats.json")))
+        rows = [{"pair_key": k, "url": f"http://h/{k}", "caption": k, "key": f"{i}{k}", "status": answers[k][0],
+                 "error_message": answers[k][1], "original_width": None, "original_height": None, "exif": None}
+                for k in keys]
+        pd.DataFrame(rows).to_parquet(tmp_path / f"{i:05d}.parquet")
+        tarfile.open(tmp_path / f"{i:05d}.tar", "w").close()
+        (tmp_path / f"{i:05d}_stats.json").write_text("{}")
+
+    def fake_img2dataset(url_list: str, incremental_mode: str, **_) -> None:
+        keys = pd.read_parquet(url_list)["pair_key"].tolist()
+        rounds.append((incremental_mode, sorted(keys)))
+        answers["c"] = ("success", None)  # the timeout goes away, the 503 stays
+        shard(keys)
+
+    shard(["a", "b", "c"])
+    cfg = dataclasses.replace(dl.DataConfig(), download_retries=3)
+    dl._retry_transient(fake_img2dataset, tmp_path, cfg)
+    assert rounds == [("extend", ["a", "c"]), ("extend", ["a"]), ("extend", ["a"])] and sleeps == [1.0, 2.0, 4.0]
+    dl._retry_transient(fake_img2dataset, tmp_path, cfg)  # a re-run: a has had its 1 + 3 attempts
+    assert len(rounds) == 3
+    table = dl._fold_status(pd.DataFrame({"key": ["a", "b", "c", "d"]}), dl._read_stats(tmp_path, dl._finished_shards(tmp_path)))
+    assert table["status"].tolist() == ["http_503", "http_404", "ok", "not_attempted"]
