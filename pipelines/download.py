@@ -14,13 +14,14 @@ classes of DOWNLOAD_STATUSES (`http_404`, `timeout`, `empty_body`, ...), the mes
 
 Retries: img2dataset's own `retries` option re-requests a failed URL at once, whatever the failure (a 404
 too), with no pause; it is left at 0. Instead, after the whole list, the rows whose latest status is
-transient (TRANSIENT: timeout, connection reset, truncated body, HTTP 408/425/429/5xx) are downloaded
-again by one more img2dataset run over just those rows (its `extend` mode: new shards beside the old), at
-most `data.download_retries` times, the k-th round after RETRY_BACKOFF * 2**(k-1) seconds. The last
-attempt's status counts. A host that failed is thus asked again only once the rest of the list is done.
+transient (TRANSIENT: timeout, connection reset, truncated body, HTTP 408, 425, 429, 500, 502, 503, 504)
+are downloaded again by one more img2dataset run over just those rows (its `extend` mode: new shards after
+the old), until each has had 1 + `data.download_retries` attempts (counted from the shards, so a resumed
+run does not start over), the k-th round after RETRY_BACKOFF * 2**(k-1) seconds. The last attempt's status
+counts. A host that failed is thus asked again only once the rest of the list is done.
 Politeness per domain: img2dataset has none (no per-host limit or queue; Retry-After is not read); at most
 processes x threads requests are in flight over all hosts together, so a list sorted by domain sends them
-all to one host: shuffle such lists (CC3M/CC12M/LAION ship shuffled).
+all to one host: shuffle such lists.
 
 EXIF orientation: img2dataset decodes with OpenCV's IMREAD_UNCHANGED, which ignores the EXIF Orientation
 tag (a portrait phone photo is stored on its side). Its `exif` column (read with exifread from the

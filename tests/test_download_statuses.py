@@ -265,3 +265,19 @@ def test_retry_rounds_back_off_and_count_attempts_across_runs(tmp_path, monkeypa
     assert len(rounds) == 3
     table = dl._fold_status(pd.DataFrame({"key": ["a", "b", "c", "d"]}), dl._read_stats(tmp_path, dl._finished_shards(tmp_path)))
     assert table["status"].tolist() == ["http_503", "http_404", "ok", "not_attempted"]
+
+
+@pytest.mark.parametrize(
+    "manifest, stage",
+    [
+        ({"prefilter": {"ok": 2}, "status_counts": {"http_404": 2, "url_invalid": 1}}, "the download"),
+        ({"prefilter": {"ok": 2}, "status_counts": {"near_duplicate": 2, "http_404": 1}}, "the post-filter"),
+    ],
+)
+def test_an_empty_set_names_the_stage_that_emptied_it(tmp_path, manifest, stage):
+    from dalle_eval.errors import DalleEvalError
+    from pipelines.download import check_rows_left
+
+    with pytest.raises(DalleEvalError, match=f"^0 rows left after {stage} \\(of 3 rows: "):
+        check_rows_left({"n_samples": 0, **manifest}, tmp_path)
+    check_rows_left({"n_samples": 1, **manifest}, tmp_path)  # something kept: no error
