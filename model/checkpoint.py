@@ -135,17 +135,22 @@ def _load_tensors(path: Path, hint: str = "") -> dict[str, torch.Tensor]:
 
 
 def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict, or one line saying how the file's tensors differ from the model's."""
-    want = module.state_dict()
+    """load_state_dict, or one line saying how the file's parameters differ from the model's (buffers are left to
+    load_state_dict and the model's own hooks, e.g. the transformer's check of a legacy layer order)."""
+    want = dict(module.named_parameters())
     missing = [k for k in want if k not in tensors]
-    unexpected = [k for k in tensors if k not in want]
+    unexpected = [k for k in tensors if k not in want and k not in dict(module.named_buffers())]
     shapes = [k for k in want if k in tensors and tuple(tensors[k].shape) != tuple(want[k].shape)]
     if missing or unexpected or shapes:
         parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
         raise DalleEvalError(f"{path}: the weights do not match the {type(module).__name__} its config.json describes: "
                              + ", ".join(parts))
-    module.load_state_dict(tensors)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise DalleEvalError(f"{path}: the weights do not load into the {type(module).__name__} its config.json "
+                             f"describes ({str(e).splitlines()[0]})") from None
 
 
 def _load_train_pt(state_dir: Path) -> dict:

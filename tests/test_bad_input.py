@@ -163,6 +163,18 @@ def test_weights_of_another_model_are_named(tmp_path, ckpt):
     fails_cleanly(run(*sample_args(ckpt, tmp_path / "s")), str(ckpt / "model.safetensors"), "do not match")
 
 
+def test_weights_guard_keeps_legacy_checkpoints_loadable(tmp_path, ckpt):
+    """A checkpoint from before layer_pattern was saved (same mask order at 2 layers) still samples."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(ckpt / "model.safetensors")
+    del weights["layer_pattern"]
+    (ckpt / "model.safetensors").unlink()
+    save_file(weights, ckpt / "model.safetensors")
+    r = run(*sample_args(ckpt, tmp_path / "s"))
+    assert r.exit_code == 0, r.output
+
+
 def test_broken_dvae_weights_are_named_by_probes_and_coco_fid(tmp_path, ckpt, shapes_data):
     weights = ckpt / "dvae" / "model.safetensors"
     _truncate(weights)
