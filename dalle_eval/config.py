@@ -38,7 +38,7 @@ class DataConfig:
     download_processes: int = 1
     download_threads: int = 16
     download_timeout: int = 10  # seconds per request
-    download_retries: int = 0
+    download_retries: int = 2  # rounds of retries of transient failures (timeout, reset, 429, 5xx), after the list
     download_distributor: str = "multiprocessing"  # img2dataset's: multiprocessing | pyspark | ray
     min_image_size: int = 64  # pixels, shorter side of the original
     max_aspect_ratio: float = 2.0  # paper: aspect ratio within [1/2, 2]

@@ -31,6 +31,7 @@ FAST = [
     "train.peak_tflops=0.16",
     "data.shard_size=64",
     "data.n_val=16",
+    "data.download_retries=0",
     "sample.batch_size=8",
     "eval.n_captions=8",
     "eval.fid_batch=8",
