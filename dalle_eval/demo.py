@@ -15,10 +15,12 @@ from dalle_eval.errors import DalleEvalError
 from dalle_eval.generate import run_sample
 from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import make_prompts
-from dalle_eval.report import ci, image_grid, md_table, pct
+from dalle_eval.probes.report_md import display_row
+from dalle_eval.report import image_grid, md_table, pct
 from model.train import train
 from pipelines.build import build_dataset
 
+PROBE_COLUMNS = ["suite", "scorer", "category", "check", "split", "n", "accuracy", "ci95", "chance", "random generator"]
 SUITE_ROWS = {  # the demo report's probe summary: (suite, scorer, check)
     *(("attributes", "parser", c) for c in ("colour", "shape", "size", "count", "object")),
     *(("binding", "parser", c) for c in ("colours", "shapes", "count", "object", "relation", "image")),
@@ -142,14 +144,13 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     md = "# dalle-eval demo (shapes world, tiny config, CPU)\n\n"
     md += md_table([{"what": k, "value": v} for k, v in headline.items()], ["what", "value"])
     md += "\n## Probes: attributes, binding, Raven (parser: exact on generated images; likelihood: true vs foils)\n\n"
-    md += md_table(suites, ["suite", "scorer", "check", "split", "n", "accuracy", "ci95", "chance"],
-                   {"accuracy": pct, "ci95": ci, "chance": pct})
+    md += md_table([display_row(r) for r in suites], PROBE_COLUMNS)
     cut = (probes.get("text_window") or {}).get("truncated", [])
     if cut:
         md += (f"\n{len(cut)} probe prompts are longer than the tiny model's {probes['text_window']['text_len']}-token "
                "text window and were cut (see probes/report.md).\n")
-    md += "\n## Attribute probes on single objects (exact parser scoring)\n\n"
-    md += md_table(rows, ["check", "split", "n", "accuracy", "ci95", "chance"], {"accuracy": pct, "ci95": ci, "chance": pct})
+    md += "\n## Attribute probes on single objects (exact parser scoring; the rows above count all 60 prompts)\n\n"
+    md += md_table([display_row(r) for r in rows], PROBE_COLUMNS)
     md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['protocol']['inception_weights']}.\n"
     md += "\n## Samples for held-out colour-shape pairs (never seen in training)\n\n![held-out](heldout_grid.png)\n"
     md += ("\n## Stage times (s)\n\nEach stage's time as measured when it ran; a re-run skips finished stages "

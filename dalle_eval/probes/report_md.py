@@ -37,7 +37,8 @@ def raven_label(captions: dict, chosen: dict, correct: dict):
     return lambda f: f"{captions.get(f, '')} | chose {chosen[f] + 1}, correct {correct[f] + 1}"
 
 
-def _display(row: dict) -> dict:
+def display_row(row: dict) -> dict:
+    """A table row as report.md shows it: percentages, interval, † on partial coverage, '—' for no random column."""
     rand = row.get("random")
     return {**row, "accuracy": pct(row["accuracy"]) + (PARTIAL if row.get("partial") else ""), "ci95": ci(row["ci95"]),
             "chance": pct(row["chance"]), "random generator": "—" if rand is None else pct(rand)}
@@ -69,7 +70,7 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
     md += _coverage_md(report.get("coverage") or [])
     for suite in report["suites"]:
         for scorer in report["scorers"]:
-            rows = [_display(r) for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
+            rows = [display_row(r) for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
             if rows:
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
                 md += md_table(rows, COLUMNS)

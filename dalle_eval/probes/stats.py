@@ -72,6 +72,8 @@ def summarise(results: list[dict]) -> list[dict]:
                 groups[key].append(r)
     rows = []
     for (suite, scorer, group, check, split), rs in sorted(groups.items(), key=_row_order):
+        if split == "seen" and (suite, scorer, group, check, "heldout") not in groups:
+            continue  # nothing held out in this group: "seen" would repeat "all"
         k, n = sum(bool(r["passed"]) for r in rs), len(rs)
         (lo, hi), prompts, n_eff = clustered_wilson(rs)
         rows.append({"suite": suite, "category": group, "check": check, "split": split, "n": n, "prompts": prompts,
