@@ -1,4 +1,4 @@
-"""`sample`: captions -> samples dir (DESIGN.md): `{prompt_id}_{index}.png` + samples.jsonl.
+"""`sample`: captions -> samples dir (README "Artifacts"): `{prompt_id}_{index}.png` + samples.jsonl.
 
 The folder records what made it (fingerprint.json: checkpoint, captions, sampling settings, seed, format).
 Resumable: the same run again skips the images already there (listed in samples.jsonl, file present), so a

@@ -1,4 +1,4 @@
-"""The samples dir contract (DESIGN.md): `{prompt_id}_{index}.png` + samples.jsonl, made here or by any generator."""
+"""The samples dir (README "Artifacts"): `{prompt_id}_{index}.png` + samples.jsonl, made here or by any generator."""
 
 from __future__ import annotations
 

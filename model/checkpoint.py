@@ -1,4 +1,4 @@
-"""Checkpoint directories (DESIGN.md): config.json, model.safetensors, state/step-N/ for exact resume.
+"""Checkpoint directories (README "Artifacts"): config.json, model.safetensors, state/step-N/ for exact resume.
 
     CKPT/config.json          {"stage", "config": full resolved config, ...}
     CKPT/model.safetensors    latest weights (hard link to the newest state dir's copy)

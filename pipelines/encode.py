@@ -2,7 +2,7 @@
 
 Each token shard is written atomically and skipped on re-run, so a killed run redoes at most the
 shard in flight. The token folder is self-contained: it holds the tokenizer and a copy of the dVAE
-checkpoint, and its manifest records their fingerprints (DESIGN.md).
+checkpoint, and its manifest records their sha256 (README "Artifacts"), which training checks.
 """
 
 from __future__ import annotations
