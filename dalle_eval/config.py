@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dalle_eval.errors import DalleEvalError
 
@@ -22,24 +22,36 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# Enum-like options: the allowed values, checked when a config is loaded (a TOML file, --set, a saved config),
+# so the code that reads them needs no check of its own.
+Distributor = Literal["multiprocessing", "pyspark", "ray"]  # img2dataset's distributors
+Attention = Literal["sparse", "full"]
+AttentionBackend = Literal["auto", "sdpa", "flex"]
+ReconLoss = Literal["logit_laplace", "mse"]
+Schedule = Literal["plateau", "halving", "cosine"]
+Precision = Literal["fp32", "bf16"]
+Parallel = Literal["ddp", "fsdp"]
+BadShardPolicy = Literal["skip", "fail"]
+ClipScoreMode = Literal["auto", "on", "off"]
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """build-dataset: sources, image size, shards, BPE, dVAE encoding."""
 
-    resolution: int = 256  # pixels; images are center-cropped and resized to this square
+    resolution: int = 256  # pixels; images are center-cropped and resized to this square (= dvae.image_size)
     n_val: int = 256  # shapes world: size of the COCO-format validation split
     shard_size: int = 1000  # samples per webdataset shard
     seed: int = 0
     url_col: str = "url"
     caption_col: str = "caption"
     header: bool = True  # csv/tsv lists have a header row; false: columns are column0, column1, ... (CC3M's tsv)
-    bpe_vocab: int = 16384  # paper: 16,384 lowercased BPE tokens
+    bpe_vocab: int = 16384  # paper: 16,384 lowercased BPE tokens (= transformer.text_vocab)
     download_processes: int = 1
     download_threads: int = 16
     download_timeout: int = 10  # seconds per request
     download_retries: int = 2  # rounds of retries of transient failures (timeout, reset, 429, 5xx), after the list
-    download_distributor: str = "multiprocessing"  # img2dataset's: multiprocessing | pyspark | ray
+    download_distributor: Distributor = "multiprocessing"  # img2dataset's: multiprocessing | pyspark | ray
     min_image_size: int = 64  # pixels, shorter side of the original
     max_aspect_ratio: float = 2.0  # paper: aspect ratio within [1/2, 2]
     max_image_area: float = 89_478_485.0  # pixels of the original (PIL's decompression-bomb limit)
@@ -83,8 +95,8 @@ class FilterConfig:
 class DVAEConfig:
     """The discrete VAE (paper appendix A; OpenAI's `dall_e` Encoder/Decoder with sizes as fields)."""
 
-    image_size: int = 256
-    vocab_size: int = 8192
+    image_size: int = DataConfig.resolution  # = data.resolution
+    vocab_size: int = 8192  # = transformer.image_vocab
     group_count: int = 4  # grid = image_size / 2**(group_count-1)
     n_hid: int = 256
     n_blk_per_group: int = 2
@@ -101,18 +113,18 @@ class TransformerConfig:
     """The decoder-only sparse transformer (paper section 2.2, appendix B)."""
 
     text_len: int = 256
-    text_vocab: int = 16384
-    image_vocab: int = 8192
-    grid: int = 32
+    text_vocab: int = DataConfig.bpe_vocab  # = data.bpe_vocab
+    image_vocab: int = DVAEConfig.vocab_size  # = dvae.vocab_size
+    grid: int = DVAEConfig.image_size // 2 ** (DVAEConfig.group_count - 1)  # = dvae.grid
     n_layer: int = 64
     n_head: int = 62
     d_head: int = 64
     d_model: int = 3968
     mlp_ratio: int = 4
     dropout: float = 0.0
-    attention: str = "sparse"  # "sparse" (row/column/conv, paper) or "full" (dense causal)
+    attention: Attention = "sparse"  # "sparse" (row/column/conv, paper) or "full" (dense causal)
     conv_kernel: int = 11  # paper: 11x11 convolutional attention in the last layer
-    attention_backend: str = "auto"  # "sdpa" (dense bool mask), "flex" (FlexAttention block mask), auto: flex on CUDA
+    attention_backend: AttentionBackend = "auto"  # "sdpa" (dense bool mask), "flex" (FlexAttention block mask), auto: flex on CUDA
     checkpoint_activations: bool = False  # recompute each block in backward (memory for compute)
     text_loss_weight: float = 0.125  # paper: text 1/8, image 7/8
     image_loss_weight: float = 0.875
@@ -139,7 +151,7 @@ class DVAETrainConfig:
     tau_start: float = 1.0
     tau_end: float = 1.0 / 16
     tau_steps: int = 150_000
-    recon_loss: str = "logit_laplace"  # or "mse"
+    recon_loss: ReconLoss = "logit_laplace"  # or "mse"
     ema: float = 0.999  # parameter EMA decay (0 = off); checkpoints export the averaged weights
 
 
@@ -153,7 +165,7 @@ class TransformerTrainConfig:
     lr: float = 4.5e-4
     lr_min: float = 0.0
     warmup: int = 5000
-    schedule: str = "plateau"  # after warm-up: "plateau" (halve when val loss stalls, paper), "halving", "cosine"
+    schedule: Schedule = "plateau"  # after warm-up: "plateau" (halve when val loss stalls, paper), "halving", "cosine"
     halve_every: int = 0  # "halving": steps between halvings
     plateau_patience: int = 3  # "plateau": validations without improvement before halving
     plateau_threshold: float = 1e-3  # "plateau": relative val-loss improvement that counts
@@ -170,17 +182,17 @@ class TrainConfig:
     transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # or "bf16": autocast matmuls to bfloat16 (weights and optimizer stay fp32)
+    precision: Precision = "fp32"  # or "bf16": autocast matmuls to bfloat16 (weights and optimizer stay fp32)
     log_every: int = 50
     ckpt_every: int = 500
     keep_last: int = 2
-    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard, sharded checkpoints)
+    parallel: Parallel = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard, sharded checkpoints)
     compile: bool = False  # torch.compile the model
     # data streaming (model/stream.py)
     data_streams: int = 0  # fixed count makes the sample order independent of the number of ranks; 0 = ranks x workers
     num_workers: int = 1  # DataLoader worker processes per rank
     shuffle_shards: int = 4  # samples are shuffled within windows of this many shards
-    on_bad_shard: str = "skip"  # a truncated/corrupt shard: "skip" (logged by name, counted) or "fail"
+    on_bad_shard: BadShardPolicy = "skip"  # a truncated/corrupt shard: "skip" (logged by name, counted) or "fail"
     val_shards: int = 1  # the manifest's last shards, held out for validation
     val_samples: int = 512  # at most this many held-out samples per validation
     val_every: int = 1000  # steps between validations (also feeds the plateau schedule)
@@ -212,13 +224,14 @@ class SampleConfig:
 class EvalConfig:
     n_captions: int = 30000  # paper: 30,000 MS-COCO validation captions
     captions_per_image: int = 1  # paper: one caption per image
-    resolution: int = 256  # both sets center-cropped + bicubic-resized to this before the Inception (paper: 256)
+    resolution: int = 256  # both sets center-cropped + bicubic-resized to this before the Inception (paper: 256);
+    # a protocol choice, not tied to data.resolution: coco-fid resizes images of any size (another generator's too)
     blur_radii: tuple[float, ...] = (0, 1, 2, 4, 8)  # paper fig. 9: Gaussian blur on both sets
     is_splits: int = 10
     kid: bool = False  # also KID (needs a second pass over the real images: not cached)
     kid_subsets: int = 100  # torch-fidelity's defaults
     kid_subset_size: int = 1000
-    clip_score: str = "auto"  # auto: when sample.clip_pretrained is set or reranking recorded scores; on; off
+    clip_score: ClipScoreMode = "auto"  # auto: when sample.clip_pretrained is set or reranking recorded scores; on; off
     cache_dir: str = ""  # reference statistics; "" = $XDG_CACHE_HOME/dalle-eval/fid (~/.cache/...)
     fid_batch: int = 32
     probe_samples: int = 4  # images generated per probe prompt
@@ -263,6 +276,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise DalleEvalError(f"{where}: expected a table, got {value!r}")
         return _build(typ, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(typ)
+        if not isinstance(value, str) or value not in allowed:
+            raise DalleEvalError(f"{where}: {value!r} is not one of {', '.join(sorted(allowed))}")
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise DalleEvalError(f"{where}: expected a list, got {value!r}")
@@ -351,7 +369,68 @@ def _build(cls: type, values: dict, where: str, base: Any = None, path: str = ""
 
 
 def config_from_dict(values: dict, base: Config | None = None, where: str = "") -> Config:
-    return _build(Config, values, where, base)
+    """`values` (one layer: a file's tables, the --set options together, a saved config) over `base` (defaults)."""
+    return _agree(_build(Config, values, where, base), _stated(values), where)
+
+
+# --------------------------------------------------------------------------- values that must agree
+
+# Options that hold one number. A layer that states one of a pair sets the other too; a layer that states both
+# must give the same value. Likewise transformer.grid = dvae.grid (dvae.image_size / 2**(dvae.group_count - 1)).
+SAME_VALUE = (("data.resolution", "dvae.image_size"), ("data.bpe_vocab", "transformer.text_vocab"),
+              ("dvae.vocab_size", "transformer.image_vocab"))
+
+
+def _stated(values: dict, prefix: str = "") -> set[str]:
+    """The dotted keys a layer states."""
+    keys: set[str] = set()
+    for key, value in values.items():
+        keys |= _stated(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return keys
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _with(cfg: Any, key: str, value: Any) -> Any:
+    """`cfg` with the dotted `key` replaced."""
+    head, _, rest = key.partition(".")
+    return dataclasses.replace(cfg, **{head: _with(getattr(cfg, head), rest, value) if rest else value})
+
+
+def _agree(cfg: Config, stated: set[str], where: str) -> Config:
+    for a, b in SAME_VALUE:
+        if a in stated and b in stated and _get(cfg, a) != _get(cfg, b):
+            raise DalleEvalError(f"{where}{a}={_get(cfg, a)} but {b}={_get(cfg, b)}: they must agree")
+        if (a in stated) != (b in stated):
+            source, target = (a, b) if a in stated else (b, a)
+            _check_range(target, _get(cfg, source), f"{where}{target} (= {source})")
+            cfg = _with(cfg, target, _get(cfg, source))
+    return _agree_grid(cfg, stated, where)
+
+
+def _agree_grid(cfg: Config, stated: set[str], where: str) -> Config:
+    """transformer.grid from the image size and dvae.group_count, or the image size from a stated grid."""
+    sizes = [k for k in ("data.resolution", "dvae.image_size") if k in stated]
+    if not sizes and not stated & {"transformer.grid", "dvae.group_count"}:
+        return cfg
+    size, count, grid = cfg.dvae.image_size, cfg.dvae.group_count, cfg.transformer.grid
+    factor = 2 ** (count - 1)
+    if "transformer.grid" in stated and not sizes:
+        return _with(_with(cfg, "dvae.image_size", grid * factor), "data.resolution", grid * factor)
+    source = sizes[0] if sizes else "dvae.image_size"
+    if size % factor:
+        raise DalleEvalError(f"{where}{source}={size} is not a multiple of 2**(dvae.group_count - 1) = {factor}: "
+                             "the dVAE halves the image dvae.group_count - 1 times")
+    if "transformer.grid" in stated and grid != size // factor:
+        raise DalleEvalError(f"{where}{source}={size} and dvae.group_count={count} make a code grid of "
+                             f"{size // factor}x{size // factor} but transformer.grid={grid}: they must agree")
+    _check_range("transformer.grid", size // factor, f"{where}transformer.grid ({source}={size} and "
+                 f"dvae.group_count={count})")
+    return _with(cfg, "transformer.grid", size // factor)
 
 
 def _parse_override(item: str) -> dict:
@@ -399,9 +478,19 @@ def load_config(configs: typing.Sequence[str | Path] = (), overrides: typing.Seq
 
 
 def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    """The `key=value` items as one layer (a later item wins over an earlier one of the same key)."""
+    merged: dict = {}
     for item in overrides:
-        cfg = config_from_dict(_parse_override(item), cfg, where="--set ")
-    return cfg
+        _merge(merged, _parse_override(item))
+    return config_from_dict(merged, cfg, where="--set ") if merged else cfg
+
+
+def _merge(into: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dalle_eval.config import FilterConfig
 from pipelines.image_reader import iter_shard_samples
-
-DEFAULT_CLIP_THRESHOLD = 0.28
 
 
 def _parts(clip) -> tuple[torch.nn.Module, object, object, torch.device]:
@@ -59,7 +58,7 @@ def clip_filter(
     images: Sequence[Image.Image],
     captions: Sequence[str],
     clip,
-    threshold: float = DEFAULT_CLIP_THRESHOLD,
+    threshold: float = FilterConfig.clip_threshold,
     batch_size: int = 64,
 ) -> pd.DataFrame:
     """In-memory samples -> DataFrame[key, clip_score, status ('ok' | 'clip_score_low')]; kept: score >= threshold."""
@@ -70,7 +69,7 @@ def clip_filter(
 def clip_filter_shards(
     shards: Sequence[str | Path],
     clip,
-    threshold: float = DEFAULT_CLIP_THRESHOLD,
+    threshold: float = FilterConfig.clip_threshold,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:

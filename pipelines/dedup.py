@@ -27,14 +27,16 @@ import scipy.sparse
 from PIL import Image
 from scipy.sparse.csgraph import connected_components
 
+from dalle_eval.config import FilterConfig
 from dalle_eval.errors import DalleEvalError
 
-# Default Hamming threshold (of 64 bits), measured on 400 rendered images (tests/test_dedup.py renders
-# them): JPEG q70, 256->200->256 resize, +10% brightness and all three move a hash by <= 4 bits in 99.6%
-# of 1,600 cases (max 8); of 79,800 unrelated pairs one is at 8, one at 10, the 0.1% quantile at 18.
-# Distances are nearly always even (32 of the 64 bits are set), so 6 = 7. Within-set clustering chains
-# pairs, so a loose threshold merges unrelated images once n x (false-pair rate) nears 1: keep it tight.
-DEFAULT_THRESHOLD = 6
+# The default Hamming threshold (of 64 bits) is FilterConfig's dedup_threshold (and eval_threshold), measured
+# on 400 rendered images (tests/test_dedup.py renders them): JPEG q70, 256->200->256 resize, +10% brightness
+# and all three move a hash by <= 4 bits in 99.6% of 1,600 cases (max 8); of 79,800 unrelated pairs one is at
+# 8, one at 10, the 0.1% quantile at 18. Distances are nearly always even (32 of the 64 bits are set), so 6 = 7.
+# Within-set clustering chains pairs, so a loose threshold merges unrelated images once n x (false-pair rate)
+# nears 1: keep it tight.
+DEFAULT_THRESHOLD = FilterConfig.dedup_threshold
 DEFAULT_RADIUS = 1
 
 
@@ -180,7 +182,7 @@ def eval_overlap(
     keys: Sequence[str],
     hashes,
     eval_hashes,
-    threshold: int = DEFAULT_THRESHOLD,
+    threshold: int = FilterConfig.eval_threshold,
     eval_keys: Sequence[str] | None = None,
     radius: int = DEFAULT_RADIUS,
 ) -> pd.DataFrame:
