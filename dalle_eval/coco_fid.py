@@ -133,8 +133,6 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     from dalle_eval.coco_report import write_report
 
     out, e, t0 = Path(out), cfg.eval, time.time()
-    if e.clip_score not in ("auto", "on", "off"):
-        raise DalleEvalError(f"eval.clip_score must be auto, on or off, got {e.clip_score!r}")
     if not e.blur_radii or any(r < 0 for r in e.blur_radii):
         raise DalleEvalError(f"eval.blur_radii must be a non-empty list of radii >= 0, got {list(e.blur_radii)}")
     prompts = load_or_choose_subset(coco, out, e.n_captions, e.seed, e.captions_per_image, subset)

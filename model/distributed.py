@@ -14,10 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dalle_eval.errors import DalleEvalError
-
-PARALLEL = ("ddp", "fsdp")
-
 
 @dataclass(frozen=True)
 class Dist:
@@ -68,8 +64,6 @@ def exit_worker(code: int = 0) -> None:
 
 def wrap(model: torch.nn.Module, d: Dist, parallel: str, blocks: list[torch.nn.Module] | None = None):
     """DDP, or FSDP2 `fully_shard` on each block then the root; a no-op in a single process."""
-    if parallel not in PARALLEL:
-        raise DalleEvalError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     if not d.active:
         return model
     if parallel == "ddp":

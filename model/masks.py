@@ -26,8 +26,6 @@ def layer_kinds(n_layer: int, attention: str) -> list[str]:
     """
     if attention == "full":
         return ["full"] * n_layer
-    if attention != "sparse":
-        raise ValueError(f"transformer.attention must be 'sparse' or 'full', got {attention!r}")
     kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layer + 1)]  # i: the paper's 1-based layer
     kinds[-1] = "conv"
     return kinds

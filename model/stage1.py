@@ -75,10 +75,8 @@ class DVAETask:
             recon = logit_laplace_nll(stats, x)
             with torch.no_grad():
                 mse = F.mse_loss(DVAE.stats_to_pixels(stats), x)
-        elif self.tc.recon_loss == "mse":
+        else:  # "mse"
             recon = mse = F.mse_loss(DVAE.stats_to_pixels(stats), x)
-        else:
-            raise DalleEvalError(f"train.dvae.recon_loss must be 'logit_laplace' or 'mse', got {self.tc.recon_loss!r}")
         kl = kl_to_uniform(logits)
         return {"loss": recon + self.beta(step) * self.kl_scale * kl, "recon": recon, "kl": kl, "mse": mse.detach()}
 

@@ -134,8 +134,6 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
     state = latest_state(out)
     if state is not None and not resume:
         raise DalleEvalError(f"{out} already holds a checkpoint ({state.name}); pass --resume to continue it or pick a new --out")
-    if tc.precision not in ("fp32", "bf16"):
-        raise DalleEvalError(f"train.precision must be fp32 or bf16, got {tc.precision!r}")
     kind = "images" if stage == "dvae" else "tokens"
     folder = resolve_data_dir(data, kind)
     manifest = read_manifest(folder, f"{kind} shards")

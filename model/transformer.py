@@ -89,8 +89,6 @@ class DalleTransformer(nn.Module):
         # saved with the weights: a checkpoint names the mask order it was trained with (see _check_layer_pattern)
         self.register_buffer("layer_pattern", torch.tensor([MASK_KINDS.index(k) for k in self.kinds]))  # (n_layer,)
         self.register_load_state_dict_pre_hook(_check_layer_pattern)
-        if cfg.attention_backend not in ("auto", "sdpa", "flex"):
-            raise ValueError(f"transformer.attention_backend must be auto, sdpa or flex, got {cfg.attention_backend!r}")
         self._block_masks: dict = {}
         for kind in sorted(set(self.kinds)):
             self.register_buffer(f"mask_{kind}", dense_mask(kind, L, cfg.grid, cfg.conv_kernel), persistent=False)

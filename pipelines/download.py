@@ -53,8 +53,6 @@ from dalle_eval.config import DataConfig
 from dalle_eval.errors import DalleEvalError
 from pipelines.prefilter import FILTERS
 
-DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
-
 # Every status of stage 3 (download); "http_<code>" stands for http_404, http_503, ... (any code).
 DOWNLOAD_STATUSES = (
     "http_<code>", "timeout", "connection_reset", "truncated", "empty_body", "redirect_loop", "unreachable",
@@ -160,9 +158,6 @@ def browser_url(url: str) -> str:
 
 def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
     """-> (DataFrame[key, i2d_key, status, error, width, height], one row per pair; the image shards)."""
-    if cfg.download_distributor not in DISTRIBUTORS:
-        raise DalleEvalError(f"data.download_distributor must be one of {', '.join(DISTRIBUTORS)}, "
-                             f"got {cfg.download_distributor!r}")
     if cfg.download_retries < 0:
         raise DalleEvalError(f"data.download_retries must be >= 0 (rounds of retries), got {cfg.download_retries}")
     if pairs.empty:  # nothing to download (the pre-filter rejected every row): img2dataset is not started
