@@ -191,10 +191,45 @@ def test_metrics_validation_samples_and_tensorboard(tmp_path, token_data):
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 
 
+def _grid_tiles(path, rows: int, cols: int, size: int, cell: int = 128):
+    """The PNG grid of report.image_grid cut back into its tiles: (rows * cols, size, size, 3) uint8.
+
+    Tiles are `cell` px, pasted with a NEAREST resize, one caption strip under each row: every
+    (cell/size)-th pixel of a tile is the image's own."""
+    import numpy as np
+    from PIL import Image
+
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    assert grid.shape[1] == cols * cell and grid.shape[0] % rows == 0
+    pitch, step = grid.shape[0] // rows, cell // size  # row height: the tile and its caption strip
+    return np.stack([grid[r * pitch : r * pitch + cell : step, c * cell : (c + 1) * cell : step]
+                     for r in range(rows) for c in range(cols)])
+
+
 def test_dvae_reconstruction_grid(tmp_path, shapes_data):
-    run = tmp_path / "dvae"
-    train("dvae", shapes_data, cfg_with("train.sample_every=6"), run, progress=False)
-    assert (run / "samples" / "step-00000006.png").exists()
+    """The dVAE's sample grid shows the first 8 held-out images over the run's own reconstructions of them:
+    the top tiles equal the images, the bottom ones the exported model's encode -> decode, to the 1/255 of
+    the uint8 conversion (this process's convolutions, without channels_last, may differ in the last bit)."""
+    import numpy as np
+
+    from model.checkpoint import load_dvae
+    from model.stage1 import decode_image
+    from model.train import load_val, split_shards
+
+    run, cfg = tmp_path / "dvae", cfg_with("train.sample_every=6")
+    train("dvae", shapes_data, cfg, run, progress=False)
+    folder = shapes_data / "images"
+    _, val_shards = split_shards(folder, read_json(folder / "manifest.json"), cfg.train.val_shards)
+    held_out, _ = load_val(folder, val_shards, decode_image, 8)
+    images = torch.stack([s[0] for s in held_out])  # (8, 3, 64, 64) uint8
+    tiles = _grid_tiles(run / "samples" / "step-00000006.png", 2, len(images), cfg.dvae.image_size)
+    assert np.array_equal(tiles[: len(images)], images.permute(0, 2, 3, 1).numpy())
+    dvae = load_dvae(run)  # the weights at step 6 (no EMA in this config): the ones the grid was drawn with
+    rec = dvae.decode(dvae.encode(images.float() / 255))
+    want = (rec.permute(0, 2, 3, 1).clamp(0, 1) * 255).byte().numpy().astype(int)
+    got = tiles[len(images) :].astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - images.permute(0, 2, 3, 1).numpy()).max() > 8  # reconstructions, not the images again
 
 
 def test_plot_metrics_cli(tmp_path, token_data):
