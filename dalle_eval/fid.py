@@ -1,4 +1,4 @@
-"""FID, IS and KID from one pass of the FID Inception (torchmetrics' NoTrainInceptionV3).
+"""FID, IS and KID from one pass of the FID Inception (torch-fidelity's FeatureExtractorInceptionV3).
 
 Inside the network every image is resized to 299 px with torch-fidelity's TF1-compatible bilinear
 (antialias off), as in torch-fidelity and torchmetrics(antialias=False). FID uses the 2048-d pool
@@ -12,13 +12,12 @@ import os
 import pickle
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dalle_eval.artifacts import read_rgb
+from dalle_eval.artifacts import atomic_path, read_rgb
 from dalle_eval.errors import DalleEvalError
 
 RESIZE_POLICY = "inception bilinear to 299 px, TF1-compatible (torch-fidelity), antialias off"
@@ -104,21 +103,20 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
     return float(np.mean(out)), float(np.std(out))
 
 
-def load_inception(weights: str | Path | None):
-    """torchmetrics' FID Inception with 2048-d and logits outputs. weights=None: its own download."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
+FEATURES = ("2048", "logits_unbiased")  # what one forward pass returns: FID's pool features, IS's logits
+
+
+def load_inception(weights: str | Path | None) -> torch.nn.Module:
+    """torch-fidelity's FID Inception returning (2048-d pool features, unbiased logits). weights=None: its download."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     if weights is not None and not Path(weights).exists():
         raise DalleEvalError(
             f"--inception-weights {weights}: file not found (torch-fidelity's pt_inception-2015-12-05 state dict)"
         )
     try:
-        return NoTrainInceptionV3(
-            name="inception-v3-compat",
-            features_list=["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(weights) if weights else None,
-            antialias=False,
-        )
+        return FeatureExtractorInceptionV3("inception-v3-compat", list(FEATURES),
+                                           feature_extractor_weights_path=str(weights) if weights else None)
     except OSError as e:  # offline without local weights
         if weights is not None:
             raise DalleEvalError(f"--inception-weights {weights}: unreadable ({e})") from None
@@ -137,20 +135,23 @@ def load_inception(weights: str | Path | None):
 def save_random_inception(path: Path, seed: int = 0) -> Path:
     """A randomly initialised FID Inception for tests and the offline demo: NOT comparable to published FID.
 
-    Conv weights are re-drawn N(0, 2/fan_in): with the default init all features collapse and FID ~ 0.
+    torch-fidelity's network keeps its own initialisation (it is given an empty weights file, loaded non-strictly);
+    conv weights are then re-drawn N(0, 2/fan_in): with the default init all features collapse and FID ~ 0.
     """
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    torch.manual_seed(seed)
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None), mock.patch.object(
-        fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None
-    ):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+    class Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+            return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    with atomic_path(path) as tmp:
+        torch.save({}, tmp)
+        torch.manual_seed(seed)
+        net = Unloaded("inception-v3-compat", list(FEATURES), feature_extractor_weights_path=str(tmp))
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        torch.save(net.state_dict(), tmp)
     return Path(path)
 
 
@@ -176,7 +177,7 @@ def inception_features(net, batches: Iterable[np.ndarray], total: int | None = N
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
         for arr in batches:
             x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
-            f, lg = net._torch_fidelity_forward(x)  # both outputs from one pass
+            f, lg = net(x)  # both outputs (FEATURES) from one pass
             feats.append(f.double())
             logits.append(lg.double())
             bar.update(len(arr))

@@ -73,6 +73,8 @@ def sweep_features(net, paths: list[Path], resolution: int, radii: list[float], 
 def weights_id(weights: str | Path | None) -> str:
     """The feature extractor's identity for cache keys: sha256 of the weights file (or the default's name)."""
     if weights is None:
+        # torch-fidelity's download; the name predates the switch from torchmetrics' copy of the network, whose
+        # features are bitwise the same, and is kept so that caches made before it stay valid
         return "torchmetrics-inception-v3-compat (downloaded pt_inception-2015-12-05)"
     return "sha256:" + sha256_file(weights)
 

@@ -64,6 +64,43 @@ def test_fid_self_zero_other_positive_and_matches_torchmetrics(tmp_path, incepti
     assert diff["fid"] == pytest.approx(float(ref.compute()), rel=1e-3)
 
 
+def test_features_come_from_torch_fidelitys_public_extractor(tmp_path, inception):
+    """inception_features runs torch-fidelity's FeatureExtractorInceptionV3 through its public forward: pool features
+    and unbiased logits of one pass, equal to that network's own outputs (the random test weights load into it)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from dalle_eval.fid import image_batches, inception_features, load_inception
+
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(inception))
+    paths = _images(tmp_path / "a", 0, n=5)
+    feats, logits = inception_features(net, image_batches(paths, 3), progress=False)
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        want_f, want_l = net(x.contiguous())
+    assert feats.shape == (5, 2048) and logits.shape == (5, 1008)
+    np.testing.assert_allclose(feats, want_f.double().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits.numpy(), want_l.double().numpy(), rtol=1e-5, atol=1e-5)
+    ours = load_inception(inception)
+    assert type(ours) is FeatureExtractorInceptionV3 and ours.features_list == ["2048", "logits_unbiased"]
+
+
+def test_fid_module_uses_no_mock_and_no_private_api():
+    """Production code: no unittest.mock, no private attributes of other libraries (torchmetrics' _torch_fidelity_forward)."""
+    import ast
+    import inspect
+
+    import dalle_eval.fid
+
+    tree = ast.parse(inspect.getsource(dalle_eval.fid))
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.startswith("unittest")]
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.endswith("__") and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+    assert not private
+
+
 def test_unreadable_image_is_named(tmp_path, inception):
     from dalle_eval.errors import DalleEvalError
 
