@@ -423,8 +423,8 @@ def _agree_grid(cfg: Config, stated: set[str], where: str) -> Config:
         return _with(_with(cfg, "dvae.image_size", grid * factor), "data.resolution", grid * factor)
     source = sizes[0] if sizes else "dvae.image_size"
     if size % factor:
-        raise DalleEvalError(f"{where}{source}={size} is not a multiple of 2**(dvae.group_count - 1) = {factor}: "
-                             "the dVAE halves the image dvae.group_count - 1 times")
+        raise DalleEvalError(f"{where}{source}={size} and dvae.group_count={count}: the image size must be a multiple "
+                             f"of 2**(dvae.group_count - 1) = {factor} (the dVAE halves it dvae.group_count - 1 times)")
     if "transformer.grid" in stated and grid != size // factor:
         raise DalleEvalError(f"{where}{source}={size} and dvae.group_count={count} make a code grid of "
                              f"{size // factor}x{size // factor} but transformer.grid={grid}: they must agree")

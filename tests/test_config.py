@@ -200,6 +200,18 @@ def test_values_that_disagree_are_refused_naming_both(tmp_path, sets, message):
         config_from_dict(saved, where="config.json:")
 
 
+def test_image_size_must_halve_to_the_grid():
+    """The dVAE halves the image dvae.group_count - 1 times: another size is refused at load, naming both values."""
+    import re
+
+    with pytest.raises(DalleEvalError, match="^" + re.escape(
+            "--set data.resolution=100 and dvae.group_count=4: the image size must be a multiple of "
+            "2**(dvae.group_count - 1) = 8") + r" \("):
+        load_config(["tiny"], ["data.resolution=100"])
+    with pytest.raises(DalleEvalError, match=re.escape("dvae.image_size=64 and dvae.group_count=10")):
+        load_config(["tiny"], ["dvae.group_count=10"])
+
+
 def test_values_that_disagree_through_the_cli_are_one_line():
     from click.testing import CliRunner
 
