@@ -428,8 +428,6 @@ def _agree_grid(cfg: Config, stated: set[str], where: str) -> Config:
     if "transformer.grid" in stated and grid != size // factor:
         raise DalleEvalError(f"{where}{source}={size} and dvae.group_count={count} make a code grid of "
                              f"{size // factor}x{size // factor} but transformer.grid={grid}: they must agree")
-    _check_range("transformer.grid", size // factor, f"{where}transformer.grid ({source}={size} and "
-                 f"dvae.group_count={count})")
     return _with(cfg, "transformer.grid", size // factor)
 
 
