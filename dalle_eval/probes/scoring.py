@@ -82,7 +82,8 @@ def score_scene_image(spec: Scene, image: Image.Image, chance: dict[str, float] 
 
 
 def score_raven_image(item: RavenItem, image: Image.Image) -> tuple[dict[str, tuple[bool, float]], int]:
-    """({"answer": (correct, 1/8)}, chosen candidate) for a completed matrix or an answer-cell image."""
+    """({"answer": (correct, 1/8)}, chosen candidate) for a completed matrix of any square size >= 64 px,
+    drawn at that size or resized from our render at another (raven.nearest_candidate finds out which)."""
     if image.width != image.height:
         raise DalleEvalError(f"a Raven image must be square, got {image.width}x{image.height}")
     chosen = nearest_candidate(item, image, image.width)
@@ -123,7 +124,10 @@ def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) ->
         extra = {"file": s["file"]}
         if prompt["suite"] == "raven":
             item = RavenItem.from_json(prompt["spec"])
-            checks, chosen = score_raven_image(item, image)
+            try:
+                checks, chosen = score_raven_image(item, image)
+            except DalleEvalError as e:  # e.g. an image under the smallest supported resolution
+                raise DalleEvalError(f"{Path(images_dir) / s['file']}: {e}") from None
             extra.update(chosen=chosen, correct=item.answer)
         else:
             spec = Scene.from_json(prompt["spec"])
