@@ -122,7 +122,7 @@ def bare_download(url_list: Path, out: Path, cfg) -> tuple[float, int]:
 
 def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dict]:
     """build_dataset's image stage -> (seconds, successes, seconds per stage, status counts)."""
-    from pipelines import build, web
+    from dalle_eval.pipelines import build, web
 
     timers = Timers()
     timers.wrap(build, "read_pairs", "read (DuckDB)")
@@ -152,10 +152,9 @@ def bench_download(tmp: Path) -> None:
     d = cfg.data
     log = tmp / "download.log"
     with quiet(log):
+        import dalle_eval.pipelines.build  # noqa: F401
         import img2dataset  # noqa: F401  (heavy import paid once, before either side is timed)
-
-        import pipelines.build  # noqa: F401
-        from pipelines.prefilter import language_identifier
+        from dalle_eval.pipelines.prefilter import language_identifier
 
         language_identifier()  # py3langid's model: loaded once per process either way
     print(f"url list: {N_URLS} distinct 96x96 PNGs from 127.0.0.1 -> {d.resolution} px center crop, webdataset, "
@@ -222,7 +221,7 @@ def bench_distributors(tmp: Path) -> None:
 
 def encoder_rate(cfg: DVAEConfig, batch: int, batches: int, repeats: int, warmup: int) -> tuple[float, int]:
     """-> (images/s, best of `repeats` runs of `batches` batches; encoder parameters)."""
-    from model.dvae import DVAE
+    from dalle_eval.model.dvae import DVAE
 
     torch.manual_seed(0)
     dvae = DVAE(cfg).eval()
@@ -240,10 +239,10 @@ def encoder_rate(cfg: DVAEConfig, batch: int, batches: int, repeats: int, warmup
 
 def random_dvae_ckpt(cfg, out: Path) -> Path:
     """A checkpoint dir (config.json + model.safetensors, model/checkpoint.py's format) of random weights."""
+    from dalle_eval.model.dvae import DVAE
     from safetensors.torch import save_file
 
     from dalle_eval.artifacts import write_json
-    from model.dvae import DVAE
 
     torch.manual_seed(0)
     out.mkdir(parents=True)
@@ -253,9 +252,10 @@ def random_dvae_ckpt(cfg, out: Path) -> Path:
 
 
 def bench_encode(tmp: Path) -> None:
-    import model.dvae
+    from dalle_eval.model import dvae as dvae_module
+    from dalle_eval.pipelines import build, encode
+
     from dalle_eval.shards import image_to_array, iter_shards
-    from pipelines import build, encode
 
     tiny = load_config(["tiny"])
     # tiny: best of 3 x 10 batches after a full-batch warm-up; openai (~3 s per image): 2 batches, once
@@ -274,7 +274,7 @@ def bench_encode(tmp: Path) -> None:
     timers.wrap(encode, "iter_shards", "read + PNG decode (webdataset)", materialize=True)
     timers.wrap(encode, "encode_captions", "BPE encode")
     timers.wrap(encode, "_encode_batch", "_encode_batch")
-    timers.wrap(model.dvae.DVAE, "encode", "dVAE encoder")
+    timers.wrap(dvae_module.DVAE, "encode", "dVAE encoder")
     timers.wrap(encode, "write_shard", "write token shards")
     try:
         with quiet(tmp / "encode.log"):
@@ -286,7 +286,7 @@ def bench_encode(tmp: Path) -> None:
     s = timers.seconds
 
     # the pure encoder on the same images, same batch (data.encode_batch), already decoded in memory
-    dvae = model.dvae.DVAE(tiny.dvae).eval()
+    dvae = dvae_module.DVAE(tiny.dvae).eval()
     arrays = np.stack([image_to_array(x["image"]) for x in iter_shards(sorted((out / "images").glob("shard-*.tar")))])
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255.0
     batch = tiny.data.encode_batch

@@ -19,11 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dalle_eval.model.stage2 import decode_tokens
+from dalle_eval.model.stream import ShardStream, StreamLoader
+from dalle_eval.model.transformer import DalleTransformer
+
 from dalle_eval.config import load_config
 from dalle_eval.shards import shard_name, write_shard
-from model.stage2 import decode_tokens
-from model.stream import ShardStream, StreamLoader
-from model.transformer import DalleTransformer
 
 SHARDS, PER_SHARD, BATCH = 8, 500, 32
 

@@ -13,7 +13,7 @@ Training (the peer's step measured alone here: 0.81 s at batch 8, benchmarks/REA
 text ids and precomputed image token ids (the peer's DALLE.forward takes a (b, n) long `image` as
 codes; its DiscreteVAE is only the required `vae` object, frozen and unused), AdamW, steps of the
 two models interleaved so both see the same load, median after warm-up. Our achieved FLOP rate
-uses model.transformer.train_flops, the count of the training MFU and `dalle-eval info`: 6 N per
+uses dalle_eval.model.transformer.train_flops, the count of the training MFU and `dalle-eval info`: 6 N per
 position fed (N = block + final LayerNorm + output head parameters, no embeddings) + 12 d_attn per
 attention pair the layer's mask allows (PaLM appendix B's term over the unmasked pairs only; SDPA on
 the CPU computes all T x T scores, also for our sparse masks, and that extra work is not credited),
@@ -25,16 +25,13 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dalle_eval.model.dvae import DVAE
+from dalle_eval.model.sampling import sample_codes
+from dalle_eval.model.transformer import DalleTransformer, train_flops
 
 from dalle_eval.config import DVAEConfig, TransformerConfig
-from model.dvae import DVAE
-from model.sampling import sample_codes
-from model.transformer import DalleTransformer, train_flops
 
 BATCH, TEXT_LEN, TEXT_VOCAB, IMAGE_VOCAB, GRID = 4, 32, 1000, 512, 16
 

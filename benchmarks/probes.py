@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from dalle_eval.model.dvae import DVAE
+from dalle_eval.model.sampling import sample_codes
+from dalle_eval.model.tokenizer import train_bpe
+from dalle_eval.model.transformer import DalleTransformer
 
 from dalle_eval.config import load_config
 from dalle_eval.generate import codes_to_images
@@ -27,10 +31,6 @@ from dalle_eval.probes.raven_probe import model_completer
 from dalle_eval.probes.scoring import score_raven_image, score_scene_image
 from dalle_eval.raven import RavenItem
 from dalle_eval.shapes import Scene
-from model.dvae import DVAE
-from model.sampling import sample_codes
-from model.tokenizer import train_bpe
-from model.transformer import DalleTransformer
 
 N_SHAPES, N_RAVEN, BATCH = 64, 16, 64
 

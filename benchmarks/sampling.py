@@ -13,10 +13,10 @@ import dataclasses
 import time
 
 import torch
+from dalle_eval.model.sampling import sample_codes
+from dalle_eval.model.transformer import DalleTransformer
 
 from dalle_eval.config import load_config
-from model.sampling import sample_codes
-from model.transformer import DalleTransformer
 
 PEAK_GFLOPS = 160.0
 

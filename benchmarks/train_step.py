@@ -2,7 +2,7 @@
 
 Prints tokens/s for both, their ratio, and the achieved FLOP rate as a fraction of this machine's fp32
 matmul peak (~160 GFLOP/s on 2 threads: the machine line of benchmarks/README.md). FLOPs per sample come from
-model.transformer.train_flops, the count the training MFU and `dalle-eval info` use: 6 N per position
+dalle_eval.model.transformer.train_flops, the count the training MFU and `dalle-eval info` use: 6 N per position
 fed (N = block + final LayerNorm + output head parameters) + 12 d_attn per attention pair the layer's
 mask allows (PaLM appendix B's attention term, counted over the unmasked pairs only). On the CPU SDPA
 computes all T x T scores, so the masked-out ones are work this rate does not credit. Then one mid-size
@@ -17,9 +17,9 @@ import dataclasses
 import time
 
 import torch
+from dalle_eval.model.transformer import DalleTransformer, train_flops
 
 from dalle_eval.config import load_config
-from model.transformer import DalleTransformer, train_flops
 
 PEAK_GFLOPS = 160.0
 

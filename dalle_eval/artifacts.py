@@ -45,16 +45,6 @@ def _umask() -> int:
     return mask
 
 
-def prepare_stage(folder: str | Path, inputs: dict, overwrite: bool = True, made_by: str = "") -> bool:
-    """True if `folder` is complete (has its manifest) for exactly these inputs; an incomplete one is kept (its
-    finished parts are reused). A folder built from other inputs is refused naming them, or with `overwrite`
-    wiped first (a cache such as the download folder); the inputs are recorded (outputs.claim_output)."""
-    from dalle_eval.outputs import claim_output  # outputs builds on this module
-
-    same = claim_output(folder, inputs, overwrite, made_by or f"build-dataset ({Path(folder).name} stage)")
-    return same and (Path(folder) / MANIFEST).exists()
-
-
 def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -60,13 +60,13 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
       torchrun --nproc_per_node 8 -m dalle_eval.cli build-dataset --source pairs.parquet --out runs/web \\
           --dvae runs/dvae --set data.device=cuda     # encoding sharded over 8 GPUs (images built first)
     """
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     if dvae is not None and not Path(dvae).exists():
         raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
     r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images, overwrite)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun-sharded encoding: rank 0 reports
-        from model.distributed import exit_worker
+        from dalle_eval.model.distributed import exit_worker
 
         if os.environ.get("RANK") != "0":
             exit_worker(0)
@@ -79,7 +79,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
     lines["seconds"] = r["seconds"]
     summary("build-dataset", lines, Path(out) / "build_report.json")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from model.distributed import exit_worker
+        from dalle_eval.model.distributed import exit_worker
 
         exit_worker(0)
 
@@ -107,7 +107,7 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
       torchrun --nproc_per_node 8 -m dalle_eval.cli train --stage transformer --config dalle-1.3b \\
           --data /data/cc12m --out runs/1.3b --set train.parallel=fsdp --set train.precision=bf16
     """
-    from model.train import train as run_train
+    from dalle_eval.model.train import train as run_train
 
     saved = Path(out) / "config.json"
     if resume and saved.exists():
@@ -129,7 +129,7 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
                      "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
             summary(f"train {stage}", lines, Path(out) / "summary.json")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from model.distributed import exit_worker
+        from dalle_eval.model.distributed import exit_worker
 
         exit_worker(0)
 
@@ -274,7 +274,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     except DalleEvalError as e:
         raise click.ClickException(str(e)) from None
     if r is None:  # torchrun rank > 0: rank 0 reports
-        from model.distributed import exit_worker
+        from dalle_eval.model.distributed import exit_worker
 
         exit_worker(0)
     if "exported" in r:
@@ -290,7 +290,7 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
         lines["CLIP"] = RANDOM_CLIP
     summary("coco-fid", lines, Path(out) / "report.md")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from model.distributed import exit_worker
+        from dalle_eval.model.distributed import exit_worker
 
         exit_worker(0)
 
@@ -304,7 +304,7 @@ def info(cfg, overrides):
     Example:
       dalle-eval info --config dalle-12b
     """
-    from model.transformer import count_parameters, train_flops
+    from dalle_eval.model.transformer import count_parameters, train_flops
 
     counts = count_parameters(cfg.transformer)
     t = cfg.transformer
@@ -345,8 +345,8 @@ def dataset_stats_cmd(data_dir, no_plots):
       dalle-eval dataset-stats runs/web
       dalle-eval dataset-stats runs/data --no-plots
     """
-    from pipelines.stats import dataset_stats
-    from pipelines.stats_report import format_stats
+    from dalle_eval.pipelines.stats import dataset_stats
+    from dalle_eval.pipelines.stats_report import format_stats
 
     try:
         s = dataset_stats(data_dir, plots=not no_plots)

@@ -15,6 +15,7 @@ import numpy as np
 
 from dalle_eval.artifacts import read_jsonl, write_json
 from dalle_eval.coco import export_captions, load_or_choose_subset
+from dalle_eval.coco_report import NOT_RECORDED, write_report
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.fid import (
@@ -35,8 +36,6 @@ from dalle_eval.fid_reference import (
 from dalle_eval.outputs import on_rank0
 from dalle_eval.samples import SAMPLES, claim_samples
 
-NOT_RECORDED = "not recorded"  # a sampling setting the samples dir does not record (another generator's rows)
-
 
 def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, progress: bool,
                      overwrite: bool = False) -> tuple[Path, bool]:
@@ -45,7 +44,7 @@ def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, pr
     Rank 0 alone claims OUT/samples for this checkpoint, subset and sampling settings (hashing the weights once);
     another run's folder stops every rank, or with `overwrite` is cleared by rank 0 before any rank samples."""
     from dalle_eval.generate import merge_rank_rows, prompts_id, run_sample, sample_fingerprint
-    from model import distributed
+    from dalle_eval.model import distributed
 
     d = distributed.setup(cfg.sample.device)
     folder = Path(out) / "samples"
@@ -102,7 +101,7 @@ def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) ->
     """CLIP score per image (cosine x 100 with its caption): from reranking when it used the same CLIP,
     else computed when eval.clip_score is "on", or "auto" with CLIP weights given. -> (scores, note, whether a
     random-init CLIP made them or reranked the samples)."""
-    from dalle_eval.clip_rerank import RANDOM_CLIP
+    from dalle_eval.model.clip import RANDOM_CLIP
 
     s, mode = cfg.sample, cfg.eval.clip_score
     reranked_randomly = any(r.get("random_clip") for r in rows)
@@ -114,7 +113,7 @@ def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) ->
         return None, "not computed (set sample.clip_pretrained, or eval.clip_score=on)", reranked_randomly
     from PIL import Image
 
-    from dalle_eval.clip_rerank import ClipScorer
+    from dalle_eval.model.clip import ClipScorer
 
     scorer = ClipScorer(s.clip_model, s.clip_pretrained or None, s.device, allow_random=s.random_clip)
     images = [Image.open(Path(folder) / r["file"]).convert("RGB") for r in rows]
@@ -130,7 +129,6 @@ def run_coco_fid(coco: Path, out: Path, cfg: Config, ckpt: Path | None = None, i
     """Evaluate, write OUT/report.{json,md}; -> the report (None on torchrun ranks other than 0).
     verify_cache: re-hash every real image before trusting cached statistics (else only files whose stat changed).
     overwrite: replace OUT/samples made by another checkpoint or other sampling settings (else refused)."""
-    from dalle_eval.coco_report import write_report
 
     out, e, t0 = Path(out), cfg.eval, time.time()
     if not e.blur_radii or any(r < 0 for r in e.blur_radii):

@@ -9,8 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dalle_eval.artifacts import atomic_path
-from dalle_eval.clip_rerank import RANDOM_CLIP
-from dalle_eval.coco_fid import NOT_RECORDED
+from dalle_eval.model.clip import RANDOM_CLIP
 from dalle_eval.report import image_grid, md_table
 
 # Published zero-shot MS-COCO FID at blur radius 0 (30,000 captions): NOT measured by this tool.
@@ -19,8 +18,7 @@ PUBLISHED = [
     {"model": "CogView 4B (Ding et al. 2021, table 1)", "fid": 27.1},
     {"model": "minDALL-E 1.3B (Kakao Brain 2021, model card)", "fid": 14.7},
 ]
-
-
+NOT_RECORDED = "not recorded"  # a sampling setting the samples dir does not record (another generator's rows)
 CAVEAT_RANDOM = "random Inception weights: not comparable to published FID"
 
 

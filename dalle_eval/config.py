@@ -1,7 +1,7 @@
 """Every option of every stage, as frozen dataclasses, with TOML files and `--set a.b=v` layered on top.
 
 Leaf module: imports nothing else of the project. The defaults are the paper's (Ramesh et al. 2021);
-`model/configs/tiny.toml` scales them down for a CPU.
+`dalle_eval/configs/tiny.toml` scales them down for a CPU.
 """
 
 from __future__ import annotations
@@ -253,11 +253,11 @@ class Config:
 
 
 def named_config_dir() -> Path:
-    return Path(str(resources.files("model") / "configs"))
+    return Path(str(resources.files("dalle_eval") / "configs"))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """`tiny` -> model/configs/tiny.toml; anything else is a path."""
+    """`tiny` -> dalle_eval/configs/tiny.toml; anything else is a path."""
     p = Path(name_or_path)
     if p.suffix != ".toml" and not p.exists():
         named = named_config_dir() / f"{name_or_path}.toml"

@@ -13,12 +13,12 @@ from dalle_eval.coco_fid import run_coco_fid
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.generate import run_sample
+from dalle_eval.model.train import train
+from dalle_eval.pipelines.build import build_dataset
 from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import make_prompts
 from dalle_eval.probes.report_md import display_row
 from dalle_eval.report import image_grid, md_table, pct
-from model.train import train
-from pipelines.build import build_dataset
 
 PROBE_COLUMNS = ["suite", "scorer", "category", "check", "split", "n", "accuracy", "ci95", "chance", "random generator"]
 SUITE_ROWS = {  # the demo report's probe summary: (suite, scorer, check)

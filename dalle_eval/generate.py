@@ -28,11 +28,11 @@ from dalle_eval.artifacts import (
 )
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from dalle_eval.model.sampling import completion_keep, sample_codes
+from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.outputs import file_sha256
 from dalle_eval.samples import SAMPLES, claim_samples, row_files
-from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
-from model.sampling import completion_keep, sample_codes
-from model.tokenizer import encode_captions, load_tokenizer, pad_batch
 
 SAMPLES_FORMAT = 1  # the samples-dir layout this code writes: part of every samples fingerprint
 
@@ -217,7 +217,7 @@ def run_sample(
         known = image_to_codes(dvae, Path(image)).cpu()
     scorer = None
     if cfg.rerank > 1:
-        from dalle_eval.clip_rerank import ClipScorer
+        from dalle_eval.model.clip import ClipScorer
 
         if cfg.rerank < n:
             raise DalleEvalError(f"sample.rerank={cfg.rerank} draws fewer candidates than the {n} kept per caption")

@@ -4,7 +4,7 @@ A run whose fingerprint equals the recorded one resumes (its finished parts are 
 refused with one line naming the keys that differ and how to go on (another --out, or --overwrite, which
 clears the folder first). A fingerprint holds only what changes the folder's contents: checkpoint and prompt
 hashes, sampling settings, seed, the artifact format; keys a newer fingerprint no longer holds are ignored.
-Leaf module: torch.distributed is imported only by `on_rank0` under torchrun.
+Core module: under torchrun, `on_rank0` gathers through the process group the caller passes in.
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from dalle_eval.artifacts import STAGE_INPUTS, read_json, sha256_file, write_json
+from dalle_eval.artifacts import MANIFEST, STAGE_INPUTS, read_json, sha256_file, write_json
 from dalle_eval.errors import DalleEvalError
 
-if TYPE_CHECKING:
-    from model.distributed import Dist
+
+class Ranks(Protocol):
+    """What on_rank0 needs of a process group (dalle_eval.model.distributed.Dist has it)."""
+
+    active: bool
+    is_main: bool
+
+    def gather(self, obj: Any) -> list: ...
 
 FINGERPRINT = "fingerprint.json"
 T = TypeVar("T")
@@ -135,22 +141,28 @@ def _write_record(folder: Path, made_by: str, fingerprint: dict) -> None:
     (folder / STAGE_INPUTS).unlink(missing_ok=True)
 
 
-def on_rank0(d: Dist, fn: Callable[[], T]) -> T:
+def on_rank0(d: Ranks, fn: Callable[[], T]) -> T:
     """Run `fn` (a claim, anything that may delete) on rank 0 only and give every rank its result or its error,
     so no rank goes on before rank 0 has finished, and all stop together when it fails. One process: fn()."""
     if not d.active:
         return fn()
-    from model.distributed import gather_objects
-
     result, error = None, None
     if d.is_main:
         try:
             result = fn()
         except Exception as e:  # noqa: BLE001 - any failure: shared as text (others must not wait), re-raised here
             error = e
-    shared, message = gather_objects((result, None if error is None else str(error)), d)[0]
+    shared, message = d.gather((result, None if error is None else str(error)))[0]
     if error is not None:
         raise error
     if message is not None:
         raise DalleEvalError(message)
     return shared
+
+
+def prepare_stage(folder: str | Path, inputs: dict, overwrite: bool = True, made_by: str = "") -> bool:
+    """True if `folder` is complete (has its manifest) for exactly these inputs; an incomplete one is kept (its
+    finished parts are reused). A folder built from other inputs is refused naming them, or with `overwrite`
+    wiped first (a cache such as the download folder); the inputs are recorded (outputs.claim_output)."""
+    same = claim_output(folder, inputs, overwrite, made_by or f"build-dataset ({Path(folder).name} stage)")
+    return same and (Path(folder) / MANIFEST).exists()

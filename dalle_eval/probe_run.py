@@ -40,8 +40,8 @@ def _check_scorers(scorers: tuple[str, ...], ckpt: Path | None, images: Path | N
 def text_window(ckpt: Path, prompts: list[dict]) -> dict:
     """Prompts whose caption is longer than the checkpoint's text window: the model never sees their end, so
     generation cannot satisfy it and foils differing there tie. Reported, not hidden (shapes prompts only)."""
-    from model.checkpoint import TOKENIZER, read_ckpt_config
-    from model.tokenizer import encode_captions, load_tokenizer
+    from dalle_eval.model.checkpoint import TOKENIZER, read_ckpt_config
+    from dalle_eval.model.tokenizer import encode_captions, load_tokenizer
 
     text_len = read_ckpt_config(ckpt, "transformer")[1].transformer.text_len
     shapes = [p for p in prompts if p["suite"] != "raven"]
@@ -124,7 +124,7 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
         pm = ProbeModel.load(Path(ckpt), cfg.sample.device)
         results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm)
     if "clip" in scorers:
-        from dalle_eval.clip_rerank import ClipScorer
+        from dalle_eval.model.clip import ClipScorer
         from dalle_eval.probes.clip_mc import clip_multiple_choice
 
         clip = ClipScorer(clip_model, clip_pretrained, cfg.sample.device)

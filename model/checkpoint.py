@@ -18,13 +18,13 @@ import zipfile
 from pathlib import Path
 
 import torch
+from dalle_eval.model.distributed import Dist, barrier
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dalle_eval.artifacts import atomic_path, read_json
 from dalle_eval.config import Config, config_from_dict
 from dalle_eval.errors import DalleEvalError
-from model.distributed import Dist, barrier
 
 STATE = "state"
 # Token folders and transformer checkpoints carry the tokenizer and dVAE they were made with.
@@ -217,14 +217,14 @@ def load_weights(module: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
 
 
 def load_dvae(ckpt: Path):
-    from model.dvae import DVAE
+    from dalle_eval.model.dvae import DVAE
 
     _, cfg = read_ckpt_config(ckpt, "dvae")
     return load_weights(DVAE(cfg.dvae), ckpt)
 
 
 def load_transformer(ckpt: Path):
-    from model.transformer import DalleTransformer
+    from dalle_eval.model.transformer import DalleTransformer
 
     _, cfg = read_ckpt_config(ckpt, "transformer")
     return load_weights(DalleTransformer(cfg.transformer), ckpt)

@@ -30,6 +30,10 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order (one process: [obj])."""
+        return gather_objects(obj, self)
+
 
 def setup(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,10 +12,10 @@ import pickle
 from pathlib import Path
 
 import torch
+from dalle_eval.model.dvae import DVAE
 
 from dalle_eval.config import DVAEConfig
 from dalle_eval.errors import DalleEvalError
-from model.dvae import DVAE
 
 _ALLOWED = {
     ("collections", "OrderedDict"),

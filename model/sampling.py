@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from model.transformer import DalleTransformer
+from dalle_eval.model.transformer import DalleTransformer
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float = 1.0) -> torch.Tensor:

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dalle_eval.model.dvae import DVAE, kl_to_uniform, logit_laplace_nll
+from dalle_eval.model.schedule import LRSchedule
 from PIL import Image
 
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import IMAGE_EXTS
-from model.dvae import DVAE, kl_to_uniform, logit_laplace_nll
-from model.schedule import LRSchedule
 
 
 def decode_image(sample: dict) -> tuple[torch.Tensor]:

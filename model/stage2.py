@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
+from dalle_eval.model.schedule import LRSchedule
+from dalle_eval.model.stream import mix_seed
+from dalle_eval.model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
+from dalle_eval.model.transformer import DalleTransformer, train_flops
 from PIL import Image
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
-from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
-from model.schedule import LRSchedule
-from model.stream import mix_seed
-from model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
-from model.transformer import DalleTransformer, train_flops
 
 MANIFEST_FIELDS = ("shards", "text_len", "grid", "image_vocab", "text_vocab", "tokenizer_sha256", "dvae_sha256")
 
@@ -164,8 +164,9 @@ class TransformerTask:
     @torch.no_grad()
     def sample_grid(self, val: list[tuple], path: Path, device: torch.device, main: bool) -> None:
         """Images for the fixed train.sample_prompts, decoded by the run's dVAE (one row per prompt)."""
+        from dalle_eval.model.sampling import sample_codes
+
         from dalle_eval.report import image_grid
-        from model.sampling import sample_codes
 
         prompts = list(self.cfg.train.sample_prompts)
         tok = load_tokenizer(self.out / TOKENIZER)

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+from dalle_eval.model import distributed
+from dalle_eval.model.checkpoint import latest_state, load_state, save_state
+from dalle_eval.model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_held_out, read_shard
 from tqdm import tqdm
 
 from dalle_eval.artifacts import append_jsonl, atomic_path, read_json, read_manifest, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from model import distributed
-from model.checkpoint import latest_state, load_state, save_state
-from model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_held_out, read_shard
 
 STAGES = ("dvae", "transformer")
 
@@ -59,11 +59,11 @@ def resolve_data_dir(data: Path, kind: str) -> Path:
 
 def make_task(stage: str, cfg: Config, folder: Path, manifest: dict, out: Path, main: bool):
     if stage == "dvae":
-        from model.stage1 import DVAETask
+        from dalle_eval.model.stage1 import DVAETask
 
         return DVAETask(cfg)
     if stage == "transformer":
-        from model.stage2 import TransformerTask
+        from dalle_eval.model.stage2 import TransformerTask
 
         return TransformerTask(cfg, folder, manifest, out, copy_assets=main)
     raise DalleEvalError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")

@@ -12,11 +12,11 @@ import math
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from dalle_eval.model.masks import MASK_KINDS, dense_mask, layer_kinds, mask_mod
 from torch import nn
 
 from dalle_eval.config import TransformerConfig
 from dalle_eval.errors import DalleEvalError
-from model.masks import MASK_KINDS, dense_mask, layer_kinds, mask_mod
 
 
 class KVCache:

@@ -20,29 +20,28 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from dalle_eval.model import distributed
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
+from dalle_eval.model.tokenizer import load_tokenizer, train_bpe
+from dalle_eval.pipelines.download import check_rows_left
+from dalle_eval.pipelines.encode import encode_shards, prepare_assets, token_manifest
+from dalle_eval.pipelines.shapes_source import write_coco_split, write_shapes_shards
+from dalle_eval.pipelines.sources import read_pairs, source_fingerprint
+from dalle_eval.pipelines.stats import dataset_stats
+from dalle_eval.pipelines.web import build_web_images
 
 from dalle_eval.artifacts import (
     MANIFEST,
     atomic_path,
     fingerprint,
-    prepare_stage,
     read_json,
     sha256_file,
     write_json,
 )
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.outputs import on_rank0, recorded_differences
+from dalle_eval.outputs import on_rank0, prepare_stage, recorded_differences
 from dalle_eval.shards import count_samples
-from model import distributed
-from model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
-from model.tokenizer import load_tokenizer, train_bpe
-from pipelines.download import check_rows_left
-from pipelines.encode import encode_shards, prepare_assets, token_manifest
-from pipelines.shapes_source import write_coco_split, write_shapes_shards
-from pipelines.sources import read_pairs, source_fingerprint
-from pipelines.stats import dataset_stats
-from pipelines.web import build_web_images
 
 # [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
 # processes download (img2dataset's distributors and process counts give the same table, tests/test_data.py).

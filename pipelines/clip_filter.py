@@ -2,7 +2,7 @@
 
 Runs only when CLIP weights are given (random weights score noise). LAION-400M kept pairs with
 ViT-B/32 cosine >= 0.3 (Schuhmann et al. 2021); LAION-5B used 0.28 for English (Schuhmann et al. 2022).
-`clip` is a dalle_eval.clip_rerank.ClipScorer or an open_clip (model, preprocess, tokenizer) triple.
+`clip` is a dalle_eval.model.clip.ClipScorer or an open_clip (model, preprocess, tokenizer) triple.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from dalle_eval.pipelines.image_reader import iter_shard_samples
 from PIL import Image
 from tqdm import tqdm
 
 from dalle_eval.config import FilterConfig
-from pipelines.image_reader import iter_shard_samples
 
 
 def _parts(clip) -> tuple[torch.nn.Module, object, object, torch.device]:

@@ -48,10 +48,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+from dalle_eval.pipelines.prefilter import FILTERS
 
 from dalle_eval.config import DataConfig
 from dalle_eval.errors import DalleEvalError
-from pipelines.prefilter import FILTERS
 
 # Every status of stage 3 (download); "http_<code>" stands for http_404, http_503, ... (any code).
 DOWNLOAD_STATUSES = (

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, read_ckpt_config
+from dalle_eval.model.tokenizer import encode_captions, load_tokenizer
 from tqdm import tqdm
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import count_samples, image_to_array, iter_shards, shard_name, write_shard
-from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, read_ckpt_config
-from model.tokenizer import encode_captions, load_tokenizer
 
 
 def copy_dvae(dvae_ckpt: Path, dest: Path) -> Path:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from dalle_eval.pipelines.dedup import gray32, phash_gray
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import IMAGE_EXTS, iter_raw_samples
-from pipelines.dedup import gray32, phash_gray
 
 EXIF_ORIENTATION = 0x0112
 FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -315,7 +315,7 @@ def dataset_stats(out: Path, plots: bool = True) -> dict:
         )
     folder = out / STATS_DIR
     stats["files"] = {"json": str(folder / "stats.json"), "markdown": str(folder / "stats.md"), "plots": []}
-    from pipelines.stats_report import format_markdown, write_plots  # the rendering half
+    from dalle_eval.pipelines.stats_report import format_markdown, write_plots  # the rendering half
 
     if plots:
         stats["files"]["plots"] = [str(p) for p in write_plots(stats, folder)]

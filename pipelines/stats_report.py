@@ -7,7 +7,6 @@ from pathlib import Path
 
 from dalle_eval.artifacts import atomic_path
 from dalle_eval.report import md_table, pct
-from pipelines.stats import TOP_CLUSTERS, TOP_DOMAINS
 
 # --------------------------------------------------------------------------- tables (Markdown, terminal)
 
@@ -103,7 +102,7 @@ def _sections(stats: dict, compact: bool) -> list[tuple[str, str, list[dict]]]:
         sec.append(("Resolution histogram (kept rows)", "shorter and longer side of each image", rows))
     if "domains" in stats:
         d = stats["domains"]
-        top = d["top"][: 10 if compact else TOP_DOMAINS]
+        top = d["top"][: 10 if compact else None]  # stats.py already keeps the top TOP_DOMAINS
         note = f"{d['distinct']:,} distinct hosts; {d['other_rows']:,} rows from hosts outside the top {len(d['top'])}"
         cols = {"domain": "domain", "rows": "rows", "kept": "kept", "kept share": "kept_share"}
         sec.append((f"Top {len(top)} domains", note, _tab(top, cols)))
@@ -125,7 +124,7 @@ def _sections(stats: dict, compact: bool) -> list[tuple[str, str, list[dict]]]:
             "removed": "near_duplicate_rows",
         }
         rows = _tab(
-            nd["largest"][: 5 if compact else TOP_CLUSTERS],
+            nd["largest"][: 5 if compact else None],
             cols | {"kept caption": "kept_caption"},
             40 if compact else 80,
         )

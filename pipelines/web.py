@@ -19,15 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+from dalle_eval.pipelines.dedup import eval_overlap, near_duplicates
+from dalle_eval.pipelines.download import download_images
+from dalle_eval.pipelines.image_reader import hash_folder, hash_shards
+from dalle_eval.pipelines.prefilter import filter_counts, prefilter
 from tqdm import tqdm
 
-from dalle_eval.artifacts import MANIFEST, atomic_path, prepare_stage, write_json
+from dalle_eval.artifacts import MANIFEST, atomic_path, write_json
 from dalle_eval.config import Config, config_to_dict
+from dalle_eval.outputs import prepare_stage
 from dalle_eval.shards import count_samples, iter_raw_samples, shard_name
-from pipelines.dedup import eval_overlap, near_duplicates
-from pipelines.download import download_images
-from pipelines.image_reader import hash_folder, hash_shards
-from pipelines.prefilter import filter_counts, prefilter
 
 
 def _shard_hashes(shard: Path) -> pd.DataFrame:
@@ -78,8 +79,8 @@ def postfilter(cfg: Config, table: pd.DataFrame, shards: list[Path], eval_images
         table["eval_match"] = table["key"].map(dict(zip(over["key"], over["eval_match"])))
         counts["eval_overlap"] = _mark(table, over.loc[over["status"] == "eval_overlap", "key"], "eval_overlap")
     if f.clip_model:
-        from dalle_eval.clip_rerank import ClipScorer
-        from pipelines.clip_filter import clip_filter_shards
+        from dalle_eval.model.clip import ClipScorer
+        from dalle_eval.pipelines.clip_filter import clip_filter_shards
 
         scored = clip_filter_shards(shards, ClipScorer(f.clip_model, f.clip_pretrained, cfg.data.device),
                                     f.clip_threshold).merge(table[["i2d_key", "key"]], left_on="key",

@@ -46,7 +46,7 @@ def fast_cfg():
 
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory, fast_cfg):
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     out = tmp_path_factory.mktemp("data")
     build_dataset(fast_cfg, "shapes", out, n=160)
@@ -55,7 +55,7 @@ def shapes_data(tmp_path_factory, fast_cfg):
 
 @pytest.fixture(scope="session")
 def dvae_ckpt(tmp_path_factory, fast_cfg, shapes_data):
-    from model.train import train
+    from dalle_eval.model.train import train
 
     out = tmp_path_factory.mktemp("dvae")
     train("dvae", shapes_data, fast_cfg, out, progress=False)
@@ -64,7 +64,7 @@ def dvae_ckpt(tmp_path_factory, fast_cfg, shapes_data):
 
 @pytest.fixture(scope="session")
 def token_data(fast_cfg, shapes_data, dvae_ckpt):
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     build_dataset(fast_cfg, "shapes", shapes_data, n=160, dvae=dvae_ckpt)
     return shapes_data
@@ -72,7 +72,7 @@ def token_data(fast_cfg, shapes_data, dvae_ckpt):
 
 @pytest.fixture(scope="session")
 def transformer_ckpt(tmp_path_factory, fast_cfg, token_data):
-    from model.train import train
+    from dalle_eval.model.train import train
 
     out = tmp_path_factory.mktemp("transformer")
     train("transformer", token_data, fast_cfg, out, progress=False)

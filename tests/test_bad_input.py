@@ -424,7 +424,7 @@ def test_coco_fid_rerank_without_clip_weights_is_refused_and_random_clip_labelle
 
 
 def test_clip_scorer_refuses_no_weights_unless_asked(tiny_clip):
-    from dalle_eval.clip_rerank import ClipScorer
+    from dalle_eval.model.clip import ClipScorer
 
     with pytest.raises(DalleEvalError, match="no CLIP weights"):
         ClipScorer(tiny_clip[0], None)

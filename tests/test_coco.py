@@ -114,6 +114,7 @@ def test_resize_policy_center_crop_bicubic(coco, tmp_path):
     assert (prepare(same, 32) == 200).all()  # already square at the resolution: untouched
 
 
+@pytest.mark.slow  # FID/IS/KID over 60 images through two implementations: ~17 s
 def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
     """Same images, same Inception weights: FID, IS and KID equal torch-fidelity's calculate_metrics on the very
     samples folder. torch-fidelity reads a folder in sorted path order; IS splits and KID subsets depend on the
@@ -143,6 +144,7 @@ def test_agrees_with_torch_fidelity(coco, tmp_path, inception):
     assert ours["sweep"][0]["kid_std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-4)
 
 
+@pytest.mark.slow  # 5 blur radii x 2 sets through Inception: ~18 s
 def test_identical_sets_blur_sweep_cache_and_report(coco, tmp_path, inception, monkeypatch):
     assert list(load_config([], []).eval.blur_radii) == [0, 1, 2, 4, 8]  # the paper's sweep is the default
     cfg = _cfg(tmp_path, "eval.n_captions=8", "eval.blur_radii=[0,2,8]")  # (3 radii: Inception passes are slow on CPU)
@@ -180,6 +182,7 @@ def _change_one_pixel(path: Path, y: int, x: int) -> None:
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
 
 
+@pytest.mark.slow  # reference statistics computed 4 times: ~13 s
 def test_reference_cache_is_keyed_by_content(tmp_path, inception):
     """The cached real statistics follow the images' bytes: one changed pixel (same name, byte size and
     mtime) is a new key; unchanged files reuse the cache without re-hashing; --verify-cache re-hashes all."""
@@ -276,6 +279,7 @@ def test_random_inception_caveat_on_plot_and_report(other_generator_run):
     assert CAVEAT_RANDOM.lower() in titles(CAVEAT_RANDOM) and CAVEAT_RANDOM.lower() not in titles(None)
 
 
+@pytest.mark.slow  # a blur sweep through Inception: ~6 s
 def test_blurred_generated_set_gets_closer_with_blur(coco, tmp_path, inception):
     cfg = _cfg(tmp_path, "eval.n_captions=8", "eval.blur_radii=[0,8]")
     prompts = load_or_choose_subset(coco, tmp_path / "run", 8, 0)
@@ -353,6 +357,7 @@ def test_rerank_and_clip_score_through_the_cli(shapes_data, transformer_ckpt, tm
     assert r.exit_code == 0 and "exported to" in r.output and len((tmp_path / "only.jsonl").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow  # torchrun: 2 processes
 def test_torchrun_two_ranks_generate_the_same_images(shapes_data, transformer_ckpt, tmp_path, inception):
     """Generation sharded over 2 gloo ranks = one process, image for image; rank 0 merges and reports."""
     common = ["--coco", str(shapes_data / "coco"), "--ckpt", str(transformer_ckpt), "--inception-weights", str(inception),

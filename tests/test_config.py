@@ -135,7 +135,7 @@ def test_defaults_and_named_configs_agree(name):
 
 @pytest.mark.parametrize("name", ["tiny", "dalle-1.3b", "dalle-12b"])
 def test_named_configs_state_each_shared_value_once(name):
-    """model/configs/*.toml state one option of each agreeing pair; the other is derived at load."""
+    """dalle_eval/configs/*.toml state one option of each agreeing pair; the other is derived at load."""
     import tomllib
 
     from dalle_eval.config import named_config_dir
@@ -230,8 +230,9 @@ def test_post_filter_defaults_are_the_config_fields():
     """pipelines/dedup.py and clip_filter.py default to FilterConfig's fields (one reference), no second literal."""
     import inspect
 
+    from dalle_eval.pipelines import clip_filter, dedup
+
     from dalle_eval.config import FilterConfig
-    from pipelines import clip_filter, dedup
 
     def default(fn, name):
         return inspect.signature(fn).parameters[name].default

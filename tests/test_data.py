@@ -37,7 +37,7 @@ def test_token_shards_and_manifest(token_data, fast_cfg):
 
 
 def test_rebuild_skips_finished_stages(shapes_data, fast_cfg, capsys):
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     before = (shapes_data / "images" / "shard-000000.tar").stat().st_mtime_ns
     build_dataset(fast_cfg, "shapes", shapes_data, n=160)
@@ -72,9 +72,11 @@ EXPECTED = {  # what the web's bad inputs (tests/webserver.py) must end as
 }
 
 
+@pytest.mark.slow  # img2dataset against a local server, a 5 s slow response: ~9 s
 def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
     """A real img2dataset run against a local server serving good, odd and broken images."""
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
+
     from tests.webserver import serve
 
     cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_timeout=2))
@@ -124,6 +126,7 @@ def _run_until(cmd, done, timeout=120):
     return killed
 
 
+@pytest.mark.slow  # SIGKILLed subprocesses + a local server: ~15 s
 def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(tmp_path, dvae_ckpt):
     import sys
 
@@ -156,10 +159,12 @@ def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(
     assert manifest["n_samples"] == 30 == sum(manifest["shard_sizes"])
 
 
+@pytest.mark.slow  # img2dataset with 2 download processes: ~6 s
 def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
     """Several list files, img2dataset's multiprocessing distributor with 2 processes, the pre-filter
     and both evaluation-set filters: each row ends with the first reason that applies."""
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
+
     from tests.webserver import _picture, serve
 
     eval_dir = tmp_path / "coco_val"
@@ -192,6 +197,7 @@ def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
     assert manifest["shard_sizes"] == [3, 3]
 
 
+@pytest.mark.slow  # torchrun: 2 processes
 def test_torchrun_shards_the_encoding_and_gives_the_same_tokens(tmp_path, token_data, dvae_ckpt):
     import os
     import shutil
@@ -220,13 +226,15 @@ def test_torchrun_shards_the_encoding_and_gives_the_same_tokens(tmp_path, token_
         assert all((x["codes.npy"] == y["codes.npy"]).all() and x["txt"] == y["txt"] for x, y in zip(a, b))
 
 
+@pytest.mark.slow  # a local Spark / Ray cluster: ~18 s each
 @pytest.mark.parametrize("distributor", ["pyspark", "ray"])
 def test_cluster_distributors_give_the_same_table_and_leave_no_cluster_running(tmp_path, fast_cfg, distributor):
     """img2dataset's pyspark and ray distributors, each on a local cluster it starts itself (as on one
     machine without a cluster): the same statuses and shards as multiprocessing, and the implicitly started
     Spark session / Ray instance is stopped afterwards."""
     pytest.importorskip("pyspark.sql" if distributor == "pyspark" else "ray")
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
+
     from tests.webserver import serve
 
     tables = {}
@@ -253,7 +261,7 @@ def test_cluster_distributors_give_the_same_table_and_leave_no_cluster_running(t
 
 
 def test_missing_distributor_package_is_named(tmp_path, fast_cfg, monkeypatch):
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
     pd.DataFrame([("http://127.0.0.1:9/a.png", "a small picture")], columns=["url", "caption"]).to_csv(

@@ -6,10 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.fft
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
-
-from dalle_eval.shards import png_bytes, write_shard
-from pipelines.dedup import (
+from dalle_eval.pipelines.dedup import (
     DEFAULT_THRESHOLD,
     eval_overlap,
     hamming,
@@ -17,7 +14,10 @@ from pipelines.dedup import (
     near_pairs,
     phash,
 )
-from pipelines.image_reader import hash_folder, hash_shards
+from dalle_eval.pipelines.image_reader import hash_folder, hash_shards
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from dalle_eval.shards import png_bytes, write_shard
 
 
 def render(seed: int, size: int = 256) -> Image.Image:
@@ -229,9 +229,8 @@ def test_hash_shards_and_folder_report_unreadable_images_by_name(tmp_path):
 
 def test_clip_filter_scores_and_thresholds(tmp_path, tiny_clip):
     import open_clip
-
-    from dalle_eval.clip_rerank import ClipScorer
-    from pipelines.clip_filter import clip_cosine, clip_filter, clip_filter_shards
+    from dalle_eval.model.clip import ClipScorer
+    from dalle_eval.pipelines.clip_filter import clip_cosine, clip_filter, clip_filter_shards
 
     scorer = ClipScorer(*tiny_clip)
     images = [render(s, 64) for s in range(12)]

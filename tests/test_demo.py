@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from dalle_eval.cli import main
 from tests.conftest import FAST
 
+pytestmark = pytest.mark.slow  # the whole chain twice: ~30 s with the fast config
 
 def test_demo_whole_chain_then_rerun_resumes_to_the_same_report(tmp_path):
     out = tmp_path / "demo"

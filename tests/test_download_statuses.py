@@ -57,7 +57,8 @@ ELSEWHERE = {  # full URLs -> status
 @pytest.fixture(scope="module")
 def battery(tmp_path_factory, fast_cfg):
     """(pair table indexed by url, the build's output folder) of one build over the whole battery."""
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
+
     from tests.webserver import serve
 
     tmp = tmp_path_factory.mktemp("battery")
@@ -74,15 +75,17 @@ def battery(tmp_path_factory, fast_cfg):
     return table, want, tmp / "out"
 
 
+@pytest.mark.slow  # the battery: one img2dataset run against a local server, ~21 s
 def test_every_row_ends_with_its_documented_status(battery):
     table, want, _ = battery
     assert table["status"].to_dict() == want  # url: the list's own text, not the encoded one
-    from pipelines.download import is_documented_status
+    from dalle_eval.pipelines.download import is_documented_status
 
     undocumented = sorted(s for s in set(table["status"]) if not is_documented_status(s))
     assert not undocumented, f"statuses the README does not list: {undocumented}"
 
 
+@pytest.mark.slow  # the battery: one img2dataset run against a local server, ~21 s
 def test_only_transient_failures_are_retried(battery):
     """data.download_retries=1: a transient failure (timeout, reset, truncated, 429, 5xx) is asked once more,
     after the rest of the list; a 404, an empty body or an opted-out image only once."""
@@ -95,6 +98,7 @@ def test_only_transient_failures_are_retried(battery):
     assert {path: hits.get(unquote(path)) for path in once} == dict.fromkeys(once, 1)  # hits: decoded paths
 
 
+@pytest.mark.slow  # the battery: one img2dataset run against a local server, ~21 s
 def test_failures_keep_their_message(battery):
     table, _, _ = battery
     failed = table[table["status"] != "ok"]
@@ -107,6 +111,7 @@ def test_failures_keep_their_message(battery):
     assert table.loc[table["status"] == "ok", "error"].isna().all()  # a retried success keeps no old error
 
 
+@pytest.mark.slow  # the battery: one img2dataset run against a local server, ~21 s
 def test_exif_orientation_is_applied_and_the_shown_size_recorded(battery):
     """All 8 EXIF orientations: the stored square is the upright photo's center crop, not a rotated or
     mirrored one; width/height are the size as shown (portrait 96x128)."""
@@ -127,9 +132,10 @@ def test_exif_orientation_is_applied_and_the_shown_size_recorded(battery):
         assert min(diffs, key=diffs.get) is None and diffs[None] < 8, (url, diffs)
 
 
+@pytest.mark.slow  # the battery: one img2dataset run against a local server, ~21 s
 def test_exif_pass_leaves_upright_shards_alone_on_a_rerun(battery):
     """A resumed download runs the orientation pass again: shards already turned stay byte for byte."""
-    from pipelines.download import APPLIED, apply_exif_orientation
+    from dalle_eval.pipelines.download import APPLIED, apply_exif_orientation
 
     _, _, out = battery
     folder = out / "download" / "img2dataset"
@@ -150,7 +156,7 @@ def readme_statuses(text: str) -> set[str]:
 
 
 def test_readme_table_lists_exactly_the_statuses_in_code():
-    from pipelines.download import STATUSES
+    from dalle_eval.pipelines.download import STATUSES
 
     assert readme_statuses(README.read_text(encoding="utf-8")) == set(STATUSES)
 
@@ -172,7 +178,7 @@ def test_readme_table_lists_exactly_the_statuses_in_code():
     ],
 )
 def test_urls_are_percent_encoded_as_browsers_send_them(url, sent):
-    from pipelines.download import browser_url
+    from dalle_eval.pipelines.download import browser_url
 
     assert browser_url(url) == sent
 
@@ -197,7 +203,7 @@ def test_urls_are_percent_encoded_as_browsers_send_them(url, sent):
     ],
 )
 def test_messages_nobody_serves_here_map_to_documented_classes(status, message, name):
-    from pipelines.download import error_class, is_documented_status
+    from dalle_eval.pipelines.download import error_class, is_documented_status
 
     assert error_class(message, status) == name and is_documented_status(name)
 
@@ -220,8 +226,9 @@ def test_prefilter_rejecting_every_row_writes_the_table_and_says_so(tmp_path):
 def test_evaluation_images_are_hashed_as_shown(tmp_path):
     """An evaluation set's photo with an EXIF Orientation tag is hashed upright, as the downloaded copies
     are stored: the overlap check compares the pictures people see."""
-    from pipelines.dedup import hamming, phash
-    from pipelines.image_reader import hash_folder
+    from dalle_eval.pipelines.dedup import hamming, phash
+    from dalle_eval.pipelines.image_reader import hash_folder
+
     from tests.webserver import exif_photo, upright_photo
 
     for tag in range(1, 9):
@@ -234,7 +241,7 @@ def test_evaluation_images_are_hashed_as_shown(tmp_path):
 def test_retry_rounds_back_off_and_count_attempts_across_runs(tmp_path, monkeypatch):
     """Rounds over the transient failures only, 1 s, 2 s, 4 s apart; attempts are counted from the shards,
     so running again (a resumed build) adds no round beyond data.download_retries."""
-    from pipelines import download as dl
+    from dalle_eval.pipelines import download as dl
 
     sleeps, rounds = [], []
     monkeypatch.setattr(dl.time, "sleep", sleeps.append)
@@ -275,8 +282,9 @@ def test_retry_rounds_back_off_and_count_attempts_across_runs(tmp_path, monkeypa
     ],
 )
 def test_an_empty_set_names_the_stage_that_emptied_it(tmp_path, manifest, stage):
+    from dalle_eval.pipelines.download import check_rows_left
+
     from dalle_eval.errors import DalleEvalError
-    from pipelines.download import check_rows_left
 
     with pytest.raises(DalleEvalError, match=f"^0 rows left after {stage} \\(of 3 rows: "):
         check_rows_left({"n_samples": 0, **manifest}, tmp_path)

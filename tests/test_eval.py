@@ -50,6 +50,7 @@ def test_frechet_distance_paths_agree():
     assert frechet_distance_to_features(m2, s2, real) == pytest.approx(frechet_distance(m2, s2, m1, s1), rel=1e-9)
 
 
+@pytest.mark.slow  # two FID implementations over the same images: ~9 s
 def test_fid_self_zero_other_positive_and_matches_torchmetrics(tmp_path, inception):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -200,7 +201,7 @@ def test_cli_image_completion(tmp_path, transformer_ckpt):
 
 
 def test_clip_rerank_keeps_the_best_candidates(tmp_path, transformer_ckpt, tiny_clip):
-    from dalle_eval.clip_rerank import ClipScorer
+    from dalle_eval.model.clip import ClipScorer
 
     model_cfg, weights = tiny_clip
     base = ["sample", "--ckpt", str(transformer_ckpt), "--caption", "a small red circle", "--set", "sample.batch_size=8"]
@@ -223,7 +224,8 @@ def test_clip_rerank_keeps_the_best_candidates(tmp_path, transformer_ckpt, tiny_
 
 
 def test_clip_tag_offline_fails_fast(monkeypatch):
-    from dalle_eval.clip_rerank import ClipScorer
+    from dalle_eval.model.clip import ClipScorer
+
     from dalle_eval.errors import DalleEvalError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from dalle_eval.model.masks import MASK_KINDS, dense_mask, layer_kinds
+from dalle_eval.model.sampling import sample_codes
+from dalle_eval.model.train import train
+from dalle_eval.model.transformer import DalleTransformer, count_parameters, train_flops
 
 from dalle_eval.config import load_config
-from model.masks import MASK_KINDS, dense_mask, layer_kinds
-from model.sampling import sample_codes
-from model.train import train
-from model.transformer import DalleTransformer, count_parameters, train_flops
 
 
 def _losses(path):
@@ -144,6 +144,7 @@ def test_parameter_counts_on_meta_device():
     assert 1.2e9 < count_parameters(load_config(["dalle-1.3b"]).transformer)["total"] < 1.4e9
 
 
+@pytest.mark.slow  # 200 dVAE steps: ~8 s
 def test_dvae_learns(tmp_path, shapes_data):
     """Held-out reconstruction error after 200 steps is well below the untrained model's."""
     base = ["dvae.n_hid=8", "train.dvae.batch_size=8", "train.log_every=10", "train.ckpt_every=100"]
@@ -236,7 +237,7 @@ def test_cli_train_then_resume_with_more_steps(tmp_path, token_data):
 
 @pytest.mark.parametrize("attention, n_layer", [("sparse", 4), ("full", 2)])  # sparse 4 layers: row, column, row, conv
 def test_kv_cache_logits_equal_full_recompute(fast_cfg, attention, n_layer):
-    from model.sampling import _draw
+    from dalle_eval.model.sampling import _draw
 
     cfg = dataclasses.replace(fast_cfg.transformer, attention=attention, n_layer=n_layer)
     torch.manual_seed(0)
@@ -258,7 +259,7 @@ def test_kv_cache_logits_equal_full_recompute(fast_cfg, attention, n_layer):
 
 
 def test_completion_keeps_known_tokens(fast_cfg):
-    from model.sampling import completion_keep
+    from dalle_eval.model.sampling import completion_keep
 
     torch.manual_seed(0)
     model = DalleTransformer(fast_cfg.transformer)
@@ -281,7 +282,7 @@ def test_completion_keeps_known_tokens(fast_cfg):
 
 def test_image_log_probs_rank_the_training_caption(fast_cfg):
     """Per-token log-probabilities sum to the model's own image loss; batched scoring is per row."""
-    from model.sampling import image_log_probs
+    from dalle_eval.model.sampling import image_log_probs
 
     torch.manual_seed(0)
     model = DalleTransformer(fast_cfg.transformer).eval()
@@ -373,6 +374,7 @@ def test_dvae_ema_is_exported_and_resumed(tmp_path, shapes_data, fast_cfg):
     assert all(torch.allclose(exported[k], resumed[k], atol=1e-6) for k in exported)
 
 
+@pytest.mark.slow  # SIGTERM to a training subprocess, then a resume subprocess
 def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, token_data):
     """Preemption: SIGTERM to the process group mid-run saves a checkpoint and exits 0; --resume continues."""
     import os
@@ -406,7 +408,7 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(tmp_path, token_data):
 
 
 def test_top_k_top_p_filtering():
-    from model.sampling import filter_logits
+    from dalle_eval.model.sampling import filter_logits
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = lambda out: torch.isfinite(out)[0].tolist()
@@ -419,7 +421,7 @@ def test_top_k_top_p_filtering():
 
 
 def test_score_sums_over_a_region(fast_cfg):
-    from model.sampling import completion_keep, score
+    from dalle_eval.model.sampling import completion_keep, score
 
     torch.manual_seed(0)
     model = DalleTransformer(fast_cfg.transformer).eval()
@@ -436,8 +438,8 @@ def test_score_sums_over_a_region(fast_cfg):
 def test_dvae_losses_and_paper_schedules(shapes_data):
     import math as m
 
-    from model.dvae import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
-    from model.stage1 import DVAETask
+    from dalle_eval.model.dvae import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+    from dalle_eval.model.stage1 import DVAETask
 
     x = torch.rand(2, 3, 4, 4)
     assert torch.allclose(unmap_pixels(map_pixels(x)), x, atol=1e-6) and map_pixels(x).min() >= 0.1

@@ -5,9 +5,10 @@ import torch
 
 dall_e = pytest.importorskip("dall_e", reason="install the dev extras: pip install --no-deps dall-e==0.1 attrs")
 
+from dalle_eval.model.dvae import map_pixels
+from dalle_eval.model.openai_dvae import load_openai_dvae
+
 from dalle_eval.errors import DalleEvalError
-from model.dvae import map_pixels
-from model.openai_dvae import load_openai_dvae
 
 
 @pytest.fixture(scope="module")

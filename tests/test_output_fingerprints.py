@@ -17,10 +17,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle_eval.artifacts import atomic_path, prepare_stage, write_json
+from dalle_eval.artifacts import atomic_path, write_json
 from dalle_eval.cli import main
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.fid import save_random_inception
+from dalle_eval.outputs import prepare_stage
 from dalle_eval.shards import iter_shards
 from tests.conftest import FAST
 
@@ -200,13 +201,14 @@ def _inodes(folder):
     return {p.name: p.stat().st_ino for p in folder.iterdir()}
 
 
+@pytest.mark.slow  # torchrun: 2 processes
 def test_token_stage_under_torchrun_with_other_device_and_batch_keeps_the_images(tmp_path, fast_cfg, token_data,
                                                                                    dvae_ckpt):
     """The image stage's fingerprint holds no encoding settings: one process skips it; under torchrun no rank
     rebuilds it, and 2 gloo ranks give the tokens of one process."""
     import dataclasses
 
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     data = tmp_path / "data"
     shutil.copytree(token_data / "images", data / "images")
@@ -236,7 +238,7 @@ def test_token_stage_under_torchrun_with_other_device_and_batch_keeps_the_images
 
 
 def test_resume_after_a_kill_logs_each_step_once(tmp_path, shapes_data, fast_cfg):
-    from model.train import train
+    from dalle_eval.model.train import train
 
     run = tmp_path / "run"
     train("dvae", shapes_data, fast_cfg, run, progress=False)  # 6 steps, checkpoints at 3 and 6

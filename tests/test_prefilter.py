@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 import tomllib
+from dalle_eval.pipelines.prefilter import FILTERS, filter_counts, format_filter_counts, prefilter
 
 from dalle_eval.config import Config, FilterConfig, config_from_dict, config_to_dict, load_config, to_toml
 from dalle_eval.errors import DalleEvalError
-from pipelines.prefilter import FILTERS, filter_counts, format_filter_counts, prefilter
 
 COCO_CAPTION = "A man riding a wave on top of a surfboard."
 # (url, caption, expected status), keys in this order

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from dalle_eval.pipelines.prefilter import prefilter
+from dalle_eval.pipelines.sources import read_pairs, source_files, source_fingerprint
 from PIL import Image
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.config import FilterConfig
 from dalle_eval.errors import DalleEvalError
-from pipelines.prefilter import prefilter
-from pipelines.sources import read_pairs, source_files, source_fingerprint
 
 ROWS = [
     ("http://x/0.jpg", "a red car"),

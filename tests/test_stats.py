@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from dalle_eval.pipelines.stats import dataset_stats
+from dalle_eval.pipelines.stats_report import format_stats
 from PIL import Image
 
 from dalle_eval.cli import main
 from dalle_eval.errors import DalleEvalError
-from pipelines.stats import dataset_stats
-from pipelines.stats_report import format_stats
 
 STATUSES = {"ok": 110, "http_404": 20, "caption_too_short": 15, "near_duplicate": 12, "duplicate_url": 10,
             "timeout": 8, "not_english": 8, "undecodable": 7, "clip_score_low": 5, "eval_overlap": 5}  # fmt: skip
@@ -292,7 +292,7 @@ def test_cli(build_dir):
 
 
 def test_shapes_world_build(tmp_path, fast_cfg):
-    from pipelines.build import build_dataset
+    from dalle_eval.pipelines.build import build_dataset
 
     build_dataset(fast_cfg, "shapes", tmp_path, n=16)
     s = dataset_stats(tmp_path)

@@ -10,14 +10,14 @@ import tarfile
 
 import pytest
 import torch
+from dalle_eval.model.schedule import LRSchedule
+from dalle_eval.model.stage2 import decode_tokens
+from dalle_eval.model.stream import ShardStream, StreamLoader
+from dalle_eval.model.train import train
 
 from dalle_eval.artifacts import read_json, sha256_file, write_json
 from dalle_eval.config import load_config
 from dalle_eval.errors import DalleEvalError
-from model.schedule import LRSchedule
-from model.stage2 import decode_tokens
-from model.stream import ShardStream, StreamLoader
-from model.train import train
 from tests.conftest import FAST
 
 
@@ -130,7 +130,7 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, token_data):
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, token_data, monkeypatch):
-    from model.stage2 import TransformerTask
+    from dalle_eval.model.stage2 import TransformerTask
 
     real = TransformerTask.loss
     bad_steps = {2, 3}
@@ -211,10 +211,9 @@ def test_dvae_reconstruction_grid(tmp_path, shapes_data):
     the top tiles equal the images, the bottom ones the exported model's encode -> decode, to the 1/255 of
     the uint8 conversion (this process's convolutions, without channels_last, may differ in the last bit)."""
     import numpy as np
-
-    from model.checkpoint import load_dvae
-    from model.stage1 import decode_image
-    from model.train import load_val, split_shards
+    from dalle_eval.model.checkpoint import load_dvae
+    from dalle_eval.model.stage1 import decode_image
+    from dalle_eval.model.train import load_val, split_shards
 
     run, cfg = tmp_path / "dvae", cfg_with("train.sample_every=6")
     train("dvae", shapes_data, cfg, run, progress=False)
@@ -258,6 +257,7 @@ def _sets(*extra):
     return [x for item in FAST + list(extra) for x in ("--set", item)]
 
 
+@pytest.mark.slow  # torchrun: 2 processes, 3 launches for fsdp
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(tmp_path, token_data, parallel):
     """2 ranks = 1 process at the same global batch: the same samples per step (2 fixed streams), the same losses."""
@@ -288,6 +288,7 @@ def test_torchrun_two_processes_match_one(tmp_path, token_data, parallel):
         assert [by_step[r["step"]] for r in records(two)] == pytest.approx(losses(two), abs=1e-6)
 
 
+@pytest.mark.slow  # inductor compiles for ~20 s
 def test_torch_compile_gives_the_eager_losses(tmp_path, token_data):
     """train.compile=true (inductor on CPU: ~40 s to compile) trains to the eager run's losses."""
     train("transformer", token_data, cfg_with(), tmp_path / "eager", progress=False)
@@ -298,7 +299,7 @@ def test_torch_compile_gives_the_eager_losses(tmp_path, token_data):
 def test_bpe_dropout_is_the_tokenizer_at_zero_and_seeded(token_data):
     import random
 
-    from model.tokenizer import BPEDropout, load_tokenizer
+    from dalle_eval.model.tokenizer import BPEDropout, load_tokenizer
 
     path = token_data / "tokens" / "tokenizer.json"
     tok = load_tokenizer(path)

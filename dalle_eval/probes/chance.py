@@ -19,15 +19,15 @@ import math
 import random
 from collections import Counter
 
+from dalle_eval.probes.checks import STACKS, result, scene_checks
 from dalle_eval.probes.suites import COUNTS
-from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Obj, ParsedObj, Scene, place
+from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Obj, ParsedObj, Scene, parse_image, place
 from dalle_eval.shapes.scene import CELLS
 
 SUITE_VERSION = 2  # bump when prompts, the generator or the checks change: keys the Monte Carlo cache
 MC_DRAWS = 20_000
 N_ATTRS = len(SHAPES) * len(COLOURS) * len(SIZES)
 N_CANDIDATES = 8
-STACKS = ("stack", "stack3")
 
 
 def multiset_chance(values: list[str], levels: int) -> float:
@@ -118,8 +118,6 @@ def as_parsed(scene: Scene) -> list[ParsedObj]:
 
 @functools.lru_cache(maxsize=4096)
 def _monte_carlo(spec_key: tuple, draws: int, seed: int, version: int) -> tuple[tuple[str, float], ...]:
-    from dalle_eval.probes.scoring import scene_checks
-
     kind, relation, objs = spec_key
     spec = Scene(kind, tuple(Obj(*a) for a in objs), relation)
     rng = random.Random(f"chance-{version}-{seed}-{spec_key}")
@@ -159,12 +157,12 @@ def random_generator_results(prompts: list[dict], per_prompt: int = 8, resolutio
                              seed: int = 0) -> list[dict]:
     """Parser results of the random generator on `prompts` (rendered and parsed; a Raven generator picks a
     candidate uniformly): the "random generator" column beside chance in every report."""
-    from dalle_eval.probes.scoring import result, score_scene_image
-
     out = []
     for i, (p, image) in enumerate(random_images(prompts, per_prompt, resolution, seed)):
-        checks = score_scene_image(Scene.from_json(p["spec"]), image, scene_chance(Scene.from_json(p["spec"])))
-        out += [result(p, c, ok, ch, "parser", file=f"random-{i}") for c, (ok, ch) in checks.items()]
+        spec = Scene.from_json(p["spec"])
+        chance = scene_chance(spec)
+        checks = scene_checks(spec, parse_image(image))
+        out += [result(p, c, ok, chance[c], "parser", file=f"random-{i}") for c, ok in checks.items()]
     for p in (p for p in prompts if p["suite"] == "raven"):
         rng = random.Random(f"random-generator-{seed}-{p['prompt_id']}")
         answer = p["spec"]["answer"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dalle_eval.artifacts import read_rgb
+from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
-from dalle_eval.probes.scoring import result
 
 
 def prompt_foils(prompt: dict) -> list[dict]:

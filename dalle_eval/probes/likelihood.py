@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 
 from dalle_eval.generate import codes_to_images
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from dalle_eval.model.sampling import completion_keep, score
+from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
+from dalle_eval.probes.chance import N_CANDIDATES
+from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
-from dalle_eval.probes.scoring import N_CANDIDATES, result
 from dalle_eval.raven import RavenItem, answer_box, nearest_candidate, render_matrix
 from dalle_eval.shapes import Scene, place, render
-from model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
-from model.sampling import completion_keep, score
-from model.tokenizer import encode_captions, load_tokenizer, pad_batch
 
 
 @dataclass

@@ -25,8 +25,8 @@ Completer = Callable[[RavenItem, str, list[int]], list[Image.Image]]
 def model_completer(pm, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Completer:
     """Image completion of the token rectangle covering the answer cell; the rest is the context's codes."""
     from dalle_eval.generate import codes_to_images
+    from dalle_eval.model.sampling import completion_keep, sample_codes
     from dalle_eval.probes.likelihood import answer_region
-    from model.sampling import completion_keep, sample_codes
 
     keep = completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
 

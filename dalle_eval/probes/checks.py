@@ -1,0 +1,74 @@
+"""The checks of a shapes image, on the objects read from it (pure: no parsing, no chance levels).
+
+Attributes: colour/shape/size of the main object and count. Binding: per-attribute multisets (colours,
+shapes, sizes: right attributes, wherever they are), count, each object with all its attributes (object_i),
+the stated relation or stacking, and the whole image all-or-nothing. `result` is one scored check as every
+scorer reports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from dalle_eval.shapes import ParsedObj, Scene, relation_holds
+from dalle_eval.shapes.scene import CELLS
+
+STACKS = ("stack", "stack3")
+ATTRIBUTES = ("colour", "shape", "size")
+
+
+def _match(spec_objs, parsed) -> list:
+    """Assign each spec object a distinct parsed object with all its attributes (None if none left)."""
+    free, out = list(parsed), []
+    for o in spec_objs:
+        hit = next((p for p in free if p.attrs == o.attrs), None)
+        if hit is not None:
+            free.remove(hit)
+        out.append(hit)
+    return out
+
+
+def _relation_checks(spec: Scene, matched: list) -> bool | None:
+    if spec.kind in STACKS:  # each block rests on the next one
+        pairs = list(itertools.pairwise(matched))
+        return all(a is not None and b is not None and bool(relation_holds(a, b, "on")) for a, b in pairs)
+    if spec.relation is not None:
+        a, b = matched[0], matched[1]
+        return a is not None and b is not None and bool(relation_holds(a, b, spec.relation))
+    return None
+
+
+def _main_order(p: ParsedObj) -> tuple:
+    """The main object of an image is a large one if any, then the first by layout cell (row, column) of its
+    box centre: never by pixel extent or exact position, which differ by shape and would favour one."""
+    cell = (int((p.y0 + p.y1) / 2 * CELLS), int((p.x0 + p.x1) / 2 * CELLS))
+    return (p.size != "large", cell)
+
+
+def scene_checks(spec: Scene, parsed: list[ParsedObj]) -> dict[str, bool]:
+    """{check: passed} for the objects read from one image of a shapes prompt."""
+    main = min(parsed, key=_main_order, default=None)
+    want = spec.objects[0]
+    attr = {name: main is not None and getattr(main, name) == getattr(want, name) for name in ATTRIBUTES}
+    if spec.kind == "single":
+        return {**attr, "object": len(parsed) == 1 and parsed[0].attrs == want.attrs}
+    if spec.kind == "count":
+        return {"count": len(parsed) == len(spec.objects), **attr}
+    n = len(spec.objects)
+    checks = {"count": len(parsed) == n}
+    for name in ATTRIBUTES:
+        checks[f"{name}s"] = sorted(getattr(p, name) for p in parsed) == sorted(getattr(o, name) for o in spec.objects)
+    matched = _match(spec.objects, parsed)
+    checks.update({f"object_{i}": m is not None for i, m in enumerate(matched)})
+    relation = _relation_checks(spec, matched)
+    if relation is not None:
+        checks["relation"] = relation
+    bound = all(m is not None for m in matched) and relation is not False  # None: no relation stated
+    checks["image"] = bound and len(parsed) == n
+    return checks
+
+
+def result(prompt: dict, check: str, passed: bool, chance: float, scorer: str, **extra) -> dict:
+    return {"suite": prompt["suite"], "category": prompt["category"], "groups": prompt["groups"], "check": check,
+            "heldout": prompt["heldout"], "passed": bool(passed), "chance": chance, "prompt_id": prompt["prompt_id"],
+            "scorer": scorer, **extra}
