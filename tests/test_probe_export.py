@@ -82,9 +82,10 @@ def test_the_key_stays_with_the_scorer(exported):
     }
 
 
-def _oracle_generator(export: Path, key: Path, out: Path) -> None:
+def _oracle_generator(export: Path, key: Path, out: Path, size: int | None = None) -> None:
     """A generator outside the project that cheats with the key: it draws the true answer (Raven) or the
-    spec (shapes); reads only export lines for what to draw where, like a real generator."""
+    spec (shapes); reads only export lines for what to draw where, like a real generator; `size`: saves every
+    image resized (bicubic) to that square size, as a generator with its own resolution would."""
     truth = {k["prompt_id"]: k for k in map(json.loads, (key / "prompts.jsonl").read_text().splitlines())}
     out.mkdir()
     samples = []
@@ -98,18 +99,20 @@ def _oracle_generator(export: Path, key: Path, out: Path) -> None:
             img.paste(render_panel(item.candidates[item.answer], item.config, x1 - x0), (x0, y0))
         else:
             img = render(place(Scene.from_json(spec), random.Random(1)), 128)
+        if size is not None:
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
         img.save(out / f"{p['prompt_id']}_0.png")
         samples.append({"prompt_id": p["prompt_id"], "index": 0, "file": f"{p['prompt_id']}_0.png"})
     (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
 
 
-@pytest.mark.parametrize("resolution", [None, "64"])  # the default 256 px, and the smallest supported
-def test_export_then_score_another_generators_images(exported, tmp_path, resolution):
-    """The generator returns images at the exported --resolution (a clean render resampled to another size
-    is no clean render: the parser then misreads about 1 in 8 of the answers)."""
+@pytest.mark.parametrize("resolution, size", [(None, None), ("64", None), (None, 200)])
+def test_export_then_score_another_generators_images(exported, tmp_path, resolution, size):
+    """The generator returns images at the exported --resolution (default 256 px; the smallest, 64 px) or
+    resized to its own size (200 px): the Raven scorer recognises the resize and reads every answer."""
     export = _export(tmp_path, "--resolution", resolution) if resolution else exported
     theirs = tmp_path / "theirs"
-    _oracle_generator(export, export.parent / "prompts_key", theirs)
+    _oracle_generator(export, export.parent / "prompts_key", theirs, size)
     args = ["probes", "score", "--suite", "all", "--raven-items", str(N_RAVEN), "--images", str(theirs)]
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output
