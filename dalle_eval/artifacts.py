@@ -92,18 +92,33 @@ def append_jsonl_rows(path: str | Path, records: list[dict]) -> None:
         f.flush()
 
 
+def iter_jsonl(path: str | Path, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """(where, row) for each non-blank line of a JSONL file; `where` is "<prefix><path>:<line>" for the
+    caller's own field errors. A line that is not a JSON object stops with one error naming file:line and
+    what was expected."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{prefix}{path}:{i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DalleEvalError(
+                    f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
+                ) from None
+            if not isinstance(row, dict):
+                raise DalleEvalError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+            yield where, row
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
+    """All rows of a JSONL file ([] when it does not exist); errors as iter_jsonl."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DalleEvalError(f"{path}:{i}: not a JSON line") from None
-    return rows
+    return [row for _, row in iter_jsonl(path)]
 
 
 def read_rgb(path: str | Path):

@@ -22,6 +22,7 @@ from dalle_eval.artifacts import (
     append_jsonl_rows,
     atomic_path,
     fingerprint,
+    iter_jsonl,
     read_json,
     read_jsonl,
     write_json,
@@ -47,14 +48,10 @@ def read_prompts(path: Path) -> list[dict]:
         raise DalleEvalError(f"--prompts {path}: no prompts in the file")
     if path.suffix == ".jsonl":
         prompts = []
-        for i, line in enumerate(lines, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DalleEvalError(f"--prompts {path}:{i}: not a JSON line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("caption"), str) or not row["caption"].strip():
-                raise DalleEvalError(f"--prompts {path}:{i}: no caption (expected {{\"prompt_id\", \"caption\": text}})")
-            prompts.append({**row, "prompt_id": str(row.get("prompt_id", i - 1))})
+        for i, (where, row) in enumerate(iter_jsonl(path, "--prompts ")):
+            if not isinstance(row.get("caption"), str) or not row["caption"].strip():
+                raise DalleEvalError(f"{where}: no caption (expected {{\"prompt_id\", \"caption\": text}})")
+            prompts.append({**row, "prompt_id": str(row.get("prompt_id", i))})
         return prompts
     return [{"prompt_id": str(i), "caption": line.strip()} for i, line in enumerate(lines)]
 

@@ -8,14 +8,13 @@ training batches' pixel MSE (logged as "mse"; in older runs the recon term when 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dalle_eval.artifacts import atomic_path, read_json
+from dalle_eval.artifacts import atomic_path, iter_jsonl, read_json
 from dalle_eval.errors import DalleEvalError
 
 METRICS = "metrics.jsonl"
@@ -39,16 +38,10 @@ def load_metrics(path: Path) -> Series:
         raise DalleEvalError(f"metrics not found: {path}")
     series: Series = {"train": {}, "val": {}}
     n = 0
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise DalleEvalError(f"{path}:{i}: not a JSON line") from None
-        step = rec.get("step") if isinstance(rec, dict) else None
+    for where, rec in iter_jsonl(path):
+        step = rec.get("step")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
-            raise DalleEvalError(f"{path}:{i}: record has no numeric 'step'")
+            raise DalleEvalError(f"{where}: record has no numeric 'step'")
         n += 1
         split = _split(rec)
         if split is None:

@@ -9,10 +9,10 @@ prompts hold the whole manifest record of the item. Same seed => same prompts.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from pathlib import Path
 
+from dalle_eval.artifacts import iter_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, generate_items
 from dalle_eval.shapes import COLOURS, RELATIONS, SHAPES, SIZES, Obj, Scene, caption
@@ -109,21 +109,15 @@ def read_custom_prompts(path: Path) -> list[dict]:
     if not path.is_file():
         raise DalleEvalError(f"--prompts {path}: file not found")
     prompts = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DalleEvalError(f"--prompts {path}:{i}: not a JSON line") from None
-        foils = row.get("foils") if isinstance(row, dict) else None
-        if not isinstance(row, dict) or not isinstance(row.get("caption"), str) or not foils or not isinstance(foils, list):
-            raise DalleEvalError(f"--prompts {path}:{i}: need a 'caption' and a non-empty list of 'foils'")
+    for i, (where, row) in enumerate(iter_jsonl(path, "--prompts ")):
+        foils = row.get("foils")
+        if not isinstance(row.get("caption"), str) or not foils or not isinstance(foils, list):
+            raise DalleEvalError(f"{where}: need a 'caption' and a non-empty list of 'foils'")
         captions = [f["caption"] if isinstance(f, dict) else f for f in foils]
         if not all(isinstance(c, str) for c in captions) or row["caption"] in captions:
-            raise DalleEvalError(f"--prompts {path}:{i}: foils must be captions different from the true one")
+            raise DalleEvalError(f"{where}: foils must be captions different from the true one")
         category = str(row.get("category", "custom"))
-        prompts.append({"prompt_id": str(row.get("prompt_id", i - 1)), "suite": "custom", "category": category,
+        prompts.append({"prompt_id": str(row.get("prompt_id", i)), "suite": "custom", "category": category,
                         "groups": ["all", category], "caption": row["caption"],
                         "foils": [f if isinstance(f, dict) else {"kind": "foil", "caption": f} for f in foils],
                         "spec": None, "heldout": bool(row.get("heldout", False))})

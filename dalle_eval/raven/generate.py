@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from dalle_eval.artifacts import iter_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven.render import distinct_renders
 from dalle_eval.raven.schema import (
@@ -259,20 +260,10 @@ def read_manifest(path: str | Path) -> list[RavenItem]:
     if not path.is_file():
         raise DalleEvalError(f"raven manifest {path} does not exist")
     items, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DalleEvalError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            validate_record(record, where)
-            if record["item_id"] in seen:
-                raise DalleEvalError(
-                    f"{where}: field 'item_id': expected a unique id, got {record['item_id']!r} again"
-                )
-            seen.add(record["item_id"])
-            items.append(RavenItem.from_json(record))
+    for where, record in iter_jsonl(path):
+        validate_record(record, where)
+        if record["item_id"] in seen:
+            raise DalleEvalError(f"{where}: field 'item_id': expected a unique id, got {record['item_id']!r} again")
+        seen.add(record["item_id"])
+        items.append(RavenItem.from_json(record))
     return items
