@@ -30,6 +30,7 @@ from dalle_eval.artifacts import (
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.model.sampling import completion_keep, sample_codes
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.outputs import file_sha256
@@ -61,9 +62,7 @@ def image_seed(seed: int, prompt_id: str, index: int) -> int:
 
 
 def codes_to_images(dvae, codes: torch.Tensor) -> list[Image.Image]:
-    pixels = dvae.decode(codes)  # (B, 3, H, W) in [0, 1]
-    arr = (pixels.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).byte().cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
+    return pixels_to_pil(dvae.decode(codes))
 
 
 def image_to_codes(dvae, path: Path) -> torch.Tensor:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle_eval.config import DVAEConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 LOGIT_LAPLACE_EPS = 0.1  # paper section A.3: pixels are squashed into [eps, 1 - eps]
 
@@ -26,6 +30,18 @@ def map_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
 
 def unmap_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
     return torch.clamp((x - eps) / (1 - 2 * eps), 0, 1)
+
+
+
+def pixels_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) pixels in [0, 1] (the dVAE's output) -> RGB PIL images.
+
+    Rounds to the nearest byte, not down: an image read as uint8 / 255 comes back as the same bytes
+    (truncation turns a float error of 254.9999 into 254) and decoding is not biased half a level dark."""
+    from PIL import Image
+
+    arr = (pixels.detach().permute(0, 2, 3, 1).float() * 255).round().clamp(0, 255).byte().cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
 
 
 class Conv2d(nn.Module):

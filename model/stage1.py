@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dalle_eval.model.dvae import DVAE, kl_to_uniform, logit_laplace_nll
+from dalle_eval.model.dvae import DVAE, kl_to_uniform, logit_laplace_nll, pixels_to_pil
 from dalle_eval.model.schedule import LRSchedule
-from PIL import Image
 
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
@@ -139,7 +138,7 @@ class DVAETask:
         from dalle_eval.report import image_grid
 
         x, _, rec = self._reconstruct(val[:8], device)
-        to_pil = [Image.fromarray((p.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()) for p in (*x, *rec)]
+        to_pil = pixels_to_pil(torch.cat([x, rec]))
         if main:
             image_grid([(im, "input" if i < len(x) else "reconstruction") for i, im in enumerate(to_pil)], path, cols=len(x))
 

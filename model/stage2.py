@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
+from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.model.schedule import LRSchedule
 from dalle_eval.model.stream import mix_seed
 from dalle_eval.model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
 from dalle_eval.model.transformer import DalleTransformer, train_flops
-from PIL import Image
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.config import Config
@@ -177,5 +177,5 @@ class TransformerTask:
         if not main:
             return
         pixels = load_dvae(self.out / DVAE_DIR).to(device).decode(codes)
-        images = [Image.fromarray((p.permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()) for p in pixels]
+        images = pixels_to_pil(pixels)
         image_grid(list(zip(images, prompts)), path, cols=len(prompts))
