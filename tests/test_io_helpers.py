@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from dalle_eval.artifacts import iter_jsonl, read_jsonl
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.model.dvae import pixels_to_pil
 
 
 def test_read_jsonl_names_file_line_and_expectation(tmp_path):
@@ -29,11 +32,6 @@ def test_read_jsonl_refuses_non_objects_and_skips_blank_lines(tmp_path):
 
 
 def test_pixels_to_pil_rounds_to_nearest_and_round_trips_bytes():
-    import numpy as np
-    import torch
-
-    from dalle_eval.model.dvae import pixels_to_pil
-
     data = np.arange(256, dtype=np.uint8).reshape(16, 16)
     img = np.stack([data, data[::-1], data.T], axis=-1)
     pixels = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
