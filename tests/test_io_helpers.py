@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dalle_eval.model.dvae import pixels_to_pil
 
 from dalle_eval.artifacts import iter_jsonl, read_jsonl
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.model.dvae import pixels_to_pil
 
 
 def test_read_jsonl_names_file_line_and_expectation(tmp_path):
