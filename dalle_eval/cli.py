@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.artifacts import read_json
-from dalle_eval.cli_common import check_devices, config_options, overwrite_option, summary
+from dalle_eval.cli_common import config_options, overwrite_option, summary
 from dalle_eval.cli_probes import probes
-from dalle_eval.config import RANDOM_CLIP, apply_overrides, config_from_dict
+from dalle_eval.config import RANDOM_CLIP, apply_overrides
 from dalle_eval.errors import DalleEvalError
 
 _RANDOM_CLIP = click.option(
@@ -109,17 +108,9 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     """
     from dalle_eval.model.train import train as run_train
 
-    saved = Path(out) / "config.json"
-    if resume and saved.exists():
-        meta = read_json(saved, "checkpoint config")
-        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-            raise DalleEvalError(f"{saved}: not a checkpoint config (no 'config' table)")
-        cfg = apply_overrides(config_from_dict(meta["config"], where=f"{saved}:"), overrides)
-        check_devices(cfg, ("train",))
-        click.echo(f"resume: using the config saved in {saved} (plus --set overrides)", err=True)
-    if on_bad_shard:
-        cfg = apply_overrides(cfg, [f"train.on_bad_shard={on_bad_shard}"])
-    s = run_train(stage, data, cfg, out, resume=resume)
+    extra = [f"train.on_bad_shard={on_bad_shard}"] if on_bad_shard else []
+    s = run_train(stage, data, apply_overrides(cfg, extra), out, resume=resume, overrides=[*overrides, *extra],
+                  use_saved_config=True)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         if s.get("preempted"):
             summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})

@@ -14,7 +14,9 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dalle_eval.artifacts import atomic_path, read_json
-from dalle_eval.config import Config, config_from_dict
+from dalle_eval.config import Config, apply_overrides, config_from_dict, config_to_dict
 from dalle_eval.errors import DalleEvalError
 
 STATE = "state"
@@ -206,6 +208,43 @@ def read_ckpt_config(ckpt: Path, stage: str | None = None) -> tuple[dict, Config
     if stage and meta.get("stage") != stage:
         raise DalleEvalError(f"{ckpt}: a '{meta.get('stage')}' checkpoint, expected a '{stage}' checkpoint")
     return meta, config_from_dict(meta["config"])
+
+
+def resume_config(ckpt: Path, cfg: Config, overrides: Sequence[str] = (), use_saved: bool = False,
+                  verbose: bool = True) -> Config:
+    """The config a resumed run trains with: CKPT's saved config + `overrides`, or `cfg` when CKPT has none yet.
+
+    use_saved (`train --resume`, whose --config is ignored): take it. Otherwise `cfg` must be that config:
+    another one is refused, naming the keys that differ, before anything (config.json) is written.
+    """
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.json").exists():
+        return cfg
+    meta = read_json(ckpt / "config.json", "checkpoint config")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise DalleEvalError(f"{ckpt / 'config.json'}: not a checkpoint config (no 'config' table)")
+    saved = apply_overrides(config_from_dict(meta["config"], where=f"{ckpt / 'config.json'}:"), overrides)
+    if use_saved:
+        if verbose:
+            print(f"resume: using the config saved in {ckpt / 'config.json'} (plus --set overrides)", file=sys.stderr)
+        return saved
+    differ = _config_diff(config_to_dict(saved), config_to_dict(cfg))
+    if differ:
+        raise DalleEvalError(f"{ckpt} was trained with another config ({'; '.join(differ[:6])}); resume it with its "
+                             "saved config (plus overrides, e.g. more steps) or start a new --out")
+    return cfg
+
+
+def _config_diff(saved: dict, given: dict, prefix: str = "") -> list[str]:
+    """'key: saved -> given' for every leaf that differs."""
+    out = []
+    for key in sorted(set(saved) | set(given)):
+        a, b = saved.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} saved, {b!r} given")
+    return out
 
 
 def load_weights(module: torch.nn.Module, ckpt: Path) -> torch.nn.Module:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from dalle_eval.model import distributed
-from dalle_eval.model.checkpoint import latest_state, load_state, save_state
+from dalle_eval.model.checkpoint import latest_state, load_state, resume_config, save_state
+from dalle_eval.model.devices import check_devices
 from dalle_eval.model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_held_out, read_shard
 from tqdm import tqdm
 
@@ -116,12 +119,19 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 
 
 def train(
-    stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True, stop_at: int | None = None
+    stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True,
+    stop_at: int | None = None, overrides: Sequence[str] = (), use_saved_config: bool = False,
 ) -> dict:
     """Train one stage; returns the run summary (also written to OUT/summary.json by rank 0).
 
     stop_at: checkpoint and return after this step (a time-boxed job; `resume` continues it).
+    resume: continue OUT's latest checkpoint. Its saved config + `overrides` (e.g. more steps) is the config:
+    `cfg` must equal it (another is refused, OUT untouched), or with use_saved_config (`train --resume`)
+    `cfg` is only used while OUT has no config yet.
     """
+    if resume:
+        cfg = resume_config(out, cfg, overrides, use_saved_config, verbose=os.environ.get("RANK", "0") == "0")
+        check_devices(cfg, ("train",))
     d = distributed.setup(cfg.train.device)
     try:
         return _train(stage, Path(data), cfg, Path(out), resume, progress, stop_at, d)
