@@ -255,7 +255,8 @@ def bench_encode(tmp: Path) -> None:
     from dalle_eval.model import dvae as dvae_module
     from dalle_eval.pipelines import build, encode
 
-    from dalle_eval.shards import image_to_array, iter_shards
+    from dalle_eval.images import image_to_array
+    from dalle_eval.shards import iter_shards
 
     tiny = load_config(["tiny"])
     # tiny: best of 3 x 10 batches after a full-batch warm-up; openai (~3 s per image): 2 batches, once

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from dalle_eval.artifacts import atomic_path, fingerprint, sha256_file
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.fid import RESIZE_POLICY, gaussian_stats, inception_features, load_image_uint8
+from dalle_eval.images import center_square_resize
 
 POLICY = "center crop to the shorter side, PIL bicubic resize to {res} px; Gaussian blur (PIL) after resizing"
 
@@ -40,13 +41,9 @@ def resize_policy(resolution: int) -> str:
 def prepare(path: Path, resolution: int) -> np.ndarray:
     """Read an image (errors name the file), center-crop it square, bicubic-resize to resolution -> uint8 HWC."""
     arr = load_image_uint8(path)
-    h, w = arr.shape[:2]
-    if h == w == resolution:
+    if arr.shape[:2] == (resolution, resolution):
         return arr
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    im = Image.fromarray(arr[top : top + side, left : left + side])
-    return np.asarray(im.resize((resolution, resolution), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return np.asarray(center_square_resize(Image.fromarray(arr), resolution), dtype=np.uint8)
 
 
 def blur(arr: np.ndarray, radius: float) -> np.ndarray:

@@ -29,6 +29,7 @@ from dalle_eval.artifacts import (
 )
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.images import center_square_resize
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.model.sampling import completion_keep, sample_codes
@@ -72,10 +73,7 @@ def image_to_codes(dvae, path: Path) -> torch.Tensor:
             im = im.convert("RGB")
     except OSError as e:
         raise DalleEvalError(f"--image {path}: unreadable image ({e})") from None
-    side = min(im.size)
-    left, top = (im.width - side) // 2, (im.height - side) // 2
-    size = dvae.cfg.image_size
-    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    im = center_square_resize(im, dvae.cfg.image_size)
     x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     return dvae.encode(x.to(next(dvae.parameters()).device))
 

@@ -7,20 +7,16 @@ re-runs skip them.
 from __future__ import annotations
 
 import gzip
-import io
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import webdataset as wds
-from PIL import Image
 
 from dalle_eval.artifacts import atomic_path
 from dalle_eval.errors import DalleEvalError
-
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+from dalle_eval.images import IMAGE_EXTS
 
 
 def shard_name(index: int) -> str:
@@ -160,13 +156,3 @@ def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:
             if ext in sample:
                 sample["image"] = sample.pop(ext).convert("RGB")
         yield sample
-
-
-def image_to_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

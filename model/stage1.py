@@ -17,7 +17,7 @@ from dalle_eval.model.schedule import LRSchedule
 
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import IMAGE_EXTS
+from dalle_eval.images import IMAGE_EXTS
 
 
 def decode_image(sample: dict) -> tuple[torch.Tensor]:

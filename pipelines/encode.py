@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import count_samples, image_to_array, iter_shards, shard_name, write_shard
+from dalle_eval.images import image_to_array
+from dalle_eval.shards import count_samples, iter_shards, shard_name, write_shard
 
 
 def copy_dvae(dvae_ckpt: Path, dest: Path) -> Path:

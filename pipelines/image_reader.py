@@ -21,10 +21,10 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import IMAGE_EXTS, iter_raw_samples
+from dalle_eval.images import IMAGE_EXTS, is_image_file
+from dalle_eval.shards import iter_raw_samples
 
 EXIF_ORIENTATION = 0x0112
-FOLDER_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -140,7 +140,7 @@ def hash_folder(folder: str | Path, batch_size: int = 256, progress: bool = True
     folder = Path(folder)
     if not folder.is_dir():
         raise DalleEvalError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_EXTS and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
 
     def samples():
         for p in files:

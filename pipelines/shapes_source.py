@@ -12,8 +12,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dalle_eval.artifacts import write_json
+from dalle_eval.images import png_bytes
 from dalle_eval.shapes import caption, render, sample_scene
-from dalle_eval.shards import png_bytes, shard_name, write_shard
+from dalle_eval.shards import shard_name, write_shard
 
 COCO_ANNOTATIONS = "captions_val.json"
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.images import IMAGE_EXTS, is_image_file
 
 # {path} is a quoted SQL string literal, {options} extra options. null_padding: a short csv row gets
 # NULLs instead of making DuckDB's sniffer fall back to one column (or to no rows at all).
@@ -38,7 +39,6 @@ READERS = {
     ".json": "read_json({path}, format='auto'{options})",
 }
 TEXT_FORMATS = (".csv", ".tsv", ".jsonl", ".json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 GLOB_CHARS = "*?["
 KEY_WIDTH = 9  # today's keys: 000000000, 000000001, ... (wider only past a billion rows)
 
@@ -228,7 +228,7 @@ def _folder_images(folder: Path) -> list[Path]:
     found = (
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
+        if is_image_file(p)
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
@@ -243,7 +243,7 @@ def read_image_folder(folder: Path) -> pd.DataFrame:
     images = _folder_images(folder)
     if not images:
         raise DalleEvalError(
-            f"--source {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; "
+            f"--source {folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder; "
             "for a folder of url+caption lists pass a glob such as 'lists/*.parquet'"
         )
     captions = []

@@ -17,7 +17,8 @@ from dalle_eval.pipelines.dedup import (
 from dalle_eval.pipelines.image_reader import hash_folder, hash_shards
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from dalle_eval.shards import png_bytes, write_shard
+from dalle_eval.images import png_bytes
+from dalle_eval.shards import write_shard
 
 
 def render(seed: int, size: int = 256) -> Image.Image:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from dalle_eval.model.dvae import pixels_to_pil
+from PIL import Image
 
 from dalle_eval.artifacts import iter_jsonl, read_jsonl
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.images import center_square_resize, is_image_file
 
 
 def test_read_jsonl_names_file_line_and_expectation(tmp_path):
@@ -39,3 +43,19 @@ def test_pixels_to_pil_rounds_to_nearest_and_round_trips_bytes():
     assert out.mode == "RGB" and (np.asarray(out) == img).all()  # uint8 / 255 comes back as the same bytes
     edge = torch.tensor([0.499 / 255, 0.501 / 255, 254.6 / 255, 1.2, -0.1]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     assert np.asarray(pixels_to_pil(edge)[0])[0, :, 0].tolist() == [0, 1, 255, 255, 0]
+
+
+def test_center_square_resize_crops_the_middle_then_bicubic():
+    arr = np.zeros((40, 100, 3), dtype=np.uint8)
+    arr[:, 30:70] = 255  # the middle 40 columns: the crop keeps exactly them
+    out = center_square_resize(Image.fromarray(arr), 20)
+    assert out.size == (20, 20) and (np.asarray(out) == 255).all()
+    same = Image.fromarray(arr[:, :40])
+    assert center_square_resize(same, 40) is same
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    want = big.crop((16, 0, 80, 64)).resize((32, 32), Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(center_square_resize(big, 32)), np.asarray(want))
+
+
+def test_one_list_of_image_types():
+    assert is_image_file(Path("a/b.JPG")) and is_image_file(Path("x.tiff")) and not is_image_file(Path("x.txt"))
