@@ -8,6 +8,7 @@ checkpoint path. Offline, a tag fails fast with a message saying to pass a local
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -64,14 +65,25 @@ class ClipScorer:
         self.model.eval()
         self.device = device
 
-    @torch.no_grad()
-    def scores(self, images: list[Image.Image], captions: list[str], batch: int = 64) -> torch.Tensor:
+    def scores(self, images: Sequence[Image.Image], captions: Sequence[str], batch: int = 64) -> torch.Tensor:
         """Cosine similarity of each image with its caption -> (n,)."""
-        out = []
-        for i in range(0, len(images), batch):
-            x = torch.stack([self.preprocess(im) for im in images[i : i + batch]]).to(self.device)
-            t = self.tokenizer(captions[i : i + batch]).to(self.device)
-            fi = torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
-            ft = torch.nn.functional.normalize(self.model.encode_text(t).float(), dim=-1)
-            out.append((fi * ft).sum(-1).cpu())
-        return torch.cat(out)
+        return clip_cosine(self.model, self.preprocess, self.tokenizer, images, captions, batch)
+
+
+@torch.inference_mode()
+def clip_cosine(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, images: Sequence[Image.Image],
+                captions: Sequence[str], batch: int = 64) -> torch.Tensor:
+    """Cosine similarity of each image's and its caption's CLIP embedding -> (n,) float32 on the CPU (the one
+    copy: the evaluation scorer and the data pipeline's CLIP filter both use it). Images are read as RGB."""
+    if len(images) != len(captions):
+        raise ValueError(f"clip_cosine: {len(images)} images but {len(captions)} captions")
+    device = next(model.parameters()).device
+    model.eval()
+    out = [torch.zeros(0)]
+    for i in range(0, len(images), batch):
+        x = torch.stack([preprocess(im.convert("RGB")) for im in images[i : i + batch]]).to(device)
+        t = tokenizer(list(captions[i : i + batch])).to(device)
+        fi = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
+        ft = torch.nn.functional.normalize(model.encode_text(t).float(), dim=-1)  # (B, D)
+        out.append((fi * ft).sum(-1).cpu())
+    return torch.cat(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from dalle_eval.model.clip import clip_cosine as model_clip_cosine
 from dalle_eval.pipelines.image_reader import iter_shard_samples
 from PIL import Image
 from tqdm import tqdm
@@ -21,30 +21,12 @@ from tqdm import tqdm
 from dalle_eval.config import FilterConfig
 
 
-def _parts(clip) -> tuple[torch.nn.Module, object, object, torch.device]:
-    if isinstance(clip, tuple):
-        model, preprocess, tokenizer = clip
-        return model, preprocess, tokenizer, next(model.parameters()).device
-    return clip.model, clip.preprocess, clip.tokenizer, torch.device(clip.device)
-
-
-@torch.inference_mode()
 def clip_cosine(
     clip, images: Sequence[Image.Image], captions: Sequence[str], batch_size: int = 64
 ) -> np.ndarray:
-    """Cosine similarity of each image's and its caption's CLIP embedding -> (n,) float32."""
-    if len(images) != len(captions):
-        raise ValueError(f"clip_cosine: {len(images)} images but {len(captions)} captions")
-    model, preprocess, tokenizer, device = _parts(clip)
-    model.eval()
-    out = [np.zeros(0, np.float32)]
-    for i in range(0, len(images), batch_size):
-        x = torch.stack([preprocess(im.convert("RGB")) for im in images[i : i + batch_size]]).to(device)
-        t = tokenizer(list(captions[i : i + batch_size])).to(device)
-        fi = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
-        ft = torch.nn.functional.normalize(model.encode_text(t).float(), dim=-1)  # (B, D)
-        out.append((fi * ft).sum(-1).cpu().numpy())
-    return np.concatenate(out)
+    """model.clip.clip_cosine for a ClipScorer or an open_clip (model, preprocess, tokenizer) triple -> (n,) float32."""
+    model, preprocess, tokenizer = clip if isinstance(clip, tuple) else (clip.model, clip.preprocess, clip.tokenizer)
+    return model_clip_cosine(model, preprocess, tokenizer, images, captions, batch_size).numpy()
 
 
 def _status(scores: np.ndarray, threshold: float) -> np.ndarray:
