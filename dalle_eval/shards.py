@@ -41,6 +41,15 @@ def every_shard(urls):
 _WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / extension split
 
 
+def sample_key(name: str) -> tuple[str, str] | None:
+    """(key, lower-case extension) of a tar member as webdataset splits it; None for a member that is no
+    sample's file (no extension, or a hidden file)."""
+    m = _WDS_NAME.match(name)
+    if m is None or Path(name).name.startswith("."):
+        return None
+    return m.group(1), m.group(2).lower()
+
+
 def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field[1:], "big")
@@ -121,13 +130,13 @@ def iter_raw_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
     key, files = None, {}
     try:
         for name, data, _ in iter_tar_files(path):
-            m = _WDS_NAME.match(name)
-            if m is None or Path(name).name.startswith("."):
+            split = sample_key(name)
+            if split is None:
                 continue
-            if m.group(1) != key and key is not None:
+            if split[0] != key and key is not None:
                 yield key, files
                 files = {}
-            key, files[m.group(2).lower()] = m.group(1), data
+            key, files[split[1]] = split[0], data
     except (tarfile.TarError, OSError, EOFError):
         if key is not None and files:
             yield key, files
@@ -137,8 +146,10 @@ def iter_raw_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
 
 
 def count_samples(path: Path) -> int:
-    """Samples in one shard (distinct webdataset keys), from the tar headers (data is skipped)."""
-    return len({name.split(".", 1)[0] for name, _, _ in iter_tar_files(path, read=False)})
+    """Samples in one shard (distinct webdataset keys, as iter_raw_samples groups them), from the tar headers
+    (data is skipped)."""
+    keys = (sample_key(name) for name, _, _ in iter_tar_files(path, read=False))
+    return len({k[0] for k in keys if k is not None})
 
 
 def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 from dalle_eval.artifacts import iter_jsonl, read_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.images import center_square_resize, is_image_file
+from dalle_eval.shards import count_samples, iter_raw_samples, sample_key
 
 
 def test_read_jsonl_names_file_line_and_expectation(tmp_path):
@@ -59,3 +62,16 @@ def test_center_square_resize_crops_the_middle_then_bicubic():
 
 def test_one_list_of_image_types():
     assert is_image_file(Path("a/b.JPG")) and is_image_file(Path("x.tiff")) and not is_image_file(Path("x.txt"))
+
+
+def test_sample_key_is_webdatasets_split(tmp_path):
+    assert sample_key("a/b.c/000001.seg.png") == ("a/b.c/000001", "seg.png")
+    assert sample_key("000001.JPG") == ("000001", "jpg")
+    assert sample_key("dir/.hidden.txt") is None and sample_key("README") is None
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("d.x/1.png", "d.x/1.txt", "d.x/2.png", ".hidden.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    assert count_samples(path) == len(list(iter_raw_samples(path))) == 2
