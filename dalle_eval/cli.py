@@ -10,10 +10,17 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.cli_common import config_options, overwrite_option, summary
+from dalle_eval.cli_common import (
+    Group,
+    clip_options,
+    config_options,
+    other_rank,
+    overwrite_option,
+    summary,
+    torchrun_worker,
+)
 from dalle_eval.cli_probes import probes
 from dalle_eval.config import RANDOM_CLIP, apply_overrides
-from dalle_eval.errors import DalleEvalError
 
 _RANDOM_CLIP = click.option(
     "--random-clip", is_flag=True,
@@ -24,7 +31,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="dalle-eval")
 def main() -> None:
     """The DALL·E recipe end to end: build data, train dVAE + transformer, sample, COCO FID, probes.
@@ -48,6 +55,7 @@ def main() -> None:
               help="Reject images within filter.eval_threshold pHash bits of one in this folder (e.g. COCO val).")
 @overwrite_option("dataset stage")
 @config_options(("data", "filter"))
+@torchrun_worker
 def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_captions, eval_images, overwrite):
     """Image shards + pair table (+ COCO-format split for shapes); with --dvae, token shards.
 
@@ -64,11 +72,8 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
     if dvae is not None and not Path(dvae).exists():
         raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
     r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images, overwrite)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun-sharded encoding: rank 0 reports
-        from dalle_eval.model.distributed import exit_worker
-
-        if os.environ.get("RANK") != "0":
-            exit_worker(0)
+    if other_rank():  # torchrun-sharded encoding: rank 0 reports
+        return
     lines = {"images": f"{r['images']['n_samples']} ok in {r['images']['n_shards']} shards",
              "status counts": json.dumps(r["images"]["status_counts"])}
     if "tokens" in r:
@@ -77,10 +82,6 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
         lines["truncated captions"] = t["truncated_captions"]
     lines["seconds"] = r["seconds"]
     summary("build-dataset", lines, Path(out) / "build_report.json")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from dalle_eval.model.distributed import exit_worker
-
-        exit_worker(0)
 
 
 @main.command()
@@ -91,6 +92,7 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 @click.option("--on-bad-shard", type=click.Choice(["skip", "fail"]), default=None,
               help="A truncated/corrupt shard: skip it (logged by name, counted) or fail. [default: skip]")
 @config_options(("dvae", "transformer", "train"))
+@torchrun_worker
 def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     """Train the dVAE (stage 1) or the transformer (stage 2), in one process or under torchrun.
 
@@ -111,18 +113,15 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     extra = [f"train.on_bad_shard={on_bad_shard}"] if on_bad_shard else []
     s = run_train(stage, data, apply_overrides(cfg, extra), out, resume=resume, overrides=[*overrides, *extra],
                   use_saved_config=True)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        if s.get("preempted"):
-            summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
-        else:
-            lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
-                     **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
-                     "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
-            summary(f"train {stage}", lines, Path(out) / "summary.json")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from dalle_eval.model.distributed import exit_worker
-
-        exit_worker(0)
+    if other_rank():  # under torchrun only rank 0 reports
+        return
+    if s.get("preempted"):
+        summary(f"train {stage}: stopped by {s['preempted']}", {"saved at step": s["stopped_at"], "resume with": "--resume"})
+        return
+    lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
+             **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
+             "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
+    summary(f"train {stage}", lines, Path(out) / "summary.json")
 
 
 @main.command("plot-metrics")
@@ -133,10 +132,7 @@ def plot_metrics(run_dir, out):
     """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm."""
     from dalle_eval.plots import plot_metrics as plot
 
-    try:
-        click.echo(f"wrote {plot(run_dir, out)}")
-    except DalleEvalError as e:
-        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {plot(run_dir, out)}")
 
 
 @main.command()
@@ -147,8 +143,7 @@ def plot_metrics(run_dir, out):
 @click.option("--n", "--keep", "n", type=click.IntRange(min=1), default=4, show_default=True, help="Images kept per caption.")
 @click.option("--rerank", type=click.IntRange(min=1), default=None,
               help="Draw N candidates per caption, keep the best --keep by CLIP score.")
-@click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (sets sample.clip_model).")
-@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (sets sample.clip_pretrained).")
+@clip_options("sets sample.{key}")
 @_RANDOM_CLIP
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Samples dir.")
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -166,7 +161,7 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
       dalle-eval sample --ckpt runs/transformer --caption "a small red circle" --n 8 --out runs/samples
       dalle-eval sample --ckpt runs/transformer --prompts prompts.jsonl --out runs/samples --set sample.top_k=16
       dalle-eval sample --ckpt runs/transformer --caption "a large blue square" --image scene.png --keep-rows 4 --out runs/completed
-      dalle-eval sample --ckpt runs/transformer --prompts prompts.txt --rerank 64 --keep 4 \
+      dalle-eval sample --ckpt runs/transformer --prompts prompts.txt --rerank 64 --keep 4 \\
           --clip-model ViT-B-32 --clip-pretrained /models/vit-b-32-openai.bin --out runs/reranked
     """
     from dalle_eval.generate import finished_rows, read_prompts, run_sample
@@ -224,8 +219,7 @@ def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained:
               help="Run dir: subset.json, samples/, report.")
 @click.option("--rerank", type=click.IntRange(min=1), default=None,
               help="Draw N images per caption, keep the best by CLIP (paper: 512).")
-@click.option("--clip-model", default=None, help="open_clip model name or model-config JSON (reranking and CLIP score).")
-@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (reranking and CLIP score).")
+@clip_options("reranking and CLIP score")
 @_RANDOM_CLIP
 @click.option("--inception-weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Local FID Inception state dict (pt_inception-2015-12-05-6726825d.pth) [default: torchmetrics' download].")
@@ -238,6 +232,7 @@ def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained:
               help="Re-hash every real image before using cached statistics (default: only files whose stat changed).")
 @overwrite_option("OUT/samples")
 @config_options(("sample", "eval"))
+@torchrun_worker
 def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, random_clip, inception_weights,
              random_inception, subset, export_captions, verify_cache, overwrite):
     """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
@@ -259,15 +254,10 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     from dalle_eval.coco_fid import run_coco_fid
 
     cfg = _with_clip(cfg, rerank, clip_model, clip_pretrained, random_clip)
-    try:
-        r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
-                         verify_cache=verify_cache, overwrite=overwrite)
-    except DalleEvalError as e:
-        raise click.ClickException(str(e)) from None
-    if r is None:  # torchrun rank > 0: rank 0 reports
-        from dalle_eval.model.distributed import exit_worker
-
-        exit_worker(0)
+    r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
+                     verify_cache=verify_cache, overwrite=overwrite)
+    if r is None or other_rank():  # torchrun rank > 0: rank 0 reports
+        return
     if "exported" in r:
         summary("coco-fid", {"captions": r["n_captions"], "exported to": r["exported"]})
         return
@@ -280,10 +270,6 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     if p.get("random_clip"):
         lines["CLIP"] = RANDOM_CLIP
     summary("coco-fid", lines, Path(out) / "report.md")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from dalle_eval.model.distributed import exit_worker
-
-        exit_worker(0)
 
 
 @main.command()
@@ -339,10 +325,7 @@ def dataset_stats_cmd(data_dir, no_plots):
     from dalle_eval.pipelines.stats import dataset_stats
     from dalle_eval.pipelines.stats_report import format_stats
 
-    try:
-        s = dataset_stats(data_dir, plots=not no_plots)
-    except DalleEvalError as e:
-        raise click.ClickException(str(e)) from None
+    s = dataset_stats(data_dir, plots=not no_plots)
     click.echo(format_stats(s))
     t = s["status"]["totals"]
     lines = {"rows": f"{t['rows']:,} ({t['kept']:,} kept, {t['rejected']:,} rejected)", "stats": s["files"]["json"]}

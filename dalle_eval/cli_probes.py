@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dalle_eval.cli_common import config_options, overwrite_option, summary
+from dalle_eval.cli_common import Group, clip_options, config_flags, config_options, overwrite_option, summary
 from dalle_eval.errors import DalleEvalError
 
 _SUITE = click.Choice(["attributes", "binding", "raven", "all"])
@@ -28,8 +28,7 @@ def _probe_options(fn):
                      help="Report dir (report.json, report.md, grids)."),
         click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "likelihood", "clip"]),
                      help="Repeatable. Default: parser + likelihood with --ckpt, parser with --images."),
-        click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip)."),
-        click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip)."),
+        clip_options("for --scorer clip"),
         click.option("--raven-items", type=click.IntRange(min=1), default=None,
                      help="Raven items [default: 60, 20 per configuration]."),
         click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
@@ -69,9 +68,8 @@ def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pre
     _probesummary(r, out)
 
 
-@click.group(invoke_without_command=True)
-@click.option("--config", "configs", multiple=True, default=("tiny",), show_default=True, help="As in `probes run`.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As in `probes run`.")
+@click.group(cls=Group, invoke_without_command=True)
+@config_flags
 @_probe_options
 @click.pass_context
 def probes(ctx, configs, overrides, **kwargs):
@@ -139,10 +137,7 @@ def probes_export(suite, out, seed, raven_items, resolution):
     from dalle_eval.probe_run import run_export
     from dalle_eval.probes import RAVEN_ITEMS
 
-    try:
-        path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
-    except DalleEvalError as e:
-        raise click.ClickException(str(e)) from None
+    path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
     summary(f"probes export {suite}", {"prompts": str(path)})
 
 
@@ -151,8 +146,7 @@ def probes_export(suite, out, seed, raven_items, resolution):
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Report dir.")
 @click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")
-@click.option("--clip-model", default=None, help="open_clip name or model-config JSON (for --scorer clip).")
-@click.option("--clip-pretrained", default=None, help="open_clip tag or local checkpoint (for --scorer clip).")
+@clip_options("for --scorer clip")
 @click.option("--raven-items", type=click.IntRange(min=1), default=None, help="Raven items, as exported [default: 60].")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip.")
@@ -165,7 +159,7 @@ def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_p
     \b
     Example:
       dalle-eval probes score --suite all --images their_samples --out runs/theirs
-      dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \
+      dalle-eval probes score --prompts mine.jsonl --images their_samples --scorer clip \\
           --clip-model ViT-B-32 --clip-pretrained /models/clip.bin --out runs/theirs-clip
     """
     _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
