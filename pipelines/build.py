@@ -25,6 +25,7 @@ from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
 from dalle_eval.model.tokenizer import load_tokenizer, train_bpe
 from dalle_eval.pipelines.download import check_rows_left
 from dalle_eval.pipelines.encode import encode_shards, prepare_assets, token_manifest
+from dalle_eval.pipelines.image_manifest import write_image_stage
 from dalle_eval.pipelines.shapes_source import write_coco_split, write_shapes_shards
 from dalle_eval.pipelines.sources import read_pairs, source_fingerprint
 from dalle_eval.pipelines.stats import dataset_stats
@@ -32,7 +33,6 @@ from dalle_eval.pipelines.web import build_web_images
 
 from dalle_eval.artifacts import (
     MANIFEST,
-    atomic_path,
     fingerprint,
     read_json,
     sha256_file,
@@ -41,7 +41,6 @@ from dalle_eval.artifacts import (
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.outputs import on_rank0, prepare_stage, recorded_differences
-from dalle_eval.shards import count_samples
 
 # [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
 # processes download (img2dataset's distributors and process counts give the same table, tests/test_data.py).
@@ -76,23 +75,8 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
-    shards = sorted(images.glob("shard-*.tar"))
-    with atomic_path(out / "pairs.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    counts = table["status"].value_counts().to_dict()
-    manifest = {
-        "kind": "images",
-        "source": source,
-        "n_samples": int(counts.get("ok", 0)),
-        "n_shards": len(shards),
-        "shards": [str(p.relative_to(images)) for p in shards],
-        "shard_sizes": [count_samples(p) for p in shards],
-        "resolution": d.resolution,
-        "status_counts": {k: int(v) for k, v in counts.items()},
-        "config": config_to_dict(d),
-    }
-    write_json(images / MANIFEST, manifest)
-    return manifest
+    shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]
+    return write_image_stage(out, table, source, shards, cfg)
 
 
 def _built_images(images: Path, inputs: dict) -> dict:

@@ -7,12 +7,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from dalle_eval.model.dvae import pixels_to_pil
 from PIL import Image
 
-from dalle_eval.artifacts import iter_jsonl, read_jsonl
+from dalle_eval.artifacts import iter_jsonl, read_json, read_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.images import center_square_resize, is_image_file
 from dalle_eval.shards import count_samples, iter_raw_samples, sample_key
@@ -75,3 +76,19 @@ def test_sample_key_is_webdatasets_split(tmp_path):
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
     assert count_samples(path) == len(list(iter_raw_samples(path))) == 2
+
+
+def test_one_image_stage_writer_for_every_source(tmp_path):
+    from dalle_eval.pipelines.image_manifest import write_image_stage
+
+    from dalle_eval.config import Config
+    from dalle_eval.shards import write_shard
+
+    (tmp_path / "images").mkdir()
+    write_shard(tmp_path / "images" / "shard-000000.tar", [{"__key__": "a", "txt": "x"}, {"__key__": "b", "txt": "y"}])
+    table = pd.DataFrame({"key": ["a", "b", "c"], "status": ["ok", "ok", "caption_empty"]})
+    m = write_image_stage(tmp_path, table, "shapes", ["shard-000000.tar"], Config(), prefilter={"caption_empty": 1})
+    assert read_json(tmp_path / "images" / "manifest.json") == m
+    assert (m["n_samples"], m["shard_sizes"], m["status_counts"]) == (2, [2], {"ok": 2, "caption_empty": 1})
+    assert set(m["config"]) == {"data", "filter"} and m["prefilter"] == {"caption_empty": 1}
+    assert len(pd.read_parquet(tmp_path / "pairs.parquet")) == 3
