@@ -10,6 +10,7 @@ same losses as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from dalle_eval.model import distributed
@@ -139,7 +141,46 @@ def train(
         distributed.teardown(d)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, built by _setup: the task, model, optimizer, schedule, data and where it resumes."""
+
+    stage: str
+    cfg: Config
+    out: Path
+    d: distributed.Dist
+    task: Any
+    val: list
+    wrapped: torch.nn.Module
+    forward_model: Any
+    opt: torch.optim.Optimizer
+    sched: Any
+    loader: StreamLoader
+    n_streams: int
+    micro: int
+    accum: int
+    data_info: dict
+    start: int = 0
+    bad_run: int = 0
+
+    def checkpoint(self, at: int) -> None:
+        d, tc = self.d, self.cfg.train
+        gathered = distributed.gather_objects(dict(self.loader.positions), d)
+        positions_all = {v: list(p) for part in gathered for v, p in part.items()}
+        bad = sorted(set().union(*distributed.gather_objects(sorted(self.loader.bad_shards), d)))
+        train_state = {"step": at, "schedule": self.sched.state_dict(), "extra": self.task.extra_state(),
+                       "bad_run": self.bad_run,
+                       "data": {"n_streams": self.n_streams, "positions": positions_all, "bad_shards": bad},
+                       "data_info": {"fingerprints": self.task.fingerprints}}
+        save_state(self.out, at, self.task, self.opt, train_state, tc.keep_last, d, tc.parallel)
+
+
 def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist) -> dict:
+    return _loop(_setup(stage, data, cfg, out, resume, d), progress, stop_at)
+
+
+def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: distributed.Dist) -> _Run:
+    """Data, task, model (wrapped), optimizer and schedule, restored from OUT's latest checkpoint on resume."""
     tc = cfg.train
     state = latest_state(out)
     if state is not None and not resume:
@@ -149,148 +190,204 @@ def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist
     manifest = read_manifest(folder, f"{kind} shards")
     torch.manual_seed(tc.seed)  # same initial weights on every rank
     task = make_task(stage, cfg, folder, manifest, out, d.is_main)
-    st = task.tc
     train_shards, val_shards = split_shards(folder, manifest, tc.val_shards)
     val, bad_val = load_val(folder, val_shards, task.decode, tc.val_samples, tc.on_bad_shard)
     task.check_sample(val[0] if val else _first_sample(folder, train_shards, task.decode), folder)
-
-    device = d.device
-    model = task.model.to(device)
+    model = task.model.to(d.device)
     wrapped = distributed.wrap(model, d, tc.parallel, task.shard_units() if tc.parallel == "fsdp" else None)
     forward_model = torch.compile(wrapped) if tc.compile else wrapped
     opt = task.optimizer()
     sched = task.schedule()
-    resumed = load_state(state, task, opt, d, tc.parallel) if state is not None else None
-    start, bad_run = 0, 0
-    if resumed is not None:
-        sched.load_state_dict(resumed["schedule"])
-        start, bad_run = resumed["step"], resumed.get("bad_run", 0)
-        saved = resumed.get("data_info", {}).get("fingerprints")
-        if saved != task.fingerprints:
-            raise DalleEvalError(f"--data {folder} was made with {task.fingerprints} but {out} was trained on "
-                                 f"{saved}; resume with the same data or start a new --out")
-        if d.is_main:
-            print(f"resuming {out} from step {start}")
-    elif resume and d.is_main:
-        print(f"{out}: no checkpoint yet; starting from step 0")
-    data_state = (resumed or {}).get("data", {})
-    n_streams = data_state.get("n_streams") or tc.data_streams or d.world * max(1, tc.num_workers)
-    micro, accum = batch_sizes(st.batch_size, st.micro_batch, d.world)
-    sizes = manifest.get("shard_sizes") or [None] * len(manifest["shards"])
-    stream = ShardStream(folder, train_shards, sizes[: len(train_shards)], task.decode, n_streams,
-                         tc.shuffle_shards, tc.seed, tc.on_bad_shard)
-    positions = {int(v): tuple(p) for v, p in data_state.get("positions", {}).items()}
-    loader = StreamLoader(stream, d.rank, d.world, micro * accum, tc.num_workers, positions)
+    resumed = _resume(state, task, opt, sched, folder, out, d, tc.parallel, resume)
+    data_state = resumed.get("data", {})
+    loader, n_streams, micro, accum = _loader(cfg, folder, manifest, train_shards, task, d, data_state)
     loader.bad_shards.update(data_state.get("bad_shards", []) + bad_val)
     data_info = {"folder": str(folder), "train_shards": len(train_shards), "val_shards": len(val_shards),
                  "n_val": len(val), "n_streams": n_streams, "micro_batch": micro, "accumulation": accum,
                  "world_size": d.world, "parallel": tc.parallel if d.active else "none",
                  "fingerprints": task.fingerprints}
+    start = resumed.get("step", 0)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info})
         drop_records_after(out / "metrics.jsonl", start)
+    return _Run(stage, cfg, out, d, task, val, wrapped, forward_model, opt, sched, loader, n_streams, micro, accum,
+                data_info, start, resumed.get("bad_run", 0))
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-    peak = tc.peak_tflops * 1e12 or measure_peak_flops(device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
-    metrics_path, tb = out / "metrics.jsonl", _tensorboard(out, tc.tensorboard) if d.is_main else None
+
+def _resume(state: Path | None, task, opt, sched, folder: Path, out: Path, d: distributed.Dist, parallel: str,
+            resume: bool) -> dict:
+    """The latest checkpoint's train state loaded into task, optimizer and schedule; {} when there is none."""
+    resumed = load_state(state, task, opt, d, parallel) if state is not None else None
+    if resumed is None:
+        if resume and d.is_main:
+            print(f"{out}: no checkpoint yet; starting from step 0")
+        return {}
+    sched.load_state_dict(resumed["schedule"])
+    saved = resumed.get("data_info", {}).get("fingerprints")
+    if saved != task.fingerprints:
+        raise DalleEvalError(f"--data {folder} was made with {task.fingerprints} but {out} was trained on "
+                             f"{saved}; resume with the same data or start a new --out")
+    if d.is_main:
+        print(f"resuming {out} from step {resumed['step']}")
+    return resumed
+
+
+def _loader(cfg: Config, folder: Path, manifest: dict, train_shards: list[str], task, d: distributed.Dist,
+            data_state: dict) -> tuple[StreamLoader, int, int, int]:
+    """-> this rank's stream of training batches (at the saved positions), n_streams, micro-batch, accumulation."""
+    tc = cfg.train
+    n_streams = data_state.get("n_streams") or tc.data_streams or d.world * max(1, tc.num_workers)
+    micro, accum = batch_sizes(task.tc.batch_size, task.tc.micro_batch, d.world)
+    sizes = manifest.get("shard_sizes") or [None] * len(manifest["shards"])
+    stream = ShardStream(folder, train_shards, sizes[: len(train_shards)], task.decode, n_streams,
+                         tc.shuffle_shards, tc.seed, tc.on_bad_shard)
+    positions = {int(v): tuple(p) for v, p in data_state.get("positions", {}).items()}
+    loader = StreamLoader(stream, d.rank, d.world, micro * accum, tc.num_workers, positions)
+    return loader, n_streams, micro, accum
+
+
+class _Log:
+    """metrics.jsonl and TensorBoard on rank 0; throughput over the steps since the last train record."""
+
+    def __init__(self, run: _Run, peak: float):
+        self.run, self.peak = run, peak
+        self.path = run.out / "metrics.jsonl"
+        self.tb = _tensorboard(run.out, run.cfg.train.tensorboard) if run.d.is_main else None
+        self.window_t, self.window_n = 0.0, 0
+
+    def write(self, rec: dict, tb: bool = True) -> None:
+        if self.run.d.is_main:
+            append_jsonl(self.path, rec)
+            if tb:
+                _tb_write(self.tb, rec)
+
+    def train(self, step: int, lr: float, grad_norm: float, last: dict) -> dict:
+        """The train record of `step` (losses averaged over ranks) -> those averaged losses."""
+        run = self.run
+        last = distributed.mean(last, run.d)
+        now = time.time()
+        sps = self.window_n / (now - self.window_t)
+        self.write({"split": "train", "step": step + 1, **last, "lr": lr, "grad_norm": grad_norm,
+                    "samples_per_s": sps, "tokens_per_s": sps * run.task.tokens_per_sample,
+                    "mfu": sps * run.task.flops_per_sample / (self.peak * run.d.world),
+                    **run.task.extra_metrics(step), "bad_shards": len(run.loader.bad_shards)})
+        self.window_t, self.window_n = now, 0
+        return last
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
+    """Steps run.start .. steps: update, log, validate, checkpoint; a signal checkpoints and returns early."""
+    tc, d, task, out = run.cfg.train, run.d, run.task, run.out
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    peak = tc.peak_tflops * 1e12 or measure_peak_flops(d.device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
+    log = _Log(run, peak)
     stop = _StopOnSignal()
-    steps = st.steps
-    bar = tqdm(range(start, steps), desc=f"train {stage}", unit="step", disable=not (progress and d.is_main),
-               initial=start, total=steps)
-    window_t, window_n, last, step, stopping = time.time(), 0, {}, start - 1, False
-
-    def checkpoint(at: int) -> None:
-        gathered = distributed.gather_objects(dict(loader.positions), d)
-        positions_all = {v: list(p) for part in gathered for v, p in part.items()}
-        bad = sorted(set().union(*distributed.gather_objects(sorted(loader.bad_shards), d)))
-        train_state = {"step": at, "schedule": sched.state_dict(), "extra": task.extra_state(), "bad_run": bad_run,
-                       "data": {"n_streams": n_streams, "positions": positions_all, "bad_shards": bad},
-                       "data_info": {"fingerprints": task.fingerprints}}
-        save_state(out, at, task, opt, train_state, tc.keep_last, d, tc.parallel)
-
+    steps = task.tc.steps
+    bar = tqdm(range(run.start, steps), desc=f"train {run.stage}", unit="step", disable=not (progress and d.is_main),
+               initial=run.start, total=steps)
+    log.window_t, last, step, stopping = time.time(), {}, run.start - 1, False
     for step in bar:
-        lr = sched.lr(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(mix_seed(tc.seed, "noise", step, d.rank))  # noise of step s: exact resume
-        wrapped.train()
-        sums: dict[str, torch.Tensor] = {}
-        rank_batch = loader.next()  # this rank's samples of the step, cut into micro-batches
-        for i in range(accum):
-            batch = task.prepare(tuple(t[i * micro : (i + 1) * micro] for t in rank_batch), device)
-            with distributed.no_sync(wrapped, d, tc.parallel, sync=i == accum - 1), autocast:
-                losses = task.loss(forward_model, batch, step)
-                (losses["loss"] / accum).backward()
-            for k, v in losses.items():  # summed on the device: one host sync per step, not per micro-step
-                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
-        parts = {k: float(v) / accum for k, v in sums.items()}
-        grad_norm = task.clip_gradients()
-        finite = math.isfinite(grad_norm) and not distributed.any_rank(not math.isfinite(parts["loss"]), d)
-        if finite:
-            opt.step()
-            task.after_step()
-            bad_run = 0
-        else:  # a non-finite loss or gradient: skip the update, keep the last good weights
-            bad_run += 1
-            if d.is_main:
-                append_jsonl(metrics_path, {"split": "train", "step": step + 1, "skipped": "non-finite loss or gradient",
-                                            "loss": parts["loss"], "grad_norm": grad_norm, "bad_run": bad_run})
-        opt.zero_grad(set_to_none=True)
-        if bad_run > tc.max_bad_steps:  # skipped steps left the weights as the last good step made them
-            checkpoint(step + 1)
-            raise DalleEvalError(
-                f"{bad_run} training steps in a row had a non-finite loss or gradient (train.max_bad_steps="
-                f"{tc.max_bad_steps}); stopped at step {step + 1}. The weights of the last good step are saved in "
-                f"{out}; lower the learning rate or try precision=fp32, then --resume")
-        window_n += st.batch_size
+        lr, parts, grad_norm, finite = _step(run, step, autocast, log)
+        log.window_n += task.tc.batch_size
         if finite:
             last = parts
         if (step + 1) % tc.log_every == 0 or step + 1 == steps:
-            last = distributed.mean(last, d)
-            now = time.time()
-            sps = window_n / (now - window_t)
-            rec = {"split": "train", "step": step + 1, **last, "lr": lr, "grad_norm": grad_norm,
-                   "samples_per_s": sps, "tokens_per_s": sps * task.tokens_per_sample,
-                   "mfu": sps * task.flops_per_sample / (peak * d.world), **task.extra_metrics(step),
-                   "bad_shards": len(loader.bad_shards)}
-            if d.is_main:
-                append_jsonl(metrics_path, rec)
-                _tb_write(tb, rec)
+            last = log.train(step, lr, grad_norm, last)
             bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
-            window_t, window_n = now, 0
-        if val and tc.val_every and (step + 1) % tc.val_every == 0 and step + 1 < steps:
-            rec = task.evaluate(val, device)
-            if sched.observe_val(rec["val_loss"]) and d.is_main:
-                print(f"step {step + 1}: validation loss plateaued; learning rate halved")
-            if d.is_main:
-                append_jsonl(metrics_path, {"split": "val", "step": step + 1, **rec})
-                _tb_write(tb, {"step": step + 1, **rec})
+        _validate(run, log, step, steps)
         if tc.sample_every and (step + 1) % tc.sample_every == 0:
-            task.sample_grid(val, out / "samples" / f"step-{step + 1:08d}.png", device, d.is_main)
+            task.sample_grid(run.val, out / "samples" / f"step-{step + 1:08d}.png", d.device, d.is_main)
         stopping = distributed.any_rank(stop.signal is not None, d)
         if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at) or stopping:
-            checkpoint(step + 1)
+            run.checkpoint(step + 1)
         if step + 1 == stop_at or stopping:
             break
     bar.close()
     stop.restore()
-    if tb is not None:
-        tb.close()
+    log.close()
     if stopping:  # preempted: the checkpoint is saved, `--resume` continues exactly
-        signame = stop.signal or "a signal on another rank"
-        if d.is_main:
-            print(f"received {signame}: saved {out} at step {step + 1}; continue with --resume")
-        return {"stage": stage, "steps": steps, "stopped_at": step + 1, "preempted": signame,
-                "final_train": last, "eval": {}, "ckpt": str(out), "bad_shards": sorted(loader.bad_shards)}
-    evaluation = task.evaluate(val, device, final=True) if val else {}
-    summary = {"stage": stage, "steps": steps, "final_train": last, "eval": evaluation, "ckpt": str(out),
-               "data": data_info, "bad_shards": sorted(loader.bad_shards)}
+        return _preempted(run, stop.signal or "a signal on another rank", step, last)
+    return _finish(run, log, step, last)
+
+
+def _step(run: _Run, step: int, autocast, log: _Log) -> tuple[float, dict, float, bool]:
+    """One update (skipped when the loss or gradient is not finite) -> lr, loss parts, grad norm, finite."""
+    tc, d, task, opt = run.cfg.train, run.d, run.task, run.opt
+    lr = run.sched.lr(step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(mix_seed(tc.seed, "noise", step, d.rank))  # noise of step s: exact resume
+    run.wrapped.train()
+    parts = _backward(run, run.loader.next(), step, autocast)
+    grad_norm = task.clip_gradients()
+    finite = math.isfinite(grad_norm) and not distributed.any_rank(not math.isfinite(parts["loss"]), d)
+    if finite:
+        opt.step()
+        task.after_step()
+        run.bad_run = 0
+    else:  # a non-finite loss or gradient: skip the update, keep the last good weights
+        run.bad_run += 1
+        log.write({"split": "train", "step": step + 1, "skipped": "non-finite loss or gradient",
+                   "loss": parts["loss"], "grad_norm": grad_norm, "bad_run": run.bad_run}, tb=False)
+    opt.zero_grad(set_to_none=True)
+    if run.bad_run > tc.max_bad_steps:  # skipped steps left the weights as the last good step made them
+        run.checkpoint(step + 1)
+        raise DalleEvalError(
+            f"{run.bad_run} training steps in a row had a non-finite loss or gradient (train.max_bad_steps="
+            f"{tc.max_bad_steps}); stopped at step {step + 1}. The weights of the last good step are saved in "
+            f"{run.out}; lower the learning rate or try precision=fp32, then --resume")
+    return lr, parts, grad_norm, finite
+
+
+def _backward(run: _Run, rank_batch: tuple, step: int, autocast) -> dict[str, float]:
+    """Forward and backward over this rank's samples of the step, cut into micro-batches -> mean loss parts."""
+    micro, accum = run.micro, run.accum
+    sums: dict[str, torch.Tensor] = {}
+    for i in range(accum):
+        batch = run.task.prepare(tuple(t[i * micro : (i + 1) * micro] for t in rank_batch), run.d.device)
+        with distributed.no_sync(run.wrapped, run.d, run.cfg.train.parallel, sync=i == accum - 1), autocast:
+            losses = run.task.loss(run.forward_model, batch, step)
+            (losses["loss"] / accum).backward()
+        for k, v in losses.items():  # summed on the device: one host sync per step, not per micro-step
+            sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+    return {k: float(v) / accum for k, v in sums.items()}
+
+
+def _validate(run: _Run, log: _Log, step: int, steps: int) -> None:
+    """Every train.val_every steps (not the last: _finish evaluates it): held-out loss; a plateau halves the lr."""
+    tc, d = run.cfg.train, run.d
+    if not (run.val and tc.val_every and (step + 1) % tc.val_every == 0 and step + 1 < steps):
+        return
+    rec = run.task.evaluate(run.val, d.device)
+    if run.sched.observe_val(rec["val_loss"]) and d.is_main:
+        print(f"step {step + 1}: validation loss plateaued; learning rate halved")
+    log.write({"split": "val", "step": step + 1, **rec}, tb=False)
     if d.is_main:
-        write_json(out / "summary.json", summary)
-        if val:
-            append_jsonl(metrics_path, {"split": "val", "step": step + 1, **{k: v for k, v in evaluation.items()
-                                                                           if k.startswith("val_")}})
+        _tb_write(log.tb, {"step": step + 1, **rec})
+
+
+def _preempted(run: _Run, signame: str, step: int, last: dict) -> dict:
+    if run.d.is_main:
+        print(f"received {signame}: saved {run.out} at step {step + 1}; continue with --resume")
+    return {"stage": run.stage, "steps": run.task.tc.steps, "stopped_at": step + 1, "preempted": signame,
+            "final_train": last, "eval": {}, "ckpt": str(run.out), "bad_shards": sorted(run.loader.bad_shards)}
+
+
+def _finish(run: _Run, log: _Log, step: int, last: dict) -> dict:
+    """The final evaluation and the run summary (OUT/summary.json)."""
+    evaluation = run.task.evaluate(run.val, run.d.device, final=True) if run.val else {}
+    summary = {"stage": run.stage, "steps": run.task.tc.steps, "final_train": last, "eval": evaluation,
+               "ckpt": str(run.out), "data": run.data_info, "bad_shards": sorted(run.loader.bad_shards)}
+    if run.d.is_main:
+        write_json(run.out / "summary.json", summary)
+        if run.val:
+            log.write({"split": "val", "step": step + 1, **{k: v for k, v in evaluation.items()
+                                                           if k.startswith("val_")}}, tb=False)
     return summary
 
 
