@@ -57,13 +57,15 @@ bench: install
 
 # lucidrains' dalle-pytorch only imports with an old stack (pkg_resources, pytorch-lightning<2, youtokentome):
 # its own venv, never the main one.
-$(PEER)/.installed: constraints.txt
+$(PEER)/.installed: constraints.txt pyproject.toml
 	test -x $(PEER)/bin/python || python3 -m venv $(PEER)
 	$(PEER_PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PEER_PIP) install -q -c constraints.txt --no-deps dall-e dalle-pytorch taming-transformers-rom1504
 	$(PEER_PIP) install -q -c constraints.txt axial-positional-embedding einops rotary-embedding-torch omegaconf \
 		transformers Cython "setuptools<81" "pytorch-lightning<2" attrs ftfy regex requests tqdm pillow
 	$(PEER_PIP) install -q -c constraints.txt --no-build-isolation youtokentome
+	# our torch-only model modules (dalle_eval.model), without the project's other dependencies
+	$(PEER_PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 bench-peers: $(PEER)/.installed
