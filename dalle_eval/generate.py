@@ -25,6 +25,7 @@ from dalle_eval.artifacts import (
     iter_jsonl,
     read_json,
     read_jsonl,
+    read_rgb,
     write_json,
 )
 from dalle_eval.config import SampleConfig
@@ -69,10 +70,9 @@ def codes_to_images(dvae, codes: torch.Tensor) -> list[Image.Image]:
 def image_to_codes(dvae, path: Path) -> torch.Tensor:
     """Center-crop and resize an image to the dVAE's size, encode -> (1, g, g) codes."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except OSError as e:
-        raise DalleEvalError(f"--image {path}: unreadable image ({e})") from None
+        im = read_rgb(path)
+    except DalleEvalError as e:
+        raise DalleEvalError(f"--image {e}") from None
     im = center_square_resize(im, dvae.cfg.image_size)
     x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     return dvae.encode(x.to(next(dvae.parameters()).device))
