@@ -38,7 +38,6 @@ import json
 import os
 import re
 import sys
-import tarfile
 import time
 import unicodedata
 import urllib.parse
@@ -52,6 +51,7 @@ from dalle_eval.pipelines.prefilter import FILTERS
 
 from dalle_eval.config import DataConfig
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shards import iter_raw_samples, write_shard
 
 # Every status of stage 3 (download); "http_<code>" stands for http_404, http_503, ... (any code).
 DOWNLOAD_STATUSES = (
@@ -334,54 +334,34 @@ def apply_exif_orientation(out: Path) -> int:
 
 
 def _turn_shard(tar_path: Path, orientation: dict[str, int]) -> int:
-    """Copy a shard sample by sample, turning the samples in `orientation` (i2d key -> tag) not yet turned;
-    the copy replaces the shard only if one was turned."""
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
-    turned = 0
-    with tarfile.open(tar_path) as src, tarfile.open(tmp, "w") as dst:
-        for stem, files in _tar_samples(src):
-            if stem in orientation:
-                turned += _turn_sample(files, orientation[stem])
-            for member, data in files:
-                dst.addfile(member, None if data is None else io.BytesIO(data))
+    """Turn the samples in `orientation` (i2d key -> tag) not yet turned; the shard is rewritten (atomically,
+    through shards.write_shard) only if one was turned. Two passes of the raw tar reader: the first only
+    decides, so a shard is never held in memory."""
+    turned = sum(_pending_turn(files, orientation.get(key)) is not None for key, files in iter_raw_samples(tar_path))
     if turned:
-        os.replace(tmp, tar_path)
-    else:
-        tmp.unlink()
+        write_shard(tar_path, ({"__key__": key, **_turn_sample(files, orientation.get(key))}
+                               for key, files in iter_raw_samples(tar_path)))
     return turned
 
 
-def _tar_samples(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes | None]]]]:
-    """(webdataset key, [(member, bytes)]) per sample: the members sharing a stem, which are adjacent."""
-    stem, files = None, []
-    for member in tar:
-        data = tar.extractfile(member).read() if member.isfile() else None
-        name = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
-        if name != stem and files:
-            yield stem, files
-            files = []
-        stem = name
-        files.append((member, data))
-    if files:
-        yield stem, files
+def _pending_turn(files: dict[str, bytes], tag: int | None) -> tuple[str, dict] | None:
+    """(image extension, json record) of a sample still to turn, else None (no tag, turned before, or no
+    image or json: img2dataset writes both; without a json the turn is not recorded)."""
+    image = next((e for e in ("jpg", "png", "webp") if e in files), None)
+    if tag is None or image is None or "json" not in files:
+        return None
+    meta = json.loads(files["json"])
+    return None if meta.get(APPLIED) else (image, meta)
 
 
-def _turn_sample(files: list[tuple[tarfile.TarInfo, bytes | None]], tag: int) -> int:
-    """Turn one sample's image and record it in its json, in place -> 1, or 0 if it was turned before."""
-    ext = {m.name.rsplit(".", 1)[-1]: i for i, (m, _) in enumerate(files)}
-    image = next((e for e in ("jpg", "png", "webp") if e in ext), None)
-    if image is None or "json" not in ext:  # img2dataset writes both; without a json the turn is not recorded
-        return 0
-    meta = json.loads(files[ext["json"]][1])
-    if meta.get(APPLIED):
-        return 0
-    changed = {image: _turn_image(files[ext[image]][1], tag, image),
-               "json": json.dumps(_turned_meta(meta, tag), indent=4).encode()}
-    for e, data in changed.items():
-        member = files[ext[e]][0]
-        member.size = len(data)
-        files[ext[e]] = (member, data)
-    return 1
+def _turn_sample(files: dict[str, bytes], tag: int | None) -> dict[str, bytes]:
+    """A sample's files with the image turned upright and the turn recorded in its json (unchanged if not due)."""
+    pending = _pending_turn(files, tag)
+    if pending is None:
+        return files
+    image, meta = pending
+    return {**files, image: _turn_image(files[image], tag, image),
+            "json": json.dumps(_turned_meta(meta, tag), indent=4).encode()}
 
 
 def _turn_image(data: bytes, tag: int, ext: str) -> bytes:
