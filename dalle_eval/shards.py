@@ -7,12 +7,16 @@ re-runs skip them.
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
+from PIL import Image
 
 from dalle_eval.artifacts import atomic_path
 from dalle_eval.errors import DalleEvalError
@@ -154,16 +158,32 @@ def count_samples(path: Path) -> int:
 
 def iter_shards(paths: Iterable[str | Path]) -> Iterator[dict]:
     """Decoded samples in shard order: images as RGB PIL, npy as arrays, json as dicts, txt as str."""
-    paths = [str(p) for p in paths]
+    paths = [Path(p) for p in paths]
     for p in paths:
-        if not Path(p).exists():
+        if not p.exists():
             raise DalleEvalError(f"shard listed in the manifest is missing: {p}")
-    if not paths:
-        return
-    dataset = wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=every_shard,
-                             workersplitter=every_shard).decode("pil")
-    for sample in dataset:
-        for ext in IMAGE_EXTS:
-            if ext in sample:
-                sample["image"] = sample.pop(ext).convert("RGB")
-        yield sample
+    for p in paths:
+        for key, files in iter_raw_samples(p):
+            sample = {"__key__": key, **{ext: decode_file(ext, data) for ext, data in files.items()}}
+            for ext in IMAGE_EXTS:
+                if ext in sample:
+                    sample["image"] = sample.pop(ext)
+            yield sample
+
+
+def decode_file(ext: str, data: bytes):
+    """One sample file as webdataset's decode("pil") reads it, by its last extension: an image as RGB PIL,
+    npy as an array, json as its value, txt as str, cls as int, anything else as bytes."""
+    kind = ext.rsplit(".", 1)[-1]
+    if kind in IMAGE_EXTS:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    if kind == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if kind == "json":
+        return json.loads(data)
+    if kind in ("txt", "text"):
+        return data.decode("utf-8")
+    if kind in ("cls", "cls2", "index"):
+        return int(data)
+    return data

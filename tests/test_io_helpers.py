@@ -92,3 +92,24 @@ def test_one_image_stage_writer_for_every_source(tmp_path):
     assert (m["n_samples"], m["shard_sizes"], m["status_counts"]) == (2, [2], {"ok": 2, "caption_empty": 1})
     assert set(m["config"]) == {"data", "filter"} and m["prefilter"] == {"caption_empty": 1}
     assert len(pd.read_parquet(tmp_path / "pairs.parquet")) == 3
+
+
+def test_iter_shards_reads_as_webdataset_decodes(tmp_path):
+    import webdataset as wds
+
+    from dalle_eval.images import png_bytes
+    from dalle_eval.shards import iter_shards, write_shard
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    np.save(buf, np.arange(6, dtype=np.uint16).reshape(2, 3))
+    path = tmp_path / "shard-000000.tar"
+    write_shard(path, [{"__key__": f"k{i}", "png": png_bytes(img), "txt": f"caption {i}", "json": {"i": i},
+                        "codes.npy": buf.getvalue()} for i in range(3)])
+    ours = list(iter_shards([path]))
+    theirs = list(wds.WebDataset([str(path)], shardshuffle=False, empty_check=False).decode("pil"))
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        assert a["__key__"] == b["__key__"] and a["txt"] == b["txt"] and a["json"] == b["json"]
+        assert np.array_equal(a["codes.npy"], b["codes.npy"]) and a["codes.npy"].dtype == b["codes.npy"].dtype
+        assert a["image"].mode == "RGB" and np.array_equal(np.asarray(a["image"]), np.asarray(b["png"].convert("RGB")))
