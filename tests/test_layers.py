@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"dalle_eval": "dalle_eval", "model": "dalle_eval.model", "pipelines": "dalle_eval.pipelines"}
 CORE = {"dalle_eval", "dalle_eval.errors", "dalle_eval.config", "dalle_eval.artifacts", "dalle_eval.outputs",
-        "dalle_eval.shards", "dalle_eval.images", "dalle_eval.report", "dalle_eval.samples"}
+        "dalle_eval.shards", "dalle_eval.images", "dalle_eval.tar_reader", "dalle_eval.report", "dalle_eval.samples"}
 TOP = {"dalle_eval.cli", "dalle_eval.cli_common", "dalle_eval.cli_probes", "dalle_eval.demo"}
 LAYERS = ("core", "domain", "model", "pipelines", "evaluation", "top")
 MAY_IMPORT = {  # each layer: the layers it may import (its own and those below; pipelines and evaluation are siblings)

@@ -1,11 +1,12 @@
-"""Our tar reader (dalle_eval.shards.iter_tar_files) against the standard library's, format by format."""
+"""Our tar reader (dalle_eval.tar_reader.iter_tar_files) against the standard library's, format by format."""
 
 import io
 import tarfile
 
 import pytest
 
-from dalle_eval.shards import count_samples, iter_raw_samples, iter_tar_files
+from dalle_eval.shards import count_samples, iter_raw_samples
+from dalle_eval.tar_reader import iter_tar_files
 
 MEMBERS = [
     ("a" * 90 + "/" + "b" * 60 + ".jpg", b"x" * 1000),  # > 100 chars: pax path / GNU long name / ustar prefix
