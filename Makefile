@@ -32,7 +32,7 @@ $(STAMP_DEMO): pyproject.toml constraints.txt
 	touch $@
 
 $(STAMP_DEV): $(STAMP_DEMO)
-	$(call disk_check,1,the test extras)
+	$(call disk_check,1,installing the test extras)
 	$(PIP) install -q -c constraints.txt -e '.[dev,spark,ray]'
 	$(PIP) install -q --no-deps dall-e==0.1
 	touch $@
