@@ -17,8 +17,8 @@ from dalle_eval.probes.chance import random_generator_results
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
-from dalle_eval.probes.stats import attach_random, coverage, mark_partial, summarise
 from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, read_custom_prompts, resolve_suites
+from dalle_eval.probes.tables import attach_random, coverage, mark_partial, summarise
 from dalle_eval.samples import SAMPLES, claim_samples
 
 SCORERS = ("parser", "likelihood", "clip")

@@ -13,7 +13,7 @@ from PIL import Image
 from dalle_eval.probes import make_prompts
 from dalle_eval.probes.chance import closed_form_chance, monte_carlo_chance, random_images
 from dalle_eval.probes.scoring import score_scene_image
-from dalle_eval.probes.stats import check_name, clustered_wilson
+from dalle_eval.probes.tables import check_name, clustered_wilson
 from dalle_eval.shapes import Scene, place, render
 
 SHAPES_SUITES = ("attributes", "binding")

@@ -222,7 +222,7 @@ def test_clear_errors(tmp_path, fast_cfg):
 
 def test_intervals_account_for_correlated_images_of_one_prompt():
     """Four identical outcomes per prompt carry the information of one: the interval widens to match."""
-    from dalle_eval.probes.stats import clustered_wilson, effective_n, wilson
+    from dalle_eval.probes.tables import clustered_wilson, effective_n, wilson
 
     independent = [{"prompt_id": str(i), "passed": i % 2 == 0} for i in range(40)]
     (lo, hi), prompts, n_eff = clustered_wilson(independent)

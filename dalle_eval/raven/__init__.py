@@ -1,10 +1,10 @@
 """I-RAVEN-style Raven's Progressive Matrices: generation, manifest, rendering and parsing (leaf package).
 
-schema.py holds the data (panels, items, rule semantics, manifest schema), generate.py samples items and
+schema.py holds the data (panels, items, rule semantics, manifest schema), items.py samples items and
 reads/writes manifests, render.py draws matrices and reads panels back.
 """
 
-from dalle_eval.raven.generate import (
+from dalle_eval.raven.items import (
     bisection_candidates,
     generate_item,
     generate_items,

@@ -13,7 +13,7 @@ side from 6 to 300 px): that holds from 15-px panels for center, 30 px for grid2
 
 Smaller matrices are matched in pixel L2, which is exact only if no two candidates of an item draw the same
 pixels. Matrices are supported from MIN_RESOLUTION (64 px, 20-px cells: the tiny model's image size) up;
-generate.py redraws any item whose candidates render alike at a cell side of a supported matrix
+items.py redraws any item whose candidates render alike at a cell side of a supported matrix
 (`distinct_renders`; 7% of grid2x2 and 36% of grid3x3 draws), so the true answer is always matched back to
 itself. Smaller matrices are refused: at 48 px, 20% of grid2x2 and 36% of grid3x3 items would have two
 candidates drawn alike even so.
