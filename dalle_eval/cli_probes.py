@@ -138,7 +138,11 @@ def probes_export(suite, out, seed, raven_items, resolution):
     from dalle_eval.probes import RAVEN_ITEMS
 
     path = run_export(suite, out, seed, raven_items or RAVEN_ITEMS, resolution)
-    summary(f"probes export {suite}", {"prompts": str(path)})
+    lines = {"prompts (give the generator)": str(path)}
+    if (path.parent / f"{path.stem}_raven").is_dir():
+        lines["context images (give)"] = str(path.parent / f"{path.stem}_raven")
+    lines["answer key (keep it)"] = str(path.parent / f"{path.stem}_key")
+    summary(f"probes export {suite}", lines)
 
 
 @probes.command("score")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalle_eval.artifacts import read_jsonl, write_json
+from dalle_eval.artifacts import read_jsonl, read_rgb, write_json
 from dalle_eval.coco import export_captions, load_or_choose_subset
 from dalle_eval.coco_report import NOT_RECORDED, write_report
 from dalle_eval.config import Config, config_to_dict
@@ -111,12 +111,10 @@ def _clip_scores(cfg: Config, folder: Path, rows: list[dict], progress: bool) ->
             reranked_randomly
     if mode == "off" or (mode == "auto" and not s.clip_pretrained):
         return None, "not computed (set sample.clip_pretrained, or eval.clip_score=on)", reranked_randomly
-    from PIL import Image
-
     from dalle_eval.model.clip import ClipScorer
 
     scorer = ClipScorer(s.clip_model, s.clip_pretrained or None, s.device, allow_random=s.random_clip)
-    images = [Image.open(Path(folder) / r["file"]).convert("RGB") for r in rows]
+    images = [read_rgb(Path(folder) / r["file"]) for r in rows]  # a missing or broken file is named
     scores = scorer.scores(images, [r["caption"] for r in rows]).tolist()
     note = f"{s.clip_model} ({s.clip_pretrained or RANDOM_CLIP})"
     return [100 * v for v in scores], note, scorer.random or reranked_randomly

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dalle_eval.artifacts import read_rgb
+
 
 def md_table(rows: list[dict], columns: list[str], fmt: dict | None = None) -> str:
     fmt = fmt or {}
@@ -75,8 +77,8 @@ def image_grid(items: list[tuple[Path | Image.Image, str]], out: Path, cols: int
     for i, ((path, _), lines) in enumerate(zip(items, wrapped)):
         r, c = divmod(i, cols)
         x, y = c * cell, r * (cell + strip)
-        with path if isinstance(path, Image.Image) else Image.open(path) as im:
-            grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
+        im = path if isinstance(path, Image.Image) else read_rgb(path)  # a missing or broken file is named
+        grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
         for k, line in enumerate(lines):
             draw.text((x + 2, y + cell + 1 + k * line_h), line, fill=(0, 0, 0), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)

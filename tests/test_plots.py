@@ -281,3 +281,14 @@ def test_transformer_panels_are_labelled(tmp_path, saved_figures):
     assert len(panels) == 4 and all(ylabel for ylabel, _ in panels)
     (_, lines), = [(y, lines) for y, lines in panels if "val" in lines and "train" in lines]
     assert lines["train"] == [_train(s)["loss"] for s in range(10, 210, 10)]  # cross-entropy vs cross-entropy
+
+
+def test_image_grid_names_a_missing_or_broken_image(tmp_path):
+    from dalle_eval.errors import DalleEvalError
+    from dalle_eval.report import image_grid
+
+    with pytest.raises(DalleEvalError, match="gone.png: image file not found"):
+        image_grid([(tmp_path / "gone.png", "a caption")], tmp_path / "grid.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DalleEvalError, match="bad.png: unreadable image"):
+        image_grid([(tmp_path / "bad.png", "a caption")], tmp_path / "grid.png")

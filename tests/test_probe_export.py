@@ -137,6 +137,15 @@ def test_export_help_names_the_key():
     assert "<stem>_key/" in text and "never give it to the generator" in text, text
 
 
+def test_export_summary_says_what_to_give_and_what_to_keep(tmp_path):
+    out = tmp_path / "prompts.jsonl"
+    r = CliRunner().invoke(main, ["probes", "export", "--suite", "raven", "--raven-items", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"prompts (give the generator) {out}" in text and f"context images (give) {tmp_path / 'prompts_raven'}" in text
+    assert f"answer key (keep it) {tmp_path / 'prompts_key'}" in text
+
+
 def test_export_refuses_a_resolution_below_the_smallest_supported(tmp_path):
     out = tmp_path / "prompts.jsonl"
     args = ["probes", "export", "--suite", "raven", "--raven-items", "3", "--resolution", "48", "--out", str(out)]
