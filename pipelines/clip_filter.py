@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dalle_eval.model.clip import clip_cosine as model_clip_cosine
-from dalle_eval.pipelines.image_reader import iter_shard_samples
+from dalle_eval.pipelines.shard_images import iter_shard_samples
 from PIL import Image
 from tqdm import tqdm
 

@@ -1,6 +1,6 @@
 """Post-filter, part 1: perceptual-hash near-duplicates within a set and against an evaluation set.
 
-    phash(images)                       -> (n,) uint64 64-bit DCT hashes (reading shards: image_reader.py)
+    phash(images)                       -> (n,) uint64 64-bit DCT hashes (reading shards: shard_images.py)
     near_pairs(hashes, threshold)       -> DataFrame[i, j, distance]: every pair within `threshold` bits
     near_duplicates(keys, hashes, t)    -> DataFrame[key, cluster, cluster_size, dup_of, dup_distance, status]
     eval_overlap(keys, hashes, eval_hashes, t) -> DataFrame[key, eval_match, eval_match_distance, status]

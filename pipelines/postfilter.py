@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 from dalle_eval.pipelines.dedup import eval_overlap, near_duplicates
-from dalle_eval.pipelines.image_reader import hash_folder, hash_shards
+from dalle_eval.pipelines.shard_images import hash_folder, hash_shards
 from tqdm import tqdm
 
 from dalle_eval.artifacts import atomic_path

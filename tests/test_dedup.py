@@ -14,7 +14,7 @@ from dalle_eval.pipelines.dedup import (
     near_pairs,
     phash,
 )
-from dalle_eval.pipelines.image_reader import hash_folder, hash_shards
+from dalle_eval.pipelines.shard_images import hash_folder, hash_shards
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from dalle_eval.images import png_bytes

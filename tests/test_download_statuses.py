@@ -227,7 +227,7 @@ def test_evaluation_images_are_hashed_as_shown(tmp_path):
     """An evaluation set's photo with an EXIF Orientation tag is hashed upright, as the downloaded copies
     are stored: the overlap check compares the pictures people see."""
     from dalle_eval.pipelines.dedup import hamming, phash
-    from dalle_eval.pipelines.image_reader import hash_folder
+    from dalle_eval.pipelines.shard_images import hash_folder
 
     from tests.webserver import exif_photo, upright_photo
 

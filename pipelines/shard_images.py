@@ -1,4 +1,5 @@
-"""Reading images to hash: webdataset shards (as downloaded) and image folders (an evaluation set).
+"""The images in image shards (as downloaded) and in image folders (an evaluation set), decoded for pHash dedup
+and CLIP filtering.
 
     iter_shard_samples(shards) -> Sample per webdataset key, image decoded (or the decoder's error)
     hash_shards(shards)        -> DataFrame[key, source, phash, status, error], hashed in batches
