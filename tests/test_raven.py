@@ -388,3 +388,30 @@ def test_a_raven_image_under_the_smallest_resolution_names_the_file(tmp_path, it
     sample = {"prompt_id": it.item_id, "index": 0, "file": "small.png"}
     with pytest.raises(DalleEvalError, match=f"small.png.*48 px.*smallest supported.* {MIN_RESOLUTION} px"):
         score_samples([prompt], [sample], tmp_path)
+
+
+def test_raven_completion_redoes_a_row_whose_image_was_deleted(tmp_path):
+    """A samples.jsonl row whose PNG is gone is not done: the next run draws that image again (same seed, same
+    file name) and keeps the one row it has; rows with their file are not redrawn."""
+    from dalle_eval.artifacts import read_jsonl
+    from dalle_eval.probes.raven_probe import complete_raven
+    from dalle_eval.probes.suites import make_prompts
+
+    prompts = make_prompts("raven", seed=0, raven_items=2)
+    calls = []
+
+    def completer(item, caption, seeds):
+        calls.append(item.item_id)
+        return [Image.new("RGB", (8, 8), (s % 256, 0, 0)) for s in seeds]
+
+    rows_file = complete_raven(prompts, completer, tmp_path, n=2)
+    first = read_jsonl(rows_file)
+    assert len(first) == 4 and len(calls) == 2
+    lost = tmp_path / first[1]["file"]
+    before = lost.read_bytes()
+    lost.unlink()
+    calls.clear()
+    complete_raven(prompts, completer, tmp_path, n=2)
+    assert calls == [first[1]["prompt_id"]]  # only the item with a lost image is completed again
+    assert lost.read_bytes() == before
+    assert read_jsonl(rows_file) == first  # no second row for the redone image
