@@ -186,6 +186,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     keep_last: int = 2
+    keep_every: int = 0  # also keep every state/step-N with N % keep_every == 0 (milestones); 0 = off
     parallel: Parallel = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2 fully_shard, sharded checkpoints)
     compile: bool = False  # torch.compile the model
     # data streaming (model/stream.py)
@@ -326,7 +327,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.transformer.plateau_patience": _AT_LEAST_1, "train.transformer.plateau_threshold": _AT_LEAST_0,
     "train.transformer.bpe_dropout": _FRACTION, "train.transformer.grad_clip": _POSITIVE,
     **{f"train.{k}": _AT_LEAST_1 for k in ("log_every", "ckpt_every", "shuffle_shards")},
-    **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "data_streams", "num_workers", "val_shards", "val_samples",
+    **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "keep_every", "data_streams", "num_workers", "val_shards", "val_samples",
                                            "val_every", "sample_every", "max_bad_steps", "peak_tflops")},
     "sample.temperature": _POSITIVE, "sample.top_k": _AT_LEAST_0, "sample.top_p": (0, 1, True),
     "sample.batch_size": _AT_LEAST_1, "sample.rerank": _AT_LEAST_0,

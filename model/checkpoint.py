@@ -33,15 +33,23 @@ STATE = "state"
 TOKENIZER, DVAE_DIR = "tokenizer.json", "dvae"
 
 
-def _export_file(ckpt: Path, final: Path, name: str, keep_last: int) -> None:
-    """Point CKPT/model.safetensors and CKPT/latest at the new state dir; drop the oldest ones."""
+def _export_file(ckpt: Path, final: Path, name: str, keep_last: int, keep_every: int = 0) -> None:
+    """Point CKPT/model.safetensors and CKPT/latest at the new state dir; drop the older ones.
+
+    Kept: the newest `keep_last` state dirs (by step; 0 keeps all), every step-N with N % keep_every == 0
+    (keep_every 0: none besides those), and always `final`, the one just written (also after a resume from
+    a rewound `latest`, when newer steps may exist).
+    """
     with atomic_path(ckpt / "model.safetensors") as tmp:
         tmp.unlink()
         os.link(final / name, tmp)
     with atomic_path(ckpt / "latest") as tmp:
         tmp.write_text(final.name + "\n")
-    for old in sorted((ckpt / STATE).glob("step-*"))[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old)
+    if keep_last <= 0:
+        return
+    for step, old in kept_checkpoints(ckpt)[:-keep_last]:
+        if old != final and not (keep_every > 0 and step % keep_every == 0):
+            shutil.rmtree(old)
 
 
 def _save_tensors(tensors: dict, path: Path) -> None:
@@ -49,8 +57,9 @@ def _save_tensors(tensors: dict, path: Path) -> None:
 
 
 def save_state(ckpt: Path, step: int, task, opt: torch.optim.Optimizer, train_state: dict, keep_last: int,
-               d: Dist, parallel: str) -> Path:
-    """Write CKPT/state/step-N atomically (all ranks call it); the main rank publishes it as the latest.
+               d: Dist, parallel: str, *, keep_every: int = 0) -> Path:
+    """Write CKPT/state/step-N atomically (all ranks call it); the main rank publishes it as the latest and
+    prunes the older state dirs to the last `keep_last` plus every multiple of `keep_every` (see _export_file).
 
     Replicated (single process, DDP): model.safetensors + train.pt with the optimizer state.
     FSDP: a torch.distributed.checkpoint folder `dcp/` (every rank writes its shards) + train.pt, and a full
@@ -88,18 +97,26 @@ def save_state(ckpt: Path, step: int, task, opt: torch.optim.Optimizer, train_st
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _export_file(ckpt, final, "export.safetensors" if export is not None else "model.safetensors", keep_last)
+        _export_file(ckpt, final, "export.safetensors" if export is not None else "model.safetensors", keep_last,
+                     keep_every)
     barrier(d)
     return final
 
 
-def _kept_states(ckpt: Path) -> list[Path]:
-    return sorted(p for p in (Path(ckpt) / STATE).glob("step-*") if p.is_dir())
+def kept_checkpoints(ckpt: Path) -> list[tuple[int, Path]]:
+    """The complete state dirs CKPT/state/step-N kept on disk, as (N, path) sorted by step ([] before the first
+    checkpoint). Temp dirs of a checkpoint being written (.step-N.tmp) and other names are not listed."""
+    found = []
+    for p in (Path(ckpt) / STATE).glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 def _previous_hint(ckpt: Path, bad: str | None = None) -> str:
     """How to go on from the newest kept state dir older than the `bad` one (any, if None), or that none is kept."""
-    older = [p for p in _kept_states(ckpt) if bad is None or p.name < bad]
+    older = [p for _, p in kept_checkpoints(ckpt) if bad is None or p.name < bad]
     if not older:
         return "no earlier checkpoint is kept: start a new --out (or retrain)"
     prev = older[-1]

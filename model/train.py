@@ -172,7 +172,8 @@ class _Run:
                        "bad_run": self.bad_run,
                        "data": {"n_streams": self.n_streams, "positions": positions_all, "bad_shards": bad},
                        "data_info": {"fingerprints": self.task.fingerprints}}
-        save_state(self.out, at, self.task, self.opt, train_state, tc.keep_last, d, tc.parallel)
+        save_state(self.out, at, self.task, self.opt, train_state, tc.keep_last, d, tc.parallel,
+                   keep_every=tc.keep_every)
 
 
 def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist) -> dict:
