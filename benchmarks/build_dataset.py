@@ -3,7 +3,7 @@
 1. Images/s of our image stage (read -> DuckDB/py3langid pre-filter -> img2dataset download -> pHash
    post-filter -> re-shard, i.e. `build_dataset(cfg, LIST, OUT)`) against a bare `img2dataset.download`
    with the same options (pipelines/download.py) on the same url list, both served from 127.0.0.1 by
-   tests/webserver.py (distinct 96x96 PNGs, no delay), same processes/threads, fresh output folders.
+   pipelines/local_http.py (distinct 96x96 PNGs, no delay), same processes/threads, fresh output folders.
    Runs alternate (bare, ours, bare, ours); each side reports its best run (shared machine). The issue's
    target: overhead <= 15%. Our run's time is split by stage by timing the stage functions it calls;
    the stages other than the download, over our own img2dataset call's time, give the overhead
@@ -146,7 +146,7 @@ def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dic
 
 
 def bench_download(tmp: Path) -> None:
-    from tests.webserver import serve
+    from dalle_eval.pipelines.local_http import serve
 
     cfg = load_config(["tiny"], OVERRIDES)
     d = cfg.data
@@ -194,7 +194,7 @@ def bench_distributors(tmp: Path) -> None:
     a local Ray instance): what a local Spark or Ray costs over multiprocessing, start-up included."""
     import importlib.util
 
-    from tests.webserver import serve
+    from dalle_eval.pipelines.local_http import serve
 
     log = tmp / "distributors.log"
     print(f"distributors: build-dataset image stage on the same {N_URLS} loopback urls, 2 processes x 16 threads")

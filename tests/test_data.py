@@ -63,7 +63,7 @@ def test_bad_source_gives_one_clear_line(tmp_path, content, name, message):
     assert last.startswith("Error: --source") and message in last and "Traceback" not in result.output
 
 
-EXPECTED = {  # what the web's bad inputs (tests/webserver.py) must end as
+EXPECTED = {  # what the web's bad inputs (pipelines/local_http.py: serve) must end as
     "/good.jpg": "ok", "/good.png": "ok", "/good.webp": "ok", "/gray.png": "ok", "/cmyk.jpg": "ok",
     "/alpha.png": "ok", "/anim.gif": "ok",
     **{f"/copy/{i}.jpg": "near_duplicate" for i in range(5)},  # the bytes of /good.jpg under other URLs
@@ -76,8 +76,7 @@ EXPECTED = {  # what the web's bad inputs (tests/webserver.py) must end as
 def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
     """A real img2dataset run against a local server serving good, odd and broken images."""
     from dalle_eval.pipelines.build import build_dataset
-
-    from tests.webserver import serve
+    from dalle_eval.pipelines.local_http import serve
 
     cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_timeout=2))
     with serve(slow_seconds=5) as base:
@@ -130,8 +129,9 @@ def _run_until(cmd, done, timeout=120):
 def test_sigkill_mid_download_and_mid_encode_then_rerun_keeps_every_sample_once(tmp_path, dvae_ckpt):
     import sys
 
+    from dalle_eval.pipelines.local_http import serve
+
     from tests.conftest import FAST
-    from tests.webserver import serve
 
     out = tmp_path / "out"
     sets = [x for item in FAST + ["data.shard_size=5", "data.download_threads=2", "data.min_image_size=0"]
@@ -164,8 +164,8 @@ def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
     """Several list files, img2dataset's multiprocessing distributor with 2 processes, the pre-filter
     and both evaluation-set filters: each row ends with the first reason that applies."""
     from dalle_eval.pipelines.build import build_dataset
-
-    from tests.webserver import _picture, serve
+    from dalle_eval.pipelines.local_http import picture as _picture
+    from dalle_eval.pipelines.local_http import serve
 
     eval_dir = tmp_path / "coco_val"
     eval_dir.mkdir()
@@ -234,8 +234,7 @@ def test_cluster_distributors_give_the_same_table_and_leave_no_cluster_running(t
     Spark session / Ray instance is stopped afterwards."""
     pytest.importorskip("pyspark.sql" if distributor == "pyspark" else "ray")
     from dalle_eval.pipelines.build import build_dataset
-
-    from tests.webserver import serve
+    from dalle_eval.pipelines.local_http import serve
 
     tables = {}
     with serve(n_pictures=6) as base:

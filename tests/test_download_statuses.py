@@ -2,7 +2,7 @@
 sent the way a browser sends them, transient failures are retried, EXIF orientation is applied, and a list
 the pre-filter empties still writes its table.
 
-One img2dataset run (module fixture) against tests/webserver.py serves the whole battery; the other tests
+One img2dataset run (module fixture) against pipelines/local_http.serve() serves the whole battery; the other tests
 need no download."""
 
 import dataclasses
@@ -58,8 +58,7 @@ ELSEWHERE = {  # full URLs -> status
 def battery(tmp_path_factory, fast_cfg):
     """(pair table indexed by url, the build's output folder) of one build over the whole battery."""
     from dalle_eval.pipelines.build import build_dataset
-
-    from tests.webserver import serve
+    from dalle_eval.pipelines.local_http import serve
 
     tmp = tmp_path_factory.mktemp("battery")
     data = dataclasses.replace(fast_cfg.data, download_timeout=2, download_retries=1)
@@ -115,7 +114,7 @@ def test_failures_keep_their_message(battery):
 def test_exif_orientation_is_applied_and_the_shown_size_recorded(battery):
     """All 8 EXIF orientations: the stored square is the upright photo's center crop, not a rotated or
     mirrored one; width/height are the size as shown (portrait 96x128)."""
-    from tests.webserver import EXIF_STORED, upright_photo
+    from dalle_eval.pipelines.local_http import EXIF_STORED, upright_photo
 
     table, _, out = battery
     exif = table[table.index.str.contains("/exif/")]
@@ -227,9 +226,8 @@ def test_evaluation_images_are_hashed_as_shown(tmp_path):
     """An evaluation set's photo with an EXIF Orientation tag is hashed upright, as the downloaded copies
     are stored: the overlap check compares the pictures people see."""
     from dalle_eval.pipelines.dedup import hamming, phash
+    from dalle_eval.pipelines.local_http import exif_photo, upright_photo
     from dalle_eval.pipelines.shard_images import hash_folder
-
-    from tests.webserver import exif_photo, upright_photo
 
     for tag in range(1, 9):
         (tmp_path / f"{tag}.jpg").write_bytes(exif_photo(tag))

@@ -113,3 +113,36 @@ def test_iter_shards_reads_as_webdataset_decodes(tmp_path):
         assert a["__key__"] == b["__key__"] and a["txt"] == b["txt"] and a["json"] == b["json"]
         assert np.array_equal(a["codes.npy"], b["codes.npy"]) and a["codes.npy"].dtype == b["codes.npy"].dtype
         assert a["image"].mode == "RGB" and np.array_equal(np.asarray(a["image"]), np.asarray(b["png"].convert("RGB")))
+
+
+def test_serve_folder_serves_the_files_under_it_and_nothing_else(tmp_path):
+    """pipelines/local_http.serve_folder: GET /name (percent-encoded) = the file's bytes with its type; a missing
+    file or a path out of the folder is a 404."""
+    import http.client
+    import urllib.parse
+
+    from dalle_eval.pipelines.local_http import picture, serve_folder
+
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    picture(96, 64, seed=1).save(folder / "sub" / "a b ü.png")
+    (tmp_path / "secret.txt").write_text("outside")
+
+    def get(base: str, path: str) -> tuple[int, str | None, bytes]:
+        c = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+        c.request("GET", path)
+        r = c.getresponse()
+        out = r.status, r.getheader("Content-Type"), r.read()
+        c.close()
+        return out
+
+    with serve_folder(folder) as base:
+        assert base.startswith("http://127.0.0.1:")
+        status, kind, body = get(base, "/" + urllib.parse.quote("sub/a b ü.png"))
+        assert (status, kind, body) == (200, "image/png", (folder / "sub" / "a b ü.png").read_bytes())
+        assert get(base, "/sub/missing.png")[0] == 404
+        assert get(base, "/../secret.txt")[0] == 404
+        assert get(base, "/sub")[0] == 404
+        assert base.hits["/sub/a b ü.png"] == 1
+    with pytest.raises(NotADirectoryError), serve_folder(tmp_path / "secret.txt"):
+        pass

@@ -1,9 +1,22 @@
-"""A real HTTP server on 127.0.0.1 serving the web's bad inputs, for download tests.
+"""A web server on 127.0.0.1, so img2dataset can download without the internet: tests, benchmarks, try-outs.
 
-Every path maps to a list of answers built once from images rendered here: the first request gets the
-first answer, the next the second, ..., the last one repeats (a server that fails once, then serves).
-Paths are matched after percent-decoding (path and query), as a web server maps them to files: a
-client must send `/with%20space/a%20b.jpg` for the route `/with space/a b.jpg`; a raw space or
+    serve_folder(folder)                 -> base URL serving the files under `folder` (GET /a/b.jpg = folder/a/b.jpg)
+    serve(slow_seconds, n_pictures, delay) -> base URL serving the web's bad inputs (routes()) and /pic/{i}.png
+
+Both are context managers: a threaded server on a free port, stopped on exit; the URL's `.hits` counts the
+requests per path. Write `base + "/" + name` into a url+caption list and `build-dataset --source LIST` downloads
+local images as it would the web's, e.g. to try the download stage offline:
+
+    files = sorted(Path("my_images").glob("*.jpg"))
+    with serve_folder("my_images") as base:
+        urls = [f"{base}/{urllib.parse.quote(p.name)}" for p in files]
+        pd.DataFrame({"url": urls, "caption": [p.stem for p in files]}).to_parquet("list.parquet")
+        build_dataset(cfg, "list.parquet", "runs/local")   # dalle_eval.pipelines.build
+
+`serve()` is the download stage's test battery: every path maps to a list of answers built once from images
+rendered here; the first request gets the first answer, the next the second, ..., the last one repeats (a server
+that fails once, then serves). Paths are matched after percent-decoding (path and query), as a web server maps
+them to files: a client must send `/with%20space/a%20b.jpg` for the route `/with space/a b.jpg`; a raw space or
 non-ASCII byte in the request line does not reach it.
 """
 
@@ -12,14 +25,17 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import mimetypes
+import random
 import socket
 import struct
 import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -54,10 +70,8 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _picture(w: int = 320, h: int = 240, seed: int = 0) -> Image.Image:
+def picture(w: int = 320, h: int = 240, seed: int = 0) -> Image.Image:
     """A distinct picture per seed (different layouts, so perceptual hashes differ too)."""
-    import random
-
     rng = random.Random(seed)
     img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(img)
@@ -71,8 +85,6 @@ def _picture(w: int = 320, h: int = 240, seed: int = 0) -> Image.Image:
 
 def _png_bomb(side: int = 20_000) -> bytes:
     """A small PNG that claims side x side 8-bit grey pixels (compresses ~1000:1)."""
-    import struct
-
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -105,18 +117,18 @@ def exif_photo(orientation: int) -> bytes:
 
 
 def web_routes(slow_seconds: float) -> dict[str, tuple[int, dict, bytes, float]]:
-    jpg = _encode(_picture(seed=1), "JPEG", quality=90)
+    jpg = _encode(picture(seed=1), "JPEG", quality=90)
     gif = io.BytesIO()
-    frames = [_picture(seed=i).convert("P") for i in range(3)]
+    frames = [picture(seed=i).convert("P") for i in range(3)]
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     img = {"Content-Type": "image/jpeg"}
     table = {
         "/good.jpg": (200, img, jpg, 0.0),
-        "/good.png": (200, {"Content-Type": "image/png"}, _encode(_picture(seed=2), "PNG"), 0.0),
-        "/good.webp": (200, {"Content-Type": "image/webp"}, _encode(_picture(seed=3), "WEBP"), 0.0),
-        "/gray.png": (200, {"Content-Type": "image/png"}, _encode(_picture(seed=4).convert("L"), "PNG"), 0.0),
-        "/cmyk.jpg": (200, img, _encode(_picture(seed=5).convert("CMYK"), "JPEG"), 0.0),
-        "/alpha.png": (200, {"Content-Type": "image/png"}, _encode(_picture(seed=6).convert("RGBA"), "PNG"), 0.0),
+        "/good.png": (200, {"Content-Type": "image/png"}, _encode(picture(seed=2), "PNG"), 0.0),
+        "/good.webp": (200, {"Content-Type": "image/webp"}, _encode(picture(seed=3), "WEBP"), 0.0),
+        "/gray.png": (200, {"Content-Type": "image/png"}, _encode(picture(seed=4).convert("L"), "PNG"), 0.0),
+        "/cmyk.jpg": (200, img, _encode(picture(seed=5).convert("CMYK"), "JPEG"), 0.0),
+        "/alpha.png": (200, {"Content-Type": "image/png"}, _encode(picture(seed=6).convert("RGBA"), "PNG"), 0.0),
         "/anim.gif": (200, {"Content-Type": "image/gif"}, gif.getvalue(), 0.0),
         "/missing.jpg": (404, {}, b"not found", 0.0),
         "/error.jpg": (500, {}, b"server error", 0.0),
@@ -138,7 +150,7 @@ def routes(slow_seconds: float) -> dict[str, list[Answer]]:
     img = {"Content-Type": "image/jpeg"}
 
     def pic(seed: int) -> bytes:
-        return _encode(_picture(seed=seed), "JPEG", quality=90)
+        return _encode(picture(seed=seed), "JPEG", quality=90)
 
     ok = [Answer(200, img, pic(seed)) for seed in range(20, 30)]
     table.update({
@@ -154,8 +166,8 @@ def routes(slow_seconds: float) -> dict[str, list[Answer]]:
         "/ünïcödé/café.jpg": [ok[5]],
         "/search.jpg?q=red car&lang=ü": [ok[6]],
         "/pct ok.jpg": [ok[7]],  # listed already encoded (/pct%20ok.jpg): must not be encoded twice
-        "/tiny.png": [Answer(200, {"Content-Type": "image/png"}, _encode(_picture(62, 62, seed=13), "PNG"))],
-        "/wide.png": [Answer(200, {"Content-Type": "image/png"}, _encode(_picture(300, 100, seed=14), "PNG"))],
+        "/tiny.png": [Answer(200, {"Content-Type": "image/png"}, _encode(picture(62, 62, seed=13), "PNG"))],
+        "/wide.png": [Answer(200, {"Content-Type": "image/png"}, _encode(picture(300, 100, seed=14), "PNG"))],
         "/noai.jpg": [Answer(200, {**img, "X-Robots-Tag": "noai"}, pic(15))],
     })
     for tag in EXIF_STORED:
@@ -170,28 +182,20 @@ class BaseURL(str):
 
 
 @contextlib.contextmanager
-def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[BaseURL]:
-    """Yield the base URL of a threaded server answering `routes()` plus /pic/{i}.png for i < n_pictures
-    (distinct images, each answered after `delay` seconds); stopped on exit. Answer lists advance per
-    server: a flaky route fails once for each new server."""
-    table = routes(slow_seconds)
-    for i in range(n_pictures):
-        body = _encode(_picture(96, 96, seed=100 + i), "PNG")
-        table[f"/pic/{i}.png"] = [Answer(200, {"Content-Type": "image/png"}, body, delay)]
+def serve_answers(answer: Callable[[str, int], Answer]) -> Iterator[BaseURL]:
+    """Yield the base URL of a threaded server on 127.0.0.1 (a free port) that answers each GET with
+    answer(route, n): route = the percent-decoded path and query, n = this route's request count so far
+    (1 for the first); stopped on exit."""
     hits: dict[str, int] = {}
     lock = threading.Lock()
 
-    def answer(path: str) -> Answer:
-        route = urllib.parse.unquote(path)
-        answers = table.get(route, [Answer(404, {}, b"no route")])
-        with lock:
-            hits[route] = hits.get(route, 0) + 1
-            n = hits[route]
-        return answers[min(n, len(answers)) - 1]
-
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            a = answer(self.path)
+            route = urllib.parse.unquote(self.path)
+            with lock:
+                hits[route] = hits.get(route, 0) + 1
+                n = hits[route]
+            a = answer(route, n)
             if a.delay:
                 time.sleep(a.delay)
             if a.reset:  # linger 0: closing sends RST instead of FIN
@@ -223,3 +227,41 @@ def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | Path) -> Iterator[BaseURL]:
+    """Yield the base URL of a server answering GET /a/b.jpg with the file folder/a/b.jpg (read when asked,
+    Content-Type from its extension; the URL percent-encodes the name, no query); 404 for anything else, paths
+    leading out of the folder included."""
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"serve_folder {folder}: not a folder")
+
+    def answer(route: str, n: int) -> Answer:
+        path = (root / route.lstrip("/")).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return Answer(404, {}, b"not found")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Answer(200, {"Content-Type": kind}, path.read_bytes())
+
+    with serve_answers(answer) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(slow_seconds: float = 6.0, n_pictures: int = 0, delay: float = 0.0) -> Iterator[BaseURL]:
+    """Yield the base URL of a server answering `routes()` plus /pic/{i}.png for i < n_pictures
+    (distinct images, each answered after `delay` seconds); stopped on exit. Answer lists advance per
+    server: a flaky route fails once for each new server."""
+    table = routes(slow_seconds)
+    for i in range(n_pictures):
+        body = _encode(picture(96, 96, seed=100 + i), "PNG")
+        table[f"/pic/{i}.png"] = [Answer(200, {"Content-Type": "image/png"}, body, delay)]
+
+    def answer(route: str, n: int) -> Answer:
+        answers = table.get(route, [Answer(404, {}, b"no route")])
+        return answers[min(n, len(answers)) - 1]
+
+    with serve_answers(answer) as url:
+        yield url
