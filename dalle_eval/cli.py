@@ -108,7 +108,7 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
       torchrun --nproc_per_node 8 -m dalle_eval.cli train --stage transformer --config dalle-1.3b \\
           --data /data/cc12m --out runs/1.3b --set train.parallel=fsdp --set train.precision=bf16
     """
-    from dalle_eval.model.train import train as run_train
+    from dalle_eval.probes.in_training import train as run_train
 
     extra = [f"train.on_bad_shard={on_bad_shard}"] if on_bad_shard else []
     s = run_train(stage, data, apply_overrides(cfg, extra), out, resume=resume, overrides=[*overrides, *extra],
@@ -127,12 +127,27 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
 @main.command("plot-metrics")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="PNG path [default: RUN_DIR/loss_curves.png].")
+              help="Loss PNG path [default: RUN_DIR/loss_curves.png]; capability_curves.png goes beside it.")
 def plot_metrics(run_dir, out):
-    """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm."""
+    """Plot a training run's metrics.jsonl: loss (train and validation), loss parts, learning rate, grad norm.
+
+    When the run scored probes while training (train.probe_every), also capability_curves.png: probe
+    accuracy vs step, one panel per suite, a line per scorer and check with its 95% interval and chance.
+    """
+    from dalle_eval.plots import CAPABILITY_PLOT, METRICS, load_probes, plot_capabilities
     from dalle_eval.plots import plot_metrics as plot
 
-    click.echo(f"wrote {plot(run_dir, out)}")
+    metrics = run_dir / METRICS
+    probes = load_probes(metrics) if metrics.exists() else {}  # a malformed probe record stops before any PNG
+    loss_png = plot(run_dir, out)
+    click.echo(f"wrote {loss_png}")
+    if probes:
+        cap = loss_png.with_name(CAPABILITY_PLOT)
+        cap = cap if cap != loss_png else loss_png.with_name(f"{loss_png.stem}_probes.png")
+        steps = sorted({s for lines in probes.values() for pts in lines.values() for s in pts})
+        n_checks = sum(len(lines) for lines in probes.values())
+        click.echo(f"wrote {plot_capabilities(metrics, cap)}: capability curves of {n_checks} probe checks "
+                   f"({', '.join(sorted(probes))}) at {len(steps)} steps ({steps[0]}-{steps[-1]})")
 
 
 @main.command()
@@ -164,36 +179,18 @@ def sample(cfg, overrides, ckpt, prompts, caption, n, rerank, clip_model, clip_p
       dalle-eval sample --ckpt runs/transformer --prompts prompts.txt --rerank 64 --keep 4 \\
           --clip-model ViT-B-32 --clip-pretrained /models/vit-b-32-openai.bin --out runs/reranked
     """
-    from dalle_eval.generate import finished_rows, read_prompts, run_sample
-    from dalle_eval.report import image_grid
+    from dalle_eval.generate import sample_command
 
-    if (prompts is None) == (caption is None):
-        raise click.ClickException("give exactly one of --prompts FILE or --caption TEXT")
-    if caption is not None and not caption.strip():
-        raise click.ClickException("--caption is empty: give the text to draw")
-    if (image is None) != (keep_rows is None and region is None) or (keep_rows is not None and region is not None):
-        raise click.ClickException("image completion needs --image with exactly one of --keep-rows R or --region X0,Y0")
-    corner = None
-    if region is not None:
-        try:
-            corner = tuple(int(v) for v in region.split(","))
-            assert len(corner) == 2
-        except (ValueError, AssertionError):
-            raise click.ClickException(f"--region {region!r}: expected two integers X0,Y0 (token column, row)") from None
     cfg = _with_clip(cfg, rerank, clip_model, clip_pretrained, random_clip)
-    items = read_prompts(prompts) if prompts else [{"prompt_id": "0", "caption": caption}]
-    path = run_sample(ckpt, items, n, out, cfg.sample, image=image, keep_rows=keep_rows, region=corner,
-                      overwrite=overwrite)
-    wanted = {str(p["prompt_id"]) for p in items}
-    rows = [r for r in finished_rows(out) if str(r["prompt_id"]) in wanted and r["index"] < n]  # files that exist
-    grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
-    lines = {"images": len(rows), "samples": path}
-    if any(r.get("random_clip") for r in rows):
+    r = sample_command(ckpt, cfg.sample, out, prompts_file=prompts, caption=caption, n=n, image=image,
+                       keep_rows=keep_rows, region=region, overwrite=overwrite)
+    lines = {"images": r["images"], "samples": r["samples"]}
+    if r["random_clip"]:
         lines["CLIP"] = RANDOM_CLIP
-    cut = {str(r["prompt_id"]) for r in rows if r.get("text_truncated")}
-    if cut:
-        lines["captions cut"] = f"{len(cut)} of {len(items)} longer than the text window (samples.jsonl: text_truncated)"
-    summary("sample", lines, grid)
+    if r["captions_cut"]:
+        lines["captions cut"] = (f"{r['captions_cut']} of {r['prompts']} longer than the text window "
+                                 "(samples.jsonl: text_truncated)")
+    summary("sample", lines, r["grid"])
 
 
 def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained: str | None, random_clip: bool):

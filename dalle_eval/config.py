@@ -199,6 +199,10 @@ class TrainConfig:
     val_every: int = 1000  # steps between validations (also feeds the plateau schedule)
     sample_every: int = 0  # steps between sample grids (stage 2) / reconstruction grids (stage 1); 0 = off
     sample_prompts: tuple[str, ...] = ("a red circle", "a small blue square", "a green triangle", "a yellow square")
+    # probes inside training (dalle_eval/probes/in_training.py): metrics.jsonl records with split "probe"
+    probe_every: int = 0  # steps between probe passes (also step 0 and the last step); 0 = off
+    probe_prompts: int = 64  # a fixed, seeded subset of at most this many prompts per suite; 0 = every prompt
+    probe_samples: int = 0  # transformer runs: also sample this many images per shapes prompt, parser-scored
     max_bad_steps: int = 10  # non-finite loss/gradient: skip the step; this many in a row stops the run
     tensorboard: bool = False  # also log scalars to OUT/tb (needs `pip install tensorboard`)
     peak_tflops: float = 0.0  # device peak for MFU; 0 = measure a matmul once at start
@@ -327,8 +331,8 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.transformer.plateau_patience": _AT_LEAST_1, "train.transformer.plateau_threshold": _AT_LEAST_0,
     "train.transformer.bpe_dropout": _FRACTION, "train.transformer.grad_clip": _POSITIVE,
     **{f"train.{k}": _AT_LEAST_1 for k in ("log_every", "ckpt_every", "shuffle_shards")},
-    **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "keep_every", "data_streams", "num_workers", "val_shards", "val_samples",
-                                           "val_every", "sample_every", "max_bad_steps", "peak_tflops")},
+    **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "keep_every", "data_streams", "num_workers", "val_shards",
+                                           "val_samples", "probe_every", "probe_prompts", "probe_samples", "val_every", "sample_every", "max_bad_steps", "peak_tflops")},
     "sample.temperature": _POSITIVE, "sample.top_k": _AT_LEAST_0, "sample.top_p": (0, 1, True),
     "sample.batch_size": _AT_LEAST_1, "sample.rerank": _AT_LEAST_0,
     **{f"eval.{k}": _AT_LEAST_1 for k in ("n_captions", "captions_per_image", "resolution", "is_splits",

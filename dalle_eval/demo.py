@@ -13,10 +13,10 @@ from dalle_eval.coco_fid import run_coco_fid
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.generate import run_sample
-from dalle_eval.model.train import train
 from dalle_eval.pipelines.build import build_dataset
 from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import make_prompts
+from dalle_eval.probes.in_training import train
 from dalle_eval.probes.report_md import display_row
 from dalle_eval.report import image_grid, md_table, pct
 
@@ -24,7 +24,9 @@ PROBE_COLUMNS = ["suite", "scorer", "category", "check", "split", "n", "accuracy
 SUITE_ROWS = {  # the demo report's probe summary: (suite, scorer, check)
     *(("attributes", "parser", c) for c in ("colour", "shape", "size", "count", "object")),
     *(("binding", "parser", c) for c in ("colours", "shapes", "count", "object", "relation", "image")),
-    ("raven", "parser", "answer"), ("raven", "likelihood", "answer"), ("raven", "likelihood", "dvae_ceiling"),
+    ("raven", "parser", "answer"), ("raven", "likelihood", "answer"), ("raven", "dvae_ceiling", "answer"),
+    *(("attributes", "dvae_ceiling", c) for c in ("colour", "shape", "size", "object")),
+    ("binding", "dvae_ceiling", "object"), ("binding", "dvae_ceiling", "image"),
     ("attributes", "likelihood", "ranked_first"), ("binding", "likelihood", "ranked_first"),
 }
 

@@ -1,7 +1,8 @@
 """`probes run | export | score`: prompts -> images (a checkpoint's or any generator's) -> scores -> report.
 
 Scorers: parser (exact, on images), likelihood (this project's checkpoints: log p(codes | text), no
-sampling), clip (open_clip multiple choice, any generator's images). With --ckpt the shapes prompts are
+sampling), clip (open_clip multiple choice, any generator's images); with --ckpt also dvae_ceiling (the
+oracle images through the checkpoint's dVAE, parser-scored: the most any model over that dVAE can score). With --ckpt the shapes prompts are
 sampled (dalle_eval.generate.run_sample) and the Raven matrices completed (raven_probe.py) into OUT/samples.
 """
 
@@ -123,6 +124,12 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
 
         pm = ProbeModel.load(Path(ckpt), cfg.sample.device)
         results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm)
+    if ckpt is not None and prompts_file is None:  # what this checkpoint's dVAE lets any model score at most
+        from dalle_eval.model.checkpoint import DVAE_DIR, load_dvae
+        from dalle_eval.probes.ceiling import DVAECeiling
+
+        dvae = load_dvae(Path(ckpt) / DVAE_DIR).to(cfg.sample.device)
+        results += DVAECeiling(prompts, dvae.cfg.image_size)(dvae)
     if "clip" in scorers:
         from dalle_eval.model.clip import ClipScorer
         from dalle_eval.probes.clip_mc import clip_multiple_choice

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 
 STAGES = ("dvae", "transformer")
+# (stage, config, data folder, the model being trained) -> a pass: () -> metrics records (split "probe")
+ProbeFactory = Callable[[str, Config, Path, torch.nn.Module], Callable[[], list[dict]]]
 
 
 class _StopOnSignal:
@@ -123,6 +125,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 def train(
     stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True,
     stop_at: int | None = None, overrides: Sequence[str] = (), use_saved_config: bool = False,
+    probes: ProbeFactory | None = None,
 ) -> dict:
     """Train one stage; returns the run summary (also written to OUT/summary.json by rank 0).
 
@@ -130,13 +133,18 @@ def train(
     resume: continue OUT's latest checkpoint. Its saved config + `overrides` (e.g. more steps) is the config:
     `cfg` must equal it (another is refused, OUT untouched), or with use_saved_config (`train --resume`)
     `cfg` is only used while OUT has no config yet.
+    probes: builds the probe pass of train.probe_every (dalle_eval.probes.in_training.make_probe; the
+    evaluation layer wires it in: dalle_eval.probes.in_training.train is this function with it).
     """
     if resume:
         cfg = resume_config(out, cfg, overrides, use_saved_config, verbose=os.environ.get("RANK", "0") == "0")
         check_devices(cfg, ("train",))
+    if cfg.train.probe_every and probes is None:
+        raise DalleEvalError(f"train.probe_every={cfg.train.probe_every} needs the probe suites: call "
+                             "dalle_eval.probes.in_training.train (what `dalle-eval train` runs) or set it to 0")
     d = distributed.setup(cfg.train.device)
     try:
-        return _train(stage, Path(data), cfg, Path(out), resume, progress, stop_at, d)
+        return _loop(_setup(stage, Path(data), cfg, Path(out), resume, d, probes), progress, stop_at)
     finally:
         distributed.teardown(d)
 
@@ -162,6 +170,8 @@ class _Run:
     data_info: dict
     start: int = 0
     bad_run: int = 0
+    probe: Callable[[], list[dict]] | None = None
+    probe_seconds: list[float] = dataclasses.field(default_factory=list)
 
     def checkpoint(self, at: int) -> None:
         d, tc = self.d, self.cfg.train
@@ -176,11 +186,8 @@ class _Run:
                    keep_every=tc.keep_every)
 
 
-def _train(stage, data, cfg, out, resume, progress, stop_at, d: distributed.Dist) -> dict:
-    return _loop(_setup(stage, data, cfg, out, resume, d), progress, stop_at)
-
-
-def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: distributed.Dist) -> _Run:
+def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: distributed.Dist,
+           probes: ProbeFactory | None = None) -> _Run:
     """Data, task, model (wrapped), optimizer and schedule, restored from OUT's latest checkpoint on resume."""
     tc = cfg.train
     state = latest_state(out)
@@ -212,8 +219,9 @@ def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: dist
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info})
         drop_records_after(out / "metrics.jsonl", start)
+    probe = probes(stage, cfg, folder, task.model) if probes is not None and tc.probe_every else None
     return _Run(stage, cfg, out, d, task, val, wrapped, forward_model, opt, sched, loader, n_streams, micro, accum,
-                data_info, start, resumed.get("bad_run", 0))
+                data_info, start, resumed.get("bad_run", 0), probe)
 
 
 def _resume(state: Path | None, task, opt, sched, folder: Path, out: Path, d: distributed.Dist, parallel: str,
@@ -284,6 +292,7 @@ class _Log:
 def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
     """Steps run.start .. steps: update, log, validate, checkpoint; a signal checkpoints and returns early."""
     tc, d, task, out = run.cfg.train, run.d, run.task, run.out
+    t0 = time.time()
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     peak = tc.peak_tflops * 1e12 or measure_peak_flops(d.device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
     log = _Log(run, peak)
@@ -291,6 +300,8 @@ def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
     steps = task.tc.steps
     bar = tqdm(range(run.start, steps), desc=f"train {run.stage}", unit="step", disable=not (progress and d.is_main),
                initial=run.start, total=steps)
+    if run.start == 0:
+        _probe(run, log, 0, bar)
     log.window_t, last, step, stopping = time.time(), {}, run.start - 1, False
     for step in bar:
         lr, parts, grad_norm, finite = _step(run, step, autocast, log)
@@ -303,6 +314,8 @@ def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
         _validate(run, log, step, steps)
         if tc.sample_every and (step + 1) % tc.sample_every == 0:
             task.sample_grid(run.val, out / "samples" / f"step-{step + 1:08d}.png", d.device, d.is_main)
+        if tc.probe_every and ((step + 1) % tc.probe_every == 0 or step + 1 == steps):
+            _probe(run, log, step + 1, bar)
         stopping = distributed.any_rank(stop.signal is not None, d)
         if (step + 1) % tc.ckpt_every == 0 or step + 1 in (steps, stop_at) or stopping:
             run.checkpoint(step + 1)
@@ -313,7 +326,7 @@ def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
     log.close()
     if stopping:  # preempted: the checkpoint is saved, `--resume` continues exactly
         return _preempted(run, stop.signal or "a signal on another rank", step, last)
-    return _finish(run, log, step, last)
+    return _finish(run, log, step, last, time.time() - t0)
 
 
 def _step(run: _Run, step: int, autocast, log: _Log) -> tuple[float, dict, float, bool]:
@@ -372,6 +385,35 @@ def _validate(run: _Run, log: _Log, step: int, steps: int) -> None:
         _tb_write(log.tb, {"step": step + 1, **rec})
 
 
+def _probe(run: _Run, log: _Log, at: int, bar) -> None:
+    """One probe pass on the weights after `at` steps -> metrics records (split "probe"), timed. Every rank
+    runs it (a sharded model's forward needs them all); rank 0 writes."""
+    if run.probe is None:
+        return
+    t = time.time()
+    with torch.no_grad():
+        recs = run.probe()
+    seconds = time.time() - t
+    run.probe_seconds.append(seconds)
+    log.window_t += seconds  # throughput counts training time only
+    for rec in recs:
+        log.write({"split": "probe", "step": at, **rec, "seconds": round(seconds, 3)}, tb=False)
+        if run.d.is_main and log.tb is not None:
+            log.tb.add_scalar(f"probe/{rec['suite']}/{rec['scorer']}/{rec['check']}", rec["accuracy"], at)
+    if run.d.is_main:
+        shown = ", ".join(f"{r['suite'][:4]} {r['check']} {r['accuracy']:.0%}" for r in recs[:6])
+        bar.write(f"probes at step {at} ({seconds:.1f} s): {shown}{', ...' if len(recs) > 6 else ''}")
+
+
+def _probe_cost(run: _Run, wall: float) -> dict:
+    """Seconds per probe pass and their share of the run's wall time (goal: a small fraction)."""
+    if not run.probe_seconds:
+        return {}
+    total = sum(run.probe_seconds)
+    return {"probe_passes": len(run.probe_seconds), "probe_seconds_per_pass": round(total / len(run.probe_seconds), 2),
+            "probe_share_of_time": round(total / wall, 3) if wall > 0 else None}
+
+
 def _preempted(run: _Run, signame: str, step: int, last: dict) -> dict:
     if run.d.is_main:
         print(f"received {signame}: saved {run.out} at step {step + 1}; continue with --resume")
@@ -379,12 +421,18 @@ def _preempted(run: _Run, signame: str, step: int, last: dict) -> dict:
             "final_train": last, "eval": {}, "ckpt": str(run.out), "bad_shards": sorted(run.loader.bad_shards)}
 
 
-def _finish(run: _Run, log: _Log, step: int, last: dict) -> dict:
+def _finish(run: _Run, log: _Log, step: int, last: dict, wall: float) -> dict:
     """The final evaluation and the run summary (OUT/summary.json)."""
     evaluation = run.task.evaluate(run.val, run.d.device, final=True) if run.val else {}
     summary = {"stage": run.stage, "steps": run.task.tc.steps, "final_train": last, "eval": evaluation,
                "ckpt": str(run.out), "data": run.data_info, "bad_shards": sorted(run.loader.bad_shards)}
+    cost = _probe_cost(run, wall)
+    if cost:
+        summary["probes"] = cost
     if run.d.is_main:
+        if cost:
+            print(f"probes: {cost['probe_passes']} passes, {cost['probe_seconds_per_pass']} s each, "
+                  f"{cost['probe_share_of_time']:.1%} of this run's {wall:.0f} s")
         write_json(run.out / "summary.json", summary)
         if run.val:
             log.write({"split": "val", "step": step + 1, **{k: v for k, v in evaluation.items()

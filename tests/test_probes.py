@@ -129,9 +129,11 @@ def test_likelihood_scorer_end_to_end(tmp_path, fast_cfg, transformer_ckpt):
     assert r["samples_dir"] is None and r["not_scored"] == []
     first = {r_["suite"]: r_ for r_ in _rows(r, category="all", check="ranked_first", split="all")}
     assert first["attributes"]["n"] == len(make_prompts("attributes")) and 0.2 < first["attributes"]["chance"] < 0.4
-    raven = _rows(r, suite="raven", category="all", check="answer", split="all")[0]
+    raven = _rows(r, suite="raven", category="all", check="answer", split="all", scorer="likelihood")[0]
     assert raven["n"] == 6 and raven["chance"] == pytest.approx(1 / 8) and raven["scorer"] == "likelihood"
-    assert _rows(r, suite="raven", category="all", check="dvae_ceiling", split="all")[0]["n"] == 6
+    ceiling = {(x["suite"], x["check"]): x for x in _rows(r, category="all", split="all", scorer="dvae_ceiling")}
+    assert ceiling[("raven", "answer")]["n"] == 6 and ceiling[("attributes", "colour")]["chance"] == pytest.approx(1 / 6)
+    assert {("attributes", "shape"), ("binding", "image")} <= set(ceiling)
     lik = [x for x in r["results"] if x["check"] == "ranked_first"]
     assert all(len(x["foils"]) >= 1 and all(f["caption"] != x.get("caption") for f in x["foils"]) for x in lik)
     assert {x["check"] for x in r["results"] if x["suite"] == "binding"} >= {"vs_swap_colour", "vs_relation"}
@@ -147,11 +149,11 @@ def test_raven_generation_path(tmp_path, fast_cfg, transformer_ckpt):
     """The model's completion path runs; an oracle completion scores 100%, a random candidate ~chance."""
     oracle = run_probes("raven", tmp_path / "o", fast_cfg, ckpt=transformer_ckpt, scorers=("parser",),
                         raven_items=N_RAVEN, progress=False, completer=lambda it, cap, seeds: [_raven_oracle(it)] * len(seeds))
-    assert _rows(oracle, category="all", split="all")[0]["accuracy"] == 1.0
+    assert _rows(oracle, category="all", split="all", scorer="parser")[0]["accuracy"] == 1.0
     rng = random.Random(0)
     guess = run_probes("raven", tmp_path / "g", fast_cfg, ckpt=transformer_ckpt, scorers=("parser",), raven_items=48,
                        progress=False, completer=lambda it, cap, seeds: [_raven_oracle(it, 64, rng.randrange(8)) for _ in seeds])
-    assert chance_within_ci(_rows(guess, category="all", split="all")[0])
+    assert chance_within_ci(_rows(guess, category="all", split="all", scorer="parser")[0])
     r = CliRunner().invoke(main, ["probes", "--suite", "raven", "--ckpt", str(transformer_ckpt), "--raven-items", "3",
                                   "--out", str(tmp_path / "m"), "--set", "eval.probe_samples=1"])
     assert r.exit_code == 0, r.output

@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dalle_eval.generate import codes_to_images
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
 from dalle_eval.model.sampling import completion_keep, score
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.probes.chance import N_CANDIDATES
 from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
-from dalle_eval.raven import RavenItem, answer_box, nearest_candidate, render_matrix
+from dalle_eval.raven import RavenItem, answer_box, render_matrix
 from dalle_eval.shapes import Scene, place, render
 
 
@@ -69,60 +68,88 @@ def answer_region(image_size: int, grid: int) -> tuple[int, int]:
     return int(x0 // patch), int(y0 // patch)
 
 
-def _scores(pm: ProbeModel, captions: list[str], codes: torch.Tensor, region: torch.Tensor | None, batch: int) -> list[float]:
+def _scores(pm: ProbeModel, text: torch.Tensor, codes: torch.Tensor, region: torch.Tensor | None, batch: int) -> list[float]:
     out = []
-    for i in range(0, len(captions), batch):
-        _, summed = score(pm.model, pm.text(captions[i : i + batch]), codes[i : i + batch], region)
+    for i in range(0, len(text), batch):
+        _, summed = score(pm.model, text[i : i + batch], codes[i : i + batch], region)
         out += summed.tolist()
     return out
 
 
+def oracle_image(prompt: dict, size: int) -> Image.Image:
+    """The shapes prompt's spec drawn by the renderer (placement seeded by the prompt id): what a perfect
+    generator could draw; likelihood scoring and the dVAE ceiling both use it."""
+    return render(place(Scene.from_json(prompt["spec"]), random.Random(f"oracle-{prompt['prompt_id']}")), size)
+
+
+def encode_batched(pm: ProbeModel, images: list[Image.Image], batch: int) -> torch.Tensor:
+    if not images:
+        return torch.zeros(0, pm.grid, pm.grid, dtype=torch.long)
+    return torch.cat([pm.encode(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+class ShapesLikelihood:
+    """The shapes prompts' oracle images, encoded once, with their true and foil captions: calling it scores
+    the model as it is now. Per prompt: "ranked_first" (truth above every foil, chance 1/(1+k)) and
+    "vs_<foil kind>" (chance 1/2). Training probes call one instance after every probe_every steps."""
+
+    def __init__(self, prompts: list[dict], pm: ProbeModel, batch: int = 64):
+        self.prompts = [p for p in prompts if p["suite"] != "raven"]
+        self.pm, self.batch = pm, batch
+        images = [oracle_image(p, pm.image_size) for p in self.prompts]
+        codes = encode_batched(pm, images, batch)
+        self.foils = [foils_for(p) for p in self.prompts]
+        captions, rows = [], []
+        for k, (p, fs) in enumerate(zip(self.prompts, self.foils)):
+            captions += [p["caption"], *(f["caption"] for f in fs)]
+            rows += [k] * (1 + len(fs))
+        self.text = pm.text(captions) if captions else None
+        self.codes = codes[rows] if rows else None
+
+    def __call__(self) -> list[dict]:
+        if not self.prompts:
+            return []
+        lp = _scores(self.pm, self.text, self.codes, None, self.batch)
+        results, at = [], 0
+        for p, fs in zip(self.prompts, self.foils):
+            truth, others = lp[at], lp[at + 1 : at + 1 + len(fs)]
+            at += 1 + len(fs)
+            results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / (1 + len(fs)), "likelihood",
+                                  logp=truth, foils=[{"kind": f["kind"], "caption": f["caption"], "logp": o}
+                                                     for f, o in zip(fs, others)]))
+            results += [result(p, f"vs_{f['kind']}", truth > o, 0.5, "likelihood") for f, o in zip(fs, others)]
+        return results
+
+
+class RavenLikelihood:
+    """Each Raven item rendered with each of its 8 candidates in the answer cell, encoded once: calling it
+    ranks the candidates by the answer region's log-prob under the model as it is now ("answer", chance 1/8)."""
+
+    def __init__(self, prompts: list[dict], pm: ProbeModel, batch: int = 64):
+        self.prompts = [p for p in prompts if p["suite"] == "raven"]
+        self.pm, self.batch = pm, batch
+        self.items = [RavenItem.from_json(p["spec"]) for p in self.prompts]
+        self.region = ~completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
+        images = [render_matrix(item, pm.image_size, c) for item in self.items for c in item.candidates]
+        self.codes = encode_batched(pm, images, batch)  # (items x 8, g, g)
+        self.text = pm.text([p["caption"] for p in self.prompts for _ in range(N_CANDIDATES)]) if self.items else None
+
+    def __call__(self) -> list[dict]:
+        if not self.items:
+            return []
+        lp_all = _scores(self.pm, self.text, self.codes, self.region, self.batch)
+        results = []
+        for k, (p, item) in enumerate(zip(self.prompts, self.items)):
+            lp = lp_all[k * N_CANDIDATES : (k + 1) * N_CANDIDATES]
+            chosen = int(np.argmax(lp))
+            results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
+                                  "likelihood", chosen=chosen, logp=lp))
+        return results
+
+
 def likelihood_shapes(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
-    """Per prompt: "ranked_first" (truth above every foil, chance 1/(1+k)) and "vs_<foil kind>" (chance 1/2)."""
-    prompts = [p for p in prompts if p["suite"] != "raven"]
-    if not prompts:
-        return []
-    images = [render(place(Scene.from_json(p["spec"]), random.Random(f"oracle-{p['prompt_id']}")), pm.image_size)
-              for p in prompts]
-    codes = torch.cat([pm.encode(images[i : i + batch]) for i in range(0, len(images), batch)])
-    foils = [foils_for(p) for p in prompts]
-    captions, rows = [], []
-    for k, (p, fs) in enumerate(zip(prompts, foils)):
-        captions += [p["caption"], *(f["caption"] for f in fs)]
-        rows += [k] * (1 + len(fs))
-    lp = _scores(pm, captions, codes[rows], None, batch)
-    results, at = [], 0
-    for p, fs in zip(prompts, foils):
-        truth, others = lp[at], lp[at + 1 : at + 1 + len(fs)]
-        at += 1 + len(fs)
-        results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / (1 + len(fs)), "likelihood",
-                              logp=truth, foils=[{"kind": f["kind"], "caption": f["caption"], "logp": o} for f, o in zip(fs, others)]))
-        results += [result(p, f"vs_{f['kind']}", truth > o, 0.5, "likelihood") for f, o in zip(fs, others)]
-    return results
+    return ShapesLikelihood(prompts, pm, batch)()
 
 
 def likelihood_raven(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
-    """Per item: "answer" = the true candidate has the highest answer-region log-prob (chance 1/8), and
-    "dvae_ceiling" = the dVAE round trip (encode, decode) of the true matrix is matched to the true candidate:
-    the best the generation scorer can do with this image tokenizer (near chance if it cannot draw Raven)."""
-    prompts = [p for p in prompts if p["suite"] == "raven"]
-    if not prompts:
-        return []
-    region = ~completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
-    items = [RavenItem.from_json(p["spec"]) for p in prompts]
-    images = [render_matrix(item, pm.image_size, c) for item in items for c in item.candidates]
-    codes = torch.cat([pm.encode(images[i : i + batch]) for i in range(0, len(images), batch)])  # (8 items, g, g)
-    captions = [p["caption"] for p in prompts for _ in range(N_CANDIDATES)]
-    lp_all = _scores(pm, captions, codes, region, batch)
-    truth = codes[[k * N_CANDIDATES + item.answer for k, item in enumerate(items)]]
-    with torch.no_grad():
-        round_trips = codes_to_images(pm.dvae, truth)
-    results = []
-    for k, (p, item) in enumerate(zip(prompts, items)):
-        lp = lp_all[k * N_CANDIDATES : (k + 1) * N_CANDIDATES]
-        chosen = int(np.argmax(lp))
-        results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
-                              "likelihood", chosen=chosen, logp=lp))
-        ceiling = nearest_candidate(item, round_trips[k], pm.image_size) == item.answer
-        results.append(result(p, "dvae_ceiling", ceiling, 1 / N_CANDIDATES, "likelihood"))
-    return results
+    return RavenLikelihood(prompts, pm, batch)()

@@ -14,6 +14,9 @@ HOW = {
     "likelihood": "the model's own log p(image codes | text): true caption vs foils on the oracle image; "
                   "Raven candidates by the log-prob of the answer-cell tokens",
     "clip": "open_clip multiple choice: the image's similarity to the true caption vs each foil",
+    "dvae_ceiling": "the ceiling of this image tokenizer: each prompt's oracle image (Raven: the true matrix) "
+                    "encoded and decoded by the checkpoint's dVAE, then parser-scored; no model writing these "
+                    "codes can score higher",
 }
 COLUMNS = ["category", "check", "split", "n", "prompts", "accuracy", "ci95", "chance", "random generator"]
 PARTIAL = "†"
@@ -69,7 +72,7 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
            "shown in training.\n")
     md += _coverage_md(report.get("coverage") or [])
     for suite in report["suites"]:
-        for scorer in report["scorers"]:
+        for scorer in [*report["scorers"], "dvae_ceiling"]:
             rows = [display_row(r) for r in report["table"] if r["suite"] == suite and r["scorer"] == scorer]
             if rows:
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
