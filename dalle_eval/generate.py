@@ -36,6 +36,7 @@ from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.model.sampling import completion_keep, sample_codes
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.outputs import file_sha256
+from dalle_eval.report import image_grid
 from dalle_eval.samples import SAMPLES, claim_samples, row_files
 
 SAMPLES_FORMAT = 1  # the samples-dir layout this code writes: part of every samples fingerprint
@@ -255,3 +256,48 @@ def run_sample(
         bar.update(len(chunk))
     bar.close()
     return out / SAMPLES
+
+
+def parse_region(region: str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """--region "X0,Y0" (or a pair of ints) -> (x0, y0): the token column and row where the regenerated
+    rectangle starts (it runs to the bottom-right); None stays None."""
+    if region is None:
+        return None
+    try:
+        corner = tuple(int(v) for v in (region.split(",") if isinstance(region, str) else region))
+    except (TypeError, ValueError):
+        corner = ()
+    if len(corner) != 2:
+        raise DalleEvalError(f"--region {region!r}: expected two integers X0,Y0 (token column, row)")
+    return corner
+
+
+def sample_command(
+    ckpt: Path, cfg: SampleConfig, out: Path, prompts_file: Path | None = None, caption: str | None = None,
+    n: int = 4, image: Path | None = None, keep_rows: int | None = None,
+    region: str | tuple[int, int] | None = None, overwrite: bool = False, progress: bool = True,
+) -> dict:
+    """`dalle-eval sample`: n images per caption (a prompts file, or one caption) into the samples dir `out`, and
+    OUT/grid.png of the first 36; with `image` and keep_rows or region ("X0,Y0"), image completion.
+
+    Refuses (DalleEvalError, named as the command's options) anything but exactly one of prompts_file and
+    caption, an empty caption, and image without exactly one of keep_rows and region (or those without image).
+    -> {"images": the images of these prompts now in `out`, "prompts", "samples": samples.jsonl, "grid",
+    "random_clip": reranked with a random-init CLIP, "captions_cut": prompts longer than the text window}.
+    """
+    if (prompts_file is None) == (caption is None):
+        raise DalleEvalError("give exactly one of --prompts FILE or --caption TEXT")
+    if caption is not None and not caption.strip():
+        raise DalleEvalError("--caption is empty: give the text to draw")
+    if (image is None) != (keep_rows is None and region is None) or (keep_rows is not None and region is not None):
+        raise DalleEvalError("image completion needs --image with exactly one of --keep-rows R or --region X0,Y0")
+    corner = parse_region(region)
+    items = read_prompts(prompts_file) if prompts_file else [{"prompt_id": "0", "caption": caption}]
+    path = run_sample(ckpt, items, n, out, cfg, progress, image=image, keep_rows=keep_rows, region=corner,
+                      overwrite=overwrite)
+    wanted = {str(p["prompt_id"]) for p in items}
+    rows = [r for r in finished_rows(out) if str(r["prompt_id"]) in wanted and r["index"] < n]  # files that exist
+    grid = image_grid([(Path(out) / r["file"], r["caption"]) for r in rows[:36]], Path(out) / "grid.png")
+    return {"images": len(rows), "prompts": len(items), "samples": path, "grid": grid,
+            "random_clip": any(r.get("random_clip") for r in rows),
+            "captions_cut": len({str(r["prompt_id"]) for r in rows if r.get("text_truncated")})}
