@@ -292,3 +292,170 @@ def test_image_grid_names_a_missing_or_broken_image(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DalleEvalError, match="bad.png: unreadable image"):
         image_grid([(tmp_path / "bad.png", "a caption")], tmp_path / "grid.png")
+
+
+# --- capability curves: probe records written while training (split "probe") ---
+
+PROBE_CHECKS = {  # suite -> (scorer, check, chance)
+    "attributes": [("likelihood", "vs_colour", 0.5), ("likelihood", "ranked_first", 0.2), ("parser", "colour", 1 / 6)],
+    "binding": [("likelihood", "vs_swap_colour", 0.5)],
+    "raven": [("likelihood", "answer", 0.125)],
+}
+
+
+def _probe(step: int, suite: str, scorer: str, check: str, chance: float, acc: float | None = None) -> dict:
+    acc = chance + (0.9 - chance) * (1 - math.exp(-step / 300)) if acc is None else acc
+    return {"split": "probe", "step": step, "suite": suite, "scorer": scorer, "check": check, "accuracy": acc,
+            "ci95": [max(0.0, acc - 0.1), min(1.0, acc + 0.1)], "chance": chance, "n": 60, "seconds": 1.9}
+
+
+def _probe_pass(step: int) -> list[dict]:
+    return [_probe(step, suite, *c) for suite, checks in PROBE_CHECKS.items() for c in checks]
+
+
+def _probe_run(tmp_path, steps=(0, 250, 500, 750)):
+    records = []
+    for s in steps:
+        records += [_train(max(s, 1)), *_probe_pass(s)]
+    return _write(tmp_path / "run", records + [_val(500)], {"stage": "transformer", "config": {}})
+
+
+def _curves(ax) -> dict[str, list[float]]:
+    return {line.get_label(): [float(v) for v in line.get_ydata()] for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+def test_capability_curves_one_panel_per_suite(tmp_path, saved_figures):
+    from dalle_eval.plots import plot_capabilities
+
+    run = _probe_run(tmp_path)
+    out = plot_capabilities(run)
+    assert out == run / "capability_curves.png"
+    _assert_real_png(out)
+    fig = saved_figures[-1]
+    assert len(fig.axes) == 3  # attributes, binding, raven (legends are not axes)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["attributes — likelihood, parser probes", "binding — likelihood probes",
+                      "raven — likelihood probes"]
+    for ax, (suite, checks) in zip(fig.axes, PROBE_CHECKS.items()):
+        assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "accuracy"
+        lo, hi = ax.get_ylim()
+        assert -0.05 <= lo <= 0 and 1 <= hi <= 1.05
+        assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == len(checks)
+        curves = _curves(ax)
+        assert len(curves) == len(checks)
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(dashed) == len(checks)  # a chance line per check ...
+        for (scorer, check, chance), chance_line in zip(checks, dashed):
+            (label,) = [k for k in curves if k.startswith(f"{scorer} · {check}")]
+            assert curves[label] == pytest.approx([_probe(s, suite, scorer, check, chance)["accuracy"]
+                                                   for s in (0, 250, 500, 750)])
+            assert list(chance_line.get_ydata()) == pytest.approx([chance, chance])  # ... at its chance, in its colour
+            (curve,) = [line for line in ax.get_lines() if line.get_label() == label]
+            assert chance_line.get_color() == curve.get_color()
+        assert len(ax.collections) == len(checks)  # a ci95 band per check
+
+
+def test_capability_curves_of_a_metrics_path_and_one_step(tmp_path, saved_figures):
+    """The metrics file itself can be given; a single step (the untrained model) still draws its points."""
+    from dalle_eval.plots import plot_capabilities
+
+    run = _write(tmp_path / "r", [_probe(0, "raven", "dvae_ceiling", "answer", 0.125, acc=0.9)])
+    out = plot_capabilities(run / "metrics.jsonl", tmp_path / "plots" / "caps.png")
+    _assert_real_png(out, min_colours=20)
+    (ax,) = saved_figures[-1].axes
+    assert _curves(ax) == {"dvae_ceiling · answer (chance 12.5%)": [0.9]}
+
+
+def test_probe_records_do_not_change_the_loss_plot(tmp_path, saved_figures):
+    run = _probe_run(tmp_path)
+    with_probes = load_metrics(run / "metrics.jsonl")
+    plain = tmp_path / "plain"
+    _write(plain, [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                   if r["split"] != "probe"], {"stage": "transformer", "config": {}})
+    assert with_probes == load_metrics(plain / "metrics.jsonl")
+    _assert_real_png(plot_metrics(run))
+    labels = {label for _, lines in _panels(saved_figures[-1]) for label in lines}
+    assert not any(w in label for label in labels for w in ("accuracy", "probe", "vs_colour", "ci95", "chance"))
+
+
+def test_resumed_probe_steps_keep_the_last_value(tmp_path, saved_figures):
+    from dalle_eval.plots import load_probes, plot_capabilities
+
+    records = [*_probe_pass(0), *_probe_pass(250), _probe(250, "raven", "likelihood", "answer", 0.125, acc=0.3),
+               *_probe_pass(500), _probe(250, "raven", "likelihood", "answer", 0.125, acc=0.4)]  # resumed twice
+    run = _write(tmp_path / "r", records)
+    probes = load_probes(run / "metrics.jsonl")
+    points = probes["raven"][("likelihood", "answer")]
+    assert sorted(points) == [0, 250, 500] and points[250].accuracy == 0.4
+    assert points[250].lo == pytest.approx(0.3) and points[250].chance == 0.125
+    plot_capabilities(run)
+    ax = saved_figures[-1].axes[2]
+    assert _curves(ax)["likelihood · answer (chance 12.5%)"][1] == 0.4
+
+
+def test_no_probe_records(tmp_path):
+    from dalle_eval.plots import load_probes, plot_capabilities
+
+    run = _write(tmp_path / "r", [_train(s) for s in (1, 2)])
+    assert load_probes(run / "metrics.jsonl") == {}
+    with pytest.raises(DalleEvalError, match="no probe records"):
+        plot_capabilities(run)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"accuracy": None}, "'accuracy' is None"),
+    ({"accuracy": "high"}, "'accuracy' is 'high'"),
+    ({"accuracy": 1.5}, "'accuracy' is 1.5, expected a number in"),
+    ({"accuracy": float("nan")}, "'accuracy' is nan"),
+    ({"ci95": [0.1]}, "'ci95' is \\[0.1\\]"),
+    ({"ci95": [0.9, 1.0]}, "does not hold its accuracy"),
+    ({"chance": "half"}, "'chance' is 'half'"),
+    ({"check": 3}, "'check' is 3"),
+    ({"step": None}, "no numeric 'step'"),
+])
+def test_malformed_probe_record_names_file_and_line(tmp_path, change, message):
+    from click.testing import CliRunner
+
+    from dalle_eval.cli import main
+    from dalle_eval.plots import plot_capabilities
+
+    bad = _probe(250, "attributes", "likelihood", "vs_colour", 0.5, acc=0.6) | change
+    run = _write(tmp_path / "r", [_train(1), *_probe_pass(0), bad])
+    line = 2 + len(_probe_pass(0))
+    with pytest.raises(DalleEvalError, match=rf"metrics\.jsonl:{line}: .*{message}"):
+        plot_capabilities(run)
+    r = CliRunner().invoke(main, ["plot-metrics", str(run)])
+    assert r.exit_code == 1 and f"metrics.jsonl:{line}: " in r.output
+    assert not (run / "loss_curves.png").exists() and not (run / "capability_curves.png").exists()
+
+
+def test_missing_accuracy_is_named(tmp_path):
+    from dalle_eval.plots import load_probes
+
+    rec = _probe(0, "binding", "likelihood", "vs_relation", 0.5)
+    del rec["accuracy"]
+    run = _write(tmp_path / "r", [rec])
+    with pytest.raises(DalleEvalError, match=r"metrics\.jsonl:1: probe record's 'accuracy' is missing"):
+        load_probes(run / "metrics.jsonl")
+
+
+def test_plot_metrics_cli_writes_capability_curves_when_probed(tmp_path):
+    from click.testing import CliRunner
+
+    from dalle_eval.cli import main
+
+    plain = _write(tmp_path / "plain", [_train(s) for s in range(10, 110, 10)])
+    r = CliRunner().invoke(main, ["plot-metrics", str(plain)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in plain.iterdir()) == ["loss_curves.png", "metrics.jsonl"]
+    assert "capability" not in r.output
+
+    run = _probe_run(tmp_path)
+    r = CliRunner().invoke(main, ["plot-metrics", str(run)])
+    assert r.exit_code == 0, r.output
+    assert (run / "loss_curves.png").exists() and (run / "capability_curves.png").exists()
+    assert f"wrote {run / 'capability_curves.png'}: capability curves of 5 probe checks" in r.output
+    r = CliRunner().invoke(main, ["plot-metrics", str(run), "--out", str(tmp_path / "plots" / "loss.png")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["capability_curves.png", "loss.png"]
