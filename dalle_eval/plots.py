@@ -248,8 +248,10 @@ def _probe_lines(lines: dict[tuple[str, str], dict[int, ProbePoint]]) -> list[tu
 
 
 def _percent(x: float) -> str:
-    """50%, 12.5%, 4.2%: whole percents when exact, else one decimal."""
-    return f"{x:.0%}" if abs(x * 100 - round(x * 100)) < 1e-9 else f"{x:.1%}"
+    """50%, 12.5%, 4.2%, 0.014%: whole percents when exact, else one decimal, two significant digits below 1%."""
+    if abs(x * 100 - round(x * 100)) < 1e-9:
+        return f"{x:.0%}"
+    return f"{x:.1%}" if x >= 0.01 else f"{100 * x:.2g}%"
 
 
 def _capability_panel(ax, suite: str, lines: dict[tuple[str, str], dict[int, ProbePoint]]) -> None:
