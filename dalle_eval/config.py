@@ -33,6 +33,7 @@ Precision = Literal["fp32", "bf16"]
 Parallel = Literal["ddp", "fsdp"]
 BadShardPolicy = Literal["skip", "fail"]
 ClipScoreMode = Literal["auto", "on", "off"]
+Scramble = Literal["", "colour", "shape", "size"]  # data.scramble: "" = true captions
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class DataConfig:
     max_image_area: float = 89_478_485.0  # pixels of the original (PIL's decompression-bomb limit)
     encode_batch: int = 64
     device: str = "cpu"
+    # shapes world, control arm: the training captions' words for this attribute are replaced by independent
+    # uniformly random values (per object; images, scene JSON and the other words unchanged), so the model gets
+    # no information about it from text. "" = true captions. The COCO-format split keeps its true captions.
+    scramble: Scramble = ""
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if source == "shapes" and not n:
         raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
     inputs = {"source": source, "n": n, "data": {k: v for k, v in config_to_dict(d).items() if k not in NOT_IMAGE_INPUTS}}
+    if not d.scramble:  # recorded only when set: builds with true captions keep the record they had before it
+        del inputs["data"]["scramble"]
+    elif source != "shapes":
+        raise DalleEvalError(f"data.scramble={d.scramble} scrambles the shapes world's captions; "
+                             f"--source {source} has no scene to scramble from (use --source shapes)")
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
@@ -72,11 +77,14 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if source != "shapes":
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
-    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed))
+    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
-    write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)
+    write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)  # true captions, scrambled or not
     shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]
-    return write_image_stage(out, table, source, shards, cfg)
+    # a scrambled build says so at the top of its manifest (also in config.data, and so in the token stage's
+    # fingerprint of this manifest): tokens and runs made from it are not mistaken for true-caption data
+    extra = {"scramble": {"attribute": d.scramble, "coco_captions": "true"}} if d.scramble else {}
+    return write_image_stage(out, table, source, shards, cfg, **extra)
 
 
 def _built_images(images: Path, inputs: dict) -> dict:

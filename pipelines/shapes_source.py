@@ -2,10 +2,19 @@
 
 Sample i of a build is drawn from `random.Random(f"{seed}-{i}")`, so every shard is reproducible on
 its own: a killed build re-renders only the shard that was in flight.
+
+Control arm (`data.scramble`: "colour", "shape" or "size"): the training captions (shards' txt, pair table,
+so also the BPE and the held-out validation shards) name, for every object, an independent uniformly random
+value of that attribute, drawn from the sample's own stream `random.Random(f"{seed}-{i}-scramble-{attr}")`
+(the scene's draws are untouched); image, scene JSON and every other word stay true. The model then learns
+nothing about that attribute from text, while the probes still ask with true captions. The COCO-format split
+keeps its true captions: it is an evaluation set (coco-fid, like the probes, asks for what is drawn) and is
+identical in both arms. A scrambled caption may name a HELDOUT (colour, shape) pair; its image never shows one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -13,7 +22,7 @@ from tqdm import tqdm
 
 from dalle_eval.artifacts import write_json
 from dalle_eval.images import png_bytes
-from dalle_eval.shapes import caption, render, sample_scene
+from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, caption, render, sample_scene
 from dalle_eval.shards import shard_name, write_shard
 
 COCO_ANNOTATIONS = "captions_val.json"
@@ -23,17 +32,32 @@ def _scene(seed: int, index: int):
     return sample_scene(random.Random(f"{seed}-{index}"))  # training scenes never hold HELDOUT pairs
 
 
-def _sample(seed: int, index: int, scene, resolution: int) -> dict:
+SCRAMBLE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES)}
+
+
+def training_caption(scene: Scene, seed: int, index: int, scramble: str = "") -> str:
+    """The caption of training sample `index`: the true one, or with `scramble`'s attribute of each object
+    replaced by an independent uniform draw from its values (seeded by the sample: reproducible)."""
+    if not scramble:
+        return caption(scene)
+    rng, values = random.Random(f"{seed}-{index}-scramble-{scramble}"), SCRAMBLE_VALUES[scramble]
+    said = tuple(dataclasses.replace(o, **{scramble: rng.choice(values)}) for o in scene.objects)
+    return caption(dataclasses.replace(scene, objects=said))
+
+
+def _sample(seed: int, index: int, scene, resolution: int, scramble: str = "") -> dict:
     return {
         "__key__": f"{index:09d}",
         "png": png_bytes(render(scene, resolution)),
-        "txt": caption(scene),
+        "txt": training_caption(scene, seed, index, scramble),
         "json": {"url": f"shapes://{seed}/{index}", "width": resolution, "height": resolution, "scene": scene.to_json()},
     }
 
 
-def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int) -> list[dict]:
-    """Render n training scenes into out/shard-*.tar (skipping whole shards already there).
+def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int,
+                        scramble: str = "") -> list[dict]:
+    """Render n training scenes into out/shard-*.tar (skipping whole shards already there), captions
+    scrambled by `scramble` (see the module doc).
 
     Returns one pair-table row per sample.
     """
@@ -44,9 +68,10 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
         scenes = [(i, _scene(seed, i)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
         path = out / shard_name(s)
         if not path.exists():
-            write_shard(path, (_sample(seed, i, scene, resolution) for i, scene in scenes))
+            write_shard(path, (_sample(seed, i, scene, resolution, scramble) for i, scene in scenes))
         rows += [
-            {"key": f"{i:09d}", "url": f"shapes://{seed}/{i}", "caption": caption(scene), "status": "ok",
+            {"key": f"{i:09d}", "url": f"shapes://{seed}/{i}", "caption": training_caption(scene, seed, i, scramble),
+             "status": "ok",
              "width": resolution, "height": resolution, "shard": path.name}
             for i, scene in scenes
         ]
@@ -54,7 +79,8 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
 
 
 def write_coco_split(out: Path, n: int, resolution: int, seed: int) -> Path:
-    """A COCO-format validation split (captions JSON + image folder) from a separate seed stream."""
+    """A COCO-format validation split (captions JSON + image folder) from a separate seed stream; true captions
+    whatever data.scramble says (see the module doc)."""
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []

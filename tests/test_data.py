@@ -268,3 +268,59 @@ def test_missing_distributor_package_is_named(tmp_path, fast_cfg, monkeypatch):
     cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, download_distributor="ray"))
     with pytest.raises(DalleEvalError, match=r"download_distributor=ray needs ray: pip install 'dalle-eval\[ray\]'"):
         build_dataset(cfg, str(tmp_path / "list.csv"), tmp_path / "out")
+
+
+def _raw(folder):
+    from dalle_eval.shards import iter_raw_samples
+
+    manifest = json.loads((folder / "images" / "manifest.json").read_text())
+    return [files for s in manifest["shards"] for _, files in iter_raw_samples(folder / "images" / s)]
+
+
+def test_scrambled_captions_lie_only_about_their_attribute(tmp_path, fast_cfg):
+    """data.scramble=colour: each object's colour word is an independent uniform draw (differs from the truth
+    ~5/6 of the time), every other word, the image and the scene JSON are the true ones; data.scramble="" gives
+    the captions it gave before the option existed (pinned digest of a seed-0 build)."""
+    import hashlib
+
+    from dalle_eval.pipelines.build import build_dataset
+
+    from dalle_eval.config import apply_overrides, load_config
+    from dalle_eval.shapes import COLOURS, Scene, caption
+
+    build_dataset(fast_cfg, "shapes", tmp_path / "true", n=200)
+    captions = pd.read_parquet(tmp_path / "true" / "pairs.parquet")["caption"].tolist()
+    assert hashlib.sha256("\n".join(captions).encode()).hexdigest() == \
+        "f50c0ea06f7dd58cd99a34c2947241673673b6be35437640b940e004802e1c1c"
+    true_fp = json.loads((tmp_path / "true" / "images" / "fingerprint.json").read_text())["fingerprint"]
+    assert "scramble" not in true_fp["data"]  # records of builds made before the option still match
+
+    cfg = apply_overrides(fast_cfg, ["data.scramble=colour"])
+    build_dataset(cfg, "shapes", tmp_path / "colour", n=200)
+    true, scrambled = _raw(tmp_path / "true"), _raw(tmp_path / "colour")
+    assert len(true) == len(scrambled) == 200
+    changed = slots = 0
+    for t, s in zip(true, scrambled):
+        assert t["png"] == s["png"] and t["json"] == s["json"]
+        scene = Scene.from_json(json.loads(s["json"])["scene"])
+        assert t["txt"].decode() == caption(scene)
+        words_t, words_s = t["txt"].decode().split(), s["txt"].decode().split()
+        assert len(words_t) == len(words_s)
+        for a, b in zip(words_t, words_s):
+            assert a == b or (a.strip(",") in COLOURS and b.strip(",") in COLOURS)
+            slots += a.strip(",") in COLOURS
+            changed += a != b
+    assert 0.75 < changed / slots < 0.9 and slots > 300  # 5/6 = 0.83
+    table = pd.read_parquet(tmp_path / "colour" / "pairs.parquet")
+    assert table["caption"].tolist() == [s["txt"].decode() for s in scrambled]  # the BPE learns these
+    manifest = json.loads((tmp_path / "colour" / "images" / "manifest.json").read_text())
+    assert manifest["scramble"]["attribute"] == manifest["config"]["data"]["scramble"] == "colour"
+    coco = lambda name: (tmp_path / name / "coco" / "captions_val.json").read_bytes()
+    assert coco("colour") == coco("true")  # the evaluation split keeps true captions
+
+    build_dataset(cfg, "shapes", tmp_path / "again", n=200)  # reproducible
+    assert [s["txt"] for s in _raw(tmp_path / "again")] == [s["txt"] for s in scrambled]
+    with pytest.raises(DalleEvalError, match="data.scramble"):  # a folder of true captions is not reused
+        build_dataset(cfg, "shapes", tmp_path / "true", n=200)
+    with pytest.raises(DalleEvalError, match="hue"):
+        load_config(["tiny"], ["data.scramble=hue"])
