@@ -1,4 +1,5 @@
-"""`dalle-eval probes run|export|score`: thin click commands over dalle_eval.probe_run."""
+"""`dalle-eval probes run|export|score|curves`: thin click commands over dalle_eval.probe_run and
+dalle_eval.probes.over_checkpoints."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def probes(ctx, configs, overrides, **kwargs):
       dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
       dalle-eval probes export --suite all --out prompts.jsonl          # for another model
       dalle-eval probes score --suite all --images their_samples --out runs/theirs
+      dalle-eval probes curves --ckpt runs/transformer --checkpoints all --out runs/curves
     """
     if ctx.invoked_subcommand is None:
         ctx.invoke(probes_run, configs=configs, overrides=overrides, **kwargs)
@@ -168,3 +170,48 @@ def probes_score(cfg, overrides, suite, images, out, scorers, clip_model, clip_p
     """
     _run_probes_cmd(cfg, suite, None, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
                     require_complete)
+
+
+@probes.command("curves")
+@click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="A finished transformer run dir (config.json, state/step-N/ kept checkpoints, tokenizer, dvae/).")
+@click.option("--checkpoints", default="all", show_default=True, metavar="all|every-N",
+              help="Which kept checkpoints: all, or every-N (steps that are multiples of N, plus the final one).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Dir for capabilities.jsonl (probe records) and capability_curves.png.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override the run's saved config, e.g. --set train.probe_samples=2 (repeatable).")
+@click.option("--device", default="cpu", show_default=True, help="Where to score (cpu, cuda, cuda:1, mps).")
+@overwrite_option("OUT/capabilities.jsonl")
+def probes_curves(ckpt, checkpoints, out, overrides, device, overwrite):
+    """Capability curves of a finished run: score its kept checkpoints with the training probes.
+
+    For a run trained without probes (train.probe_every=0, e.g. on a cluster): each kept checkpoint
+    (RUN/state/step-N/, see train.keep_every) is scored on the same fixed probe subset training
+    would have used (the run's config.json: train.probe_prompts, train.probe_samples, eval.seed;
+    change them with --set), giving the records `train.probe_every` logs, in
+    OUT/capabilities.jsonl, and their plot OUT/capability_curves.png. Step 0 (the untrained model)
+    is no kept checkpoint: only train.probe_every while training scores it. The same command
+    again resumes (scored steps are skipped).
+
+    \b
+    Example:
+      dalle-eval probes curves --ckpt runs/transformer --checkpoints all --out runs/curves
+      dalle-eval probes curves --ckpt runs/transformer --checkpoints every-5000 --out runs/curves
+    """
+    from dalle_eval.model.devices import device_problem
+    from dalle_eval.probes.over_checkpoints import run_config, score_checkpoints
+
+    if device_problem(device):
+        raise DalleEvalError(f"--device {device}: {device_problem(device)}")
+    cfg = run_config(ckpt, overrides)
+    r = score_checkpoints(ckpt, out, cfg, checkpoints, device=device, overwrite=overwrite)
+    steps = r["steps"]
+    summary(f"probes curves {r['checkpoints']}", {
+        "checkpoints": f"{len(steps)} (steps {', '.join(map(str, steps))})",
+        "scored now": ", ".join(map(str, r["scored"])) or "none",
+        "already scored": ", ".join(map(str, r["skipped"])) or "none",
+        "seconds": r["seconds"],
+        "records": r["records"],
+        "plot": r["plot"],
+    })
