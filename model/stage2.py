@@ -93,6 +93,9 @@ class TransformerTask:
                                         text_vocab=manifest["text_vocab"], image_vocab=manifest["image_vocab"],
                                         image_len=manifest["grid"] ** 2)
         self.fingerprints = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dvae_sha256": manifest["dvae_sha256"]}
+        scramble = ((manifest.get("config") or {}).get("data") or {}).get("scramble")
+        if scramble:  # a control arm's captions (data.scramble): never resumed on true-caption tokens, nor the reverse
+            self.fingerprints["scramble"] = scramble
         self.tokens_per_sample = t.text_len + t.image_len
         self.flops_per_sample = train_flops(t)["per_sample"]  # MFU's numerator: 6 N + the pairs the masks allow
         self.out = out

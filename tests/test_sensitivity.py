@@ -80,6 +80,10 @@ def test_scrambled_colour_stays_at_chance_while_size_rises(arms):
     run = arms / "run-colour"
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["data"]["scramble"] == "colour"  # the run says what it was trained on
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert data["fingerprints"]["scramble"] == "colour"  # and its data fingerprint: --resume on true captions is refused
+    true_data = json.loads((arms / "run-true" / "config.json").read_text())["data"]
+    assert "scramble" not in true_data["fingerprints"]
     manifest = json.loads((arms / "colour" / "images" / "manifest.json").read_text())
     assert manifest["scramble"]["attribute"] == "colour"
     _, colour = _probe(run, "vs_colour")
