@@ -480,9 +480,22 @@ def load_config(configs: typing.Sequence[str | Path] = (), overrides: typing.Seq
     """Defaults, then each TOML file in order, then each `key=value` override."""
     cfg = Config()
     for name in configs:
-        path = resolve_config_path(name)
-        cfg = config_from_dict(read_toml(path), cfg, where=str(path) + ":")
+        cfg = _load_layer(name, cfg, ())
     return apply_overrides(cfg, overrides)
+
+
+def _load_layer(name: str | Path, cfg: Config, seen: tuple[Path, ...]) -> Config:
+    """One TOML file over `cfg`; a top-level `base = "NAME"` (a named config or path) is loaded first."""
+    path = resolve_config_path(name)
+    if path.resolve() in seen:
+        raise DalleEvalError(f"{path}: base configs form a loop ({' -> '.join(str(p) for p in (*seen, path))})")
+    values = read_toml(path)
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise DalleEvalError(f"{path}: base = {base!r}; expected the name or path of another config")
+        cfg = _load_layer(base, cfg, (*seen, path.resolve()))
+    return config_from_dict(values, cfg, where=str(path) + ":")
 
 
 def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:

@@ -243,3 +243,18 @@ def test_post_filter_defaults_are_the_config_fields():
     for fn in (dedup.near_pairs, dedup.near_duplicates):
         assert default(fn, "threshold") is FilterConfig.dedup_threshold
     assert default(dedup.eval_overlap, "threshold") is FilterConfig.eval_threshold
+
+
+def test_a_config_may_name_its_base(tmp_path):
+    child = tmp_path / "child.toml"
+    child.write_text('base = "tiny"\n[train.transformer]\nsteps = 5\n')
+    cfg = load_config([child])
+    assert cfg.transformer.n_layer == load_config(["tiny"]).transformer.n_layer and cfg.train.transformer.steps == 5
+    loop = tmp_path / "loop.toml"
+    loop.write_text(f'base = "{loop}"\n')
+    with pytest.raises(DalleEvalError, match="loop"):
+        load_config([loop])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("base = 3\n")
+    with pytest.raises(DalleEvalError, match="expected the name or path"):
+        load_config([bad])
