@@ -30,6 +30,7 @@ AttentionBackend = Literal["auto", "sdpa", "flex"]
 ReconLoss = Literal["logit_laplace", "mse"]
 Schedule = Literal["plateau", "halving", "cosine"]
 Precision = Literal["fp32", "bf16"]
+StagePrecision = Literal["", "fp32", "bf16"]
 Parallel = Literal["ddp", "fsdp"]
 BadShardPolicy = Literal["skip", "fail"]
 ClipScoreMode = Literal["auto", "on", "off"]
@@ -157,6 +158,7 @@ class DVAETrainConfig:
     tau_end: float = 1.0 / 16
     tau_steps: int = 150_000
     recon_loss: ReconLoss = "logit_laplace"  # or "mse"
+    precision: StagePrecision = ""  # "" = train.precision; the dVAE's convolutions run slower in bf16 on CPU
     ema: float = 0.999  # parameter EMA decay (0 = off); checkpoints export the averaged weights
 
 
@@ -175,6 +177,7 @@ class TransformerTrainConfig:
     plateau_patience: int = 3  # "plateau": validations without improvement before halving
     plateau_threshold: float = 1e-3  # "plateau": relative val-loss improvement that counts
     bpe_dropout: float = 0.1  # paper B.2: captions re-tokenized with 10% BPE dropout while training
+    precision: StagePrecision = ""  # "" = train.precision
     betas: tuple[float, float] = (0.9, 0.96)
     eps: float = 1e-8
     weight_decay: float = 4.5e-2

@@ -14,6 +14,7 @@ from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.generate import run_sample
 from dalle_eval.pipelines.build import build_dataset
+from dalle_eval.plots import load_probes, plot_capabilities
 from dalle_eval.probe_run import run_probes
 from dalle_eval.probes import make_prompts
 from dalle_eval.probes.in_training import train
@@ -127,18 +128,22 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     suites = [r for r in probes["table"] if r["category"] == "all" and (r["suite"], r["scorer"], r["check"]) in SUITE_ROWS]
     samples = read_jsonl(out / "samples_heldout" / "samples.jsonl")
     image_grid([(out / "samples_heldout" / s["file"], s["caption"]) for s in samples], out / "heldout_grid.png")
+    curves = {name: plot_capabilities(run, out / f"{name}_capability_curves.png")
+              for name, run in (("transformer", transformer), ("dvae", dvae)) if load_probes(run / "metrics.jsonl")}
     minutes = round(total / 60, 1)
     headline = {
         "total minutes": minutes if not unknown else f"{minutes} + unknown ({', '.join(unknown)})",
         **{f"attributes {r['check']} ({r['split']})": f"{pct(r['accuracy'])} (chance {pct(r['chance'])})"
            for r in rows if r["split"] in ("seen", "heldout")},
         **{f"{r['suite']} {r['check']} ({r['scorer']})": f"{pct(r['accuracy'])} (chance {pct(r['chance'])})"
-           for r in suites if r["split"] == "all" and r["check"] in ("image", "answer", "ranked_first")},
+           for r in suites if r["split"] == "all" and (r["check"] in ("image", "answer", "ranked_first")
+                                                        or r["scorer"] == "dvae_ceiling" and r["check"] == "shape")},
         "FID (random Inception)": f"{fid['fid']:.2f}",
         "dVAE val PSNR": f"{dvae_summary['eval']['val_psnr_db']:.1f} dB",
         "transformer val image loss": f"{tf_summary['eval']['val_image_loss']:.3f}",
     }
     report = {"headline": headline, "timings_s": timings, "total_s": total, "stages": clock.stages,
+              "capability_curves": {k: str(v) for k, v in curves.items()},
               "this_run_s": round(_clock() - t0, 1), "dvae": dvae_summary,
               "transformer": tf_summary, "probes": probes["table"], "fid": {k: v for k, v in fid.items() if k != "config"},
               "config": config_to_dict(cfg)}
@@ -154,6 +159,10 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     md += "\n## Attribute probes on single objects (exact parser scoring; the rows above count all 60 prompts)\n\n"
     md += md_table([display_row(r) for r in rows], PROBE_COLUMNS)
     md += f"\nFull probe tables: [probes/report.md](probes/report.md). FID: [fid/report.md](fid/report.md) — {fid['protocol']['inception_weights']}.\n"
+    if curves:
+        md += ("\n## Capability curves (probes inside training, `train.probe_every`)\n\nThe transformer's likelihood "
+               "probes at every probe step (accuracy, 95% interval, dashed chance); the dVAE's ceiling as it trained.\n\n"
+               + "".join(f"![{name}]({path.name})\n" for name, path in curves.items()))
     md += "\n## Samples for held-out colour-shape pairs (never seen in training)\n\n![held-out](heldout_grid.png)\n"
     md += ("\n## Stage times (s)\n\nEach stage's time as measured when it ran; a re-run skips finished stages "
            "and keeps their time.\n\n" + md_table(clock.table(), ["stage", "seconds", "this run"]))

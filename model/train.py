@@ -293,8 +293,9 @@ def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
     """Steps run.start .. steps: update, log, validate, checkpoint; a signal checkpoints and returns early."""
     tc, d, task, out = run.cfg.train, run.d, run.task, run.out
     t0 = time.time()
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-    peak = tc.peak_tflops * 1e12 or measure_peak_flops(d.device, torch.bfloat16 if tc.precision == "bf16" else torch.float32)
+    precision = task.tc.precision or tc.precision  # the stage's own, else train.precision
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    peak = tc.peak_tflops * 1e12 or measure_peak_flops(d.device, torch.bfloat16 if precision == "bf16" else torch.float32)
     log = _Log(run, peak)
     stop = _StopOnSignal()
     steps = task.tc.steps

@@ -27,6 +27,7 @@ FAST = [
     "train.val_every=4",
     "train.val_samples=16",
     "train.sample_every=0",
+    "train.probe_every=0",  # probes inside training have their own tests (test_training_probes.py)
     "train.num_workers=0",
     "train.peak_tflops=0.16",
     "data.shard_size=64",

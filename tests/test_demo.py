@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow  # the whole chain twice: ~30 s with the fast conf
 
 def test_demo_whole_chain_then_rerun_resumes_to_the_same_report(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--n", "160"] + [a for f in FAST for a in ("--set", f)]
+    sets = [*FAST, "train.probe_every=3", "train.probe_prompts=4"]  # capability curves, as the tiny config's demo
+    args = ["demo", "--out", str(out), "--n", "160"] + [a for f in sets for a in ("--set", f)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
@@ -23,7 +24,10 @@ def test_demo_whole_chain_then_rerun_resumes_to_the_same_report(tmp_path):
     assert {r["suite"] for r in report["probes"]} == {"attributes", "binding", "raven"}
     md = (out / "report.md").read_text()
     assert "## Probes: attributes, binding, Raven" in md and "Stage times" in md
-    for f in ("probes/report.md", "fid/report.md", "heldout_grid.png", "transformer/model.safetensors"):
+    assert "## Capability curves" in md and "attributes shape (dvae_ceiling)" in headline
+    assert set(report["capability_curves"]) == {"transformer", "dvae"}
+    for f in ("probes/report.md", "fid/report.md", "heldout_grid.png", "transformer/model.safetensors",
+              "transformer_capability_curves.png", "dvae_capability_curves.png"):
         assert (out / f).is_file(), f
     # Every stage is resumable: a re-run finds the checkpoints and shards, trains nothing again and
     # reports the same numbers.

@@ -359,6 +359,28 @@ def test_bf16_autocast_trains(tmp_path, token_data, fast_cfg):
     assert val["bf16"] == pytest.approx(val["fp32"], rel=1e-3)
 
 
+def test_a_stage_precision_overrides_train_precision(tmp_path, token_data, fast_cfg):
+    """train.transformer.precision (or train.dvae.precision) wins over train.precision; "" inherits it."""
+    from dalle_eval.config import apply_overrides
+
+    for sets, want in ((["train.precision=fp32", "train.transformer.precision=bf16"], torch.bfloat16),
+                       (["train.precision=bf16", "train.transformer.precision=fp32"], torch.float32),
+                       (["train.precision=bf16", "train.dvae.precision=fp32"], torch.bfloat16)):
+        seen = set()
+
+        def record(module, args, output, seen=seen):
+            if isinstance(module, torch.nn.Linear) and module.training:
+                seen.add(output.dtype)
+
+        cfg = apply_overrides(fast_cfg, [*sets, "train.transformer.steps=1"])
+        handle = torch.nn.modules.module.register_module_forward_hook(record)
+        try:
+            train("transformer", token_data, cfg, tmp_path / "-".join(sets), progress=False)
+        finally:
+            handle.remove()
+        assert seen == {want}, sets
+
+
 def test_dvae_ema_is_exported_and_resumed(tmp_path, shapes_data, fast_cfg):
     from safetensors.torch import load_file
 
