@@ -23,7 +23,7 @@ disk_check = python3 -c "import shutil, sys; free = shutil.disk_usage('.').free 
 PEER    ?= .venv-peer
 PEER_PIP := $(PEER)/bin/python -m pip
 
-.PHONY: install install-dev demo test test-fast bench bench-peers lint clean
+.PHONY: install install-dev demo demo-long test test-fast bench bench-peers lint clean
 
 $(STAMP_DEMO): pyproject.toml constraints.txt
 	test -x $(PY) || { $(call disk_check,7,the demo venv) && python3 -m venv $(VENV); }
@@ -43,6 +43,10 @@ install-dev: $(STAMP_DEV)
 
 demo: install
 	$(VENV)/bin/dalle-eval demo --out $(DEMO_OUT)
+
+# The capability recipe (dalle_eval/configs/shapes-long.toml): a 16x16 grid, 20,000 scenes, ~35-40 min on 2 cores.
+demo-long: install
+	$(VENV)/bin/dalle-eval demo --config shapes-long --n 20000 --out $(DEMO_OUT)-long
 
 # Everything, as CI runs it (.ci/run): torchrun, SIGKILL/SIGTERM runs, pyspark and ray, the full demo twice.
 test: install-dev
