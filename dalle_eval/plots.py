@@ -320,7 +320,8 @@ def plot_capabilities(run_dir_or_metrics: Path, out: Path | None = None) -> Path
         raise DalleEvalError(f"{metrics}: no probe records (\"split\": \"probe\"); train with train.probe_every > 0")
     meta = _run_config(metrics.parent)
     stage = meta.get("stage")
-    fig = capability_figure(probes, metrics.parent.resolve().name + (f" ({stage})" if stage else ""))
+    name = metrics.parent.resolve().name
+    fig = capability_figure(probes, name + (f" ({stage})" if stage and stage != name else ""))
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out
