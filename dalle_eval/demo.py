@@ -1,4 +1,4 @@
-"""`demo`: every stage on the shapes world at tiny size, then one report (report.json + report.md).
+"""`demo`: every stage on the shapes world (the `tiny` config; `shapes-long` for the capability recipe), then one report (report.json + report.md).
 
 Each stage writes its own artifact under OUT; a re-run resumes or skips finished stages.
 """
@@ -148,13 +148,15 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
               "transformer": tf_summary, "probes": probes["table"], "fid": {k: v for k, v in fid.items() if k != "config"},
               "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
-    md = "# dalle-eval demo (shapes world, tiny config, CPU)\n\n"
+    t = cfg.transformer
+    md = (f"# dalle-eval demo (shapes world: {n:,} scenes at {cfg.data.resolution} px, {t.grid}x{t.grid} codes of "
+          f"{t.image_vocab}, {t.n_layer}-layer transformer, {cfg.train.transformer.steps:,} steps)\n\n")
     md += md_table([{"what": k, "value": v} for k, v in headline.items()], ["what", "value"])
     md += "\n## Probes: attributes, binding, Raven (parser: exact on generated images; likelihood: true vs foils)\n\n"
     md += md_table([display_row(r) for r in suites], PROBE_COLUMNS)
     cut = (probes.get("text_window") or {}).get("truncated", [])
     if cut:
-        md += (f"\n{len(cut)} probe prompts are longer than the tiny model's {probes['text_window']['text_len']}-token "
+        md += (f"\n{len(cut)} probe prompts are longer than the model's {probes['text_window']['text_len']}-token "
                "text window and were cut (see probes/report.md).\n")
     md += "\n## Attribute probes on single objects (exact parser scoring; the rows above count all 60 prompts)\n\n"
     md += md_table([display_row(r) for r in rows], PROBE_COLUMNS)
