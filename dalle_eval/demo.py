@@ -129,7 +129,8 @@ def run_demo(cfg: Config, out: Path, n: int = 6000) -> dict:
     samples = read_jsonl(out / "samples_heldout" / "samples.jsonl")
     image_grid([(out / "samples_heldout" / s["file"], s["caption"]) for s in samples], out / "heldout_grid.png")
     curves = {name: plot_capabilities(run, out / f"{name}_capability_curves.png")
-              for name, run in (("transformer", transformer), ("dvae", dvae)) if load_probes(run / "metrics.jsonl")}
+              for name, run in (("transformer", transformer), ("dvae", dvae))
+              if (run / "metrics.jsonl").is_file() and load_probes(run / "metrics.jsonl")}
     minutes = round(total / 60, 1)
     headline = {
         "total minutes": minutes if not unknown else f"{minutes} + unknown ({', '.join(unknown)})",

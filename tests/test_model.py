@@ -147,7 +147,7 @@ def test_parameter_counts_on_meta_device():
 @pytest.mark.slow  # 200 dVAE steps: ~8 s
 def test_dvae_learns(tmp_path, shapes_data):
     """Held-out reconstruction error after 200 steps is well below the untrained model's."""
-    base = ["dvae.n_hid=8", "train.dvae.batch_size=8", "train.log_every=10", "train.ckpt_every=100"]
+    base = ["dvae.n_hid=8", "train.dvae.batch_size=8", "train.log_every=10", "train.ckpt_every=100", "train.probe_every=0"]
     untrained = train("dvae", shapes_data, load_config(["tiny"], base + ["train.dvae.steps=0"]), tmp_path / "d0", progress=False)
     cfg = load_config(["tiny"], base + ["train.dvae.steps=200", "train.dvae.lr=2e-3"])
     summary = train("dvae", shapes_data, cfg, tmp_path / "dvae", progress=False)
