@@ -6,6 +6,9 @@
                               or under FSDP a torch.distributed.checkpoint folder dcp/ — written to a
                               temp dir and renamed, so a crash never leaves a half checkpoint as the latest
     CKPT/latest               name of the newest complete state dir (replaced atomically)
+
+A run started with `train --init-from SRC` (init_weights) begins from another checkpoint's weights only (no
+optimizer, schedule, step or data position) and records SRC's fingerprint under "init_from" in its config.json.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dalle_eval.model.distributed import Dist, barrier
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dalle_eval.artifacts import atomic_path, read_json
+from dalle_eval.artifacts import atomic_path, read_json, sha256_file
 from dalle_eval.config import Config, apply_overrides, config_from_dict, config_to_dict
 from dalle_eval.errors import DalleEvalError
 
@@ -153,13 +156,20 @@ def _load_tensors(path: Path, hint: str = "") -> dict[str, torch.Tensor]:
                              + (f"; {hint}" if hint else "")) from None
 
 
-def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict, or one line saying how the file's parameters differ from the model's (buffers are left to
-    load_state_dict and the model's own hooks, e.g. the transformer's check of a legacy layer order)."""
+def _param_diff(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """-> the module's parameters the tensors lack, tensors that are no parameter or buffer of it, and parameters
+    of another shape (buffers are left to load_state_dict and the model's own hooks, e.g. the transformer's check
+    of a legacy layer order)."""
     want = dict(module.named_parameters())
     missing = [k for k in want if k not in tensors]
     unexpected = [k for k in tensors if k not in want and k not in dict(module.named_buffers())]
     shapes = [k for k in want if k in tensors and tuple(tensors[k].shape) != tuple(want[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, or one line saying how the file's parameters differ from the model's."""
+    missing, unexpected, shapes = _param_diff(module, tensors)
     if missing or unexpected or shapes:
         parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
@@ -252,15 +262,15 @@ def resume_config(ckpt: Path, cfg: Config, overrides: Sequence[str] = (), use_sa
     return cfg
 
 
-def _config_diff(saved: dict, given: dict, prefix: str = "") -> list[str]:
-    """'key: saved -> given' for every leaf that differs."""
+def _config_diff(saved: dict, given: dict, prefix: str = "", names: tuple[str, str] = ("saved", "given")) -> list[str]:
+    """'key: a saved, b given' (or the other `names`) for every leaf that differs."""
     out = []
     for key in sorted(set(saved) | set(given)):
         a, b = saved.get(key), given.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, f"{prefix}{key}.")
+            out += _config_diff(a, b, f"{prefix}{key}.", names)
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} saved, {b!r} given")
+            out.append(f"{prefix}{key}: {a!r} {names[0]}, {b!r} {names[1]}")
     return out
 
 
@@ -284,3 +294,75 @@ def load_transformer(ckpt: Path):
 
     _, cfg = read_ckpt_config(ckpt, "transformer")
     return load_weights(DalleTransformer(cfg.transformer), ckpt)
+
+
+def _init_source(src: Path, stage: str) -> tuple[Path, Path, int | None]:
+    """`train --init-from SRC` -> (its run dir, weights file, step). SRC is one of a run's kept state dirs
+    RUN/state/step-N or a run dir (its latest one): that step's exported weights (export.safetensors, e.g. the
+    dVAE's EMA, else model.safetensors; a state dir's files never change, unlike a live run's published copy).
+    A checkpoint dir without state dirs (e.g. a transformer run's dvae/) gives its model.safetensors."""
+    src = Path(src)
+    expected = (f"expected a `dalle-eval train --stage {stage}` run dir or one of its {STATE}/step-N dirs, "
+                "holding model.safetensors")
+    if not src.exists():
+        raise DalleEvalError(f"--init-from {src}: no such file or folder; {expected}")
+    if not src.is_dir():
+        raise DalleEvalError(f"--init-from {src}: a file; {expected}")
+    in_run = re.fullmatch(r"step-\d+", src.name) and src.parent.name == STATE
+    state = src if in_run else latest_state(src)
+    if state is None:
+        return src, src / "model.safetensors", None
+    export = state / "export.safetensors"
+    return (state.parent.parent, export if export.exists() else state / "model.safetensors",
+            int(state.name.removeprefix("step-")))
+
+
+def _fit_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str, hint: list[str]) -> None:
+    """load_state_dict, or an error naming the model config keys that differ (`hint`) and every parameter that is
+    missing, unexpected or of another shape (with both shapes)."""
+    missing, unexpected, shapes = _param_diff(module, tensors)
+    want = dict(module.named_parameters())
+    parts = [f"{what}: {_first(names)}" for what, names in (
+        ("missing from the source", missing), ("unexpected (not in this model)", unexpected),
+        ("other shape", [f"{k} {tuple(tensors[k].shape)} in the source, {tuple(want[k].shape)} here" for k in shapes]))
+        if names]
+    head = f"{where}: the weights do not fit this run's {type(module).__name__}" + (
+        f" (model config: {'; '.join(hint)})" if hint else "")
+    if parts:
+        raise DalleEvalError(f"{head}: " + "; ".join(parts))
+    try:
+        module.load_state_dict(tensors)
+    except (RuntimeError, DalleEvalError) as e:
+        raise DalleEvalError(f"{head}: {str(e).splitlines()[0]}") from None
+
+
+def _first(names: list[str], n: int = 12) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def init_weights(module: torch.nn.Module, src: Path, stage: str, cfg: Config) -> dict:
+    """Load the weights of the `stage` checkpoint SRC into `module` (built from `cfg`, whose shapes must fit) ->
+    the record a run keeps of it: the source run, weights file and its sha256, step and training data."""
+    run, weights, step = _init_source(src, stage)
+    if not (run / "config.json").is_file():
+        raise DalleEvalError(f"--init-from {src}: not a checkpoint dir (no {run / 'config.json'})")
+    meta, source_cfg = read_ckpt_config(run)
+    if meta.get("stage") != stage:
+        raise DalleEvalError(f"--init-from {src}: a '{meta.get('stage')}' checkpoint; --stage {stage} starts from a "
+                             f"'{stage}' one")
+    hint = _config_diff(config_to_dict(source_cfg)[stage], config_to_dict(cfg)[stage], f"{stage}.", ("in the source", "here"))
+    _fit_weights(module, _load_tensors(weights, f"--init-from {src}: has that run saved a checkpoint?"),
+                 f"--init-from {src}", hint)
+    return {"run": str(run.resolve()), "weights": str(weights.resolve()), "sha256": sha256_file(weights),
+            "step": step, "data_fingerprints": (meta.get("data") or {}).get("fingerprints")}
+
+
+def reload_init_weights(module: torch.nn.Module, record: dict) -> None:
+    """The weights of an init_weights `record` again (a run resumed before its first checkpoint), refused when the
+    file is gone or changed since (e.g. a source run dir that trained on)."""
+    path = Path(record["weights"])
+    have = sha256_file(path) if path.is_file() else "missing"
+    if have != record["sha256"]:
+        raise DalleEvalError(f"{path}: this run started from it (--init-from, sha256 {record['sha256'][:12]}) but it "
+                             f"is now {have[:12]}; start a new --out with --init-from")
+    _fit_weights(module, _load_tensors(path), str(path), [])
