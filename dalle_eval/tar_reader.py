@@ -7,6 +7,7 @@ import gzip
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _octal(field: bytes) -> int:
@@ -35,48 +36,58 @@ def _exact(f, n: int, what: str) -> bytes:
     return data
 
 
-def iter_tar_files(path: str | Path, read: bool = True) -> Iterator[tuple[str, bytes | None, int]]:
+def iter_tar_files(source: str | Path | BinaryIO, read: bool = True) -> Iterator[tuple[str, bytes | None, int]]:
     """(name, data or None, size) of each regular file of a tar, in order (POSIX ustar/pax, GNU long names).
 
+    source: a local path, or a binary stream read front to back (a shard from an object store, shards.py),
+    which must have peek() and return whole reads (io.BufferedReader does both); the caller closes it.
     A reader of our own because tarfile spends ~0.3 ms per member on pax headers, which is most of
     the time of hashing or re-sharding small downloaded images. Headers are checksum-verified; a
     truncated or corrupt tar raises tarfile.ReadError after the members before the break.
     """
-    with open(path, "rb") as raw:
-        f = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
-        raw.seek(0)
-        pending: dict[str, str] = {}
-        while True:
-            header = f.read(512)
-            if not header.strip(b"\0"):  # end-of-archive blocks (or a tar with no end marker)
-                return
-            if len(header) < 512:
-                raise tarfile.ReadError("truncated header")
-            stored = _octal(header[148:156])
-            if stored != sum(header[:148]) + 256 + sum(header[156:]):  # checksum field counted as spaces
-                raise tarfile.ReadError("bad header checksum")
-            kind, size = header[156:157], _octal(header[124:136])
-            size = int(pending.get("size", size))
-            padded = (size + 511) // 512 * 512
-            if kind in (b"x", b"L", b"g"):  # metadata for the next member (pax, GNU long name, global)
-                data = _exact(f, padded, "a pax/long-name header")[:size]
-                if kind == b"x":
-                    pending.update(_pax(data))
-                elif kind == b"L":
-                    pending["path"] = data.rstrip(b"\0").decode("utf-8", "replace")
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as raw:
+            yield from _members(raw, read, seekable=True)
+    else:
+        yield from _members(source, read, seekable=False)
+
+
+def _members(raw: BinaryIO, read: bool, seekable: bool) -> Iterator[tuple[str, bytes | None, int]]:
+    f = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+    pending: dict[str, str] = {}
+    while True:
+        header = f.read(512)
+        if not header.strip(b"\0"):  # end-of-archive blocks (or a tar with no end marker)
+            if pending:  # a pax/long-name header describes a member that is not there: cut off
+                raise tarfile.ReadError("unexpected end of data after a pax/long-name header")
+            return
+        if len(header) < 512:
+            raise tarfile.ReadError("truncated header")
+        stored = _octal(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # checksum field counted as spaces
+            raise tarfile.ReadError("bad header checksum")
+        kind, size = header[156:157], _octal(header[124:136])
+        size = int(pending.get("size", size))
+        padded = (size + 511) // 512 * 512
+        if kind in (b"x", b"L", b"g"):  # metadata for the next member (pax, GNU long name, global)
+            data = _exact(f, padded, "a pax/long-name header")[:size]
+            if kind == b"x":
+                pending.update(_pax(data))
+            elif kind == b"L":
+                pending["path"] = data.rstrip(b"\0").decode("utf-8", "replace")
+            continue
+        name = pending.get("path") or (
+            (header[345:500].rstrip(b"\0") + b"/" if header[257:262] == b"ustar" and header[345] else b"")
+            + header[:100].rstrip(b"\0")
+        ).decode("utf-8", "replace")
+        pending = {}
+        if kind in (b"0", b"\0", b"7"):  # regular file
+            if read:
+                data = _exact(f, padded, name)[:size]
+                yield name, data, size
                 continue
-            name = pending.get("path") or (
-                (header[345:500].rstrip(b"\0") + b"/" if header[257:262] == b"ustar" and header[345] else b"")
-                + header[:100].rstrip(b"\0")
-            ).decode("utf-8", "replace")
-            pending = {}
-            if kind in (b"0", b"\0", b"7"):  # regular file
-                if read:
-                    data = _exact(f, padded, name)[:size]
-                    yield name, data, size
-                    continue
-                yield name, None, size
-            if f is raw:
-                f.seek(padded, 1)
-            else:
-                _exact(f, padded, name)
+            yield name, None, size
+        if f is raw and seekable:
+            f.seek(padded, 1)
+        else:
+            _exact(f, padded, name)

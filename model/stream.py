@@ -11,6 +11,9 @@ store it, and resume continues at the next sample, replaying and skipping nothin
 
 Unlike webdataset's own `shuffle(n)` buffer, whose content cannot be checkpointed, a window is a pure
 function of (seed, stream, epoch, window index).
+
+The shard folder is a local path or a URL prefix (s3://, https://, ...; dalle_eval.shards.data_location): a
+remote shard is streamed into memory like a local one, so positions, resume and bad shards work the same.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shards import every_shard
+from dalle_eval.shards import RemoteLocation, data_location, decode_sample, iter_raw_samples
+
+Where = Path | RemoteLocation  # a shard folder or shard: local, or behind an fsspec URL
 
 Pos = tuple[int, int, int]  # (epoch, window, offset of the next sample in the shuffled window)
 
@@ -45,24 +49,21 @@ def _perm(n: int, *seed_parts) -> list[int]:
 class BadShard(DalleEvalError):
     """A shard that cannot be read whole (truncated, corrupt, wrong sample count, undecodable, ids out of range)."""
 
-    def __init__(self, path: Path, reason: str):
+    def __init__(self, path: Where, reason: str):
         super().__init__(f"{path}: unreadable shard ({reason})")
-        self.path, self.reason = Path(path), reason
+        self.path, self.reason = data_location(path), reason
 
 
-def read_shard(path: Path, decode: Callable[[dict], tuple], expected: int | None, epoch: int | None = None) -> list[tuple]:
-    """Every sample of one shard, decoded, or BadShard: a shard is used whole or not at all.
+def read_shard(path: Where, decode: Callable[[dict], tuple], expected: int | None, epoch: int | None = None) -> list[tuple]:
+    """Every sample of one shard (local or a URL), decoded as webdataset's decode("pil") would, or BadShard:
+    a shard is used whole or not at all.
 
     epoch: handed to `decode` as sample["__epoch__"] (training-time augmentation seeded by key and epoch)."""
-    # the stream itself splits shards over ranks and workers: webdataset must not split this one again
-    dataset = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, handler=wds.reraise_exception,
-                             nodesplitter=every_shard, workersplitter=every_shard).decode("pil")
+    extra = {} if epoch is None else {"__epoch__": epoch}
     try:
-        samples = [decode(s if epoch is None else {**s, "__epoch__": epoch}) for s in dataset]
+        samples = [decode({**decode_sample(key, files), **extra}) for key, files in iter_raw_samples(path)]
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
-        # webdataset re-raises as (message, stream, url): keep the message, the path is named anyway
-        detail = e.args[0] if len(e.args) > 1 and isinstance(e.args[0], str) else e
-        raise BadShard(path, f"{type(e).__name__}: {detail}") from None
+        raise BadShard(path, f"{type(e).__name__}: {e}") from None
     if expected is not None and len(samples) != expected:
         raise BadShard(path, f"holds {len(samples)} samples, the manifest says {expected}")
     return samples
@@ -76,7 +77,7 @@ def _bad_shard(e: BadShard, policy: str, what: str = "") -> None:
     warnings.warn(f"skipping unreadable {what}shard {e.path}: {e.reason}", stacklevel=3)
 
 
-def read_held_out(folder: Path, names: list[str], decode: Callable[[dict], tuple], limit: int,
+def read_held_out(folder: Where, names: list[str], decode: Callable[[dict], tuple], limit: int,
                   on_bad_shard: str = "skip") -> tuple[list[tuple], list[str]]:
     """Up to `limit` samples of the validation shards, in order, and the bad ones skipped; a bad shard is
     skipped by name or fatal as --on-bad-shard says, as in training."""
@@ -86,7 +87,7 @@ def read_held_out(folder: Path, names: list[str], decode: Callable[[dict], tuple
         if len(samples) >= limit:
             break
         try:
-            samples += read_shard(Path(folder) / name, decode, None)
+            samples += read_shard(data_location(folder) / name, decode, None)
         except BadShard as e:
             _bad_shard(e, on_bad_shard, "validation ")
             bad.append(name)
@@ -96,7 +97,7 @@ def read_held_out(folder: Path, names: list[str], decode: Callable[[dict], tuple
 class ShardStream:
     """The deterministic sample order of every stream (see the module docstring)."""
 
-    def __init__(self, folder: Path, shards: list[str], sizes: list[int] | None, decode: Callable[[dict], tuple],
+    def __init__(self, folder: Where, shards: list[str], sizes: list[int] | None, decode: Callable[[dict], tuple],
                  n_streams: int, window: int, seed: int, on_bad_shard: str = "skip"):
         if len(shards) < n_streams:
             raise DalleEvalError(
@@ -104,7 +105,7 @@ class ShardStream:
                 "(one per rank x worker unless train.data_streams is set); write smaller shards "
                 "(data.shard_size) or use fewer ranks/workers (train.num_workers)"
             )
-        self.folder, self.decode, self.window, self.seed = Path(folder), decode, max(1, window), seed
+        self.folder, self.decode, self.window, self.seed = data_location(folder), decode, max(1, window), seed
         self.on_bad_shard, self.n_streams = on_bad_shard, n_streams
         self.size = dict(zip(shards, sizes)) if sizes else {}
         self.shards = [shards[j::n_streams] for j in range(n_streams)]

@@ -1,10 +1,11 @@
 """A web server on 127.0.0.1, so img2dataset can download without the internet: tests, benchmarks, try-outs.
 
-    serve_folder(folder)                 -> base URL serving the files under `folder` (GET /a/b.jpg = folder/a/b.jpg)
+    serve_folder(folder)                 -> base URL serving the files under `folder` (GET /a/b.jpg = folder/a/b.jpg;
+                                            index=True: a folder's URL lists its entries, as `python -m http.server`)
     serve(slow_seconds, n_pictures, delay) -> base URL serving the web's bad inputs (routes()) and /pic/{i}.png
 
 Both are context managers: a threaded server on a free port, stopped on exit; the URL's `.hits` counts the
-requests per path. Write `base + "/" + name` into a url+caption list and `build-dataset --source LIST` downloads
+GET requests per path (a HEAD is answered as the next GET would be, without the body, and not counted). Write `base + "/" + name` into a url+caption list and `build-dataset --source LIST` downloads
 local images as it would the web's, e.g. to try the download stage offline:
 
     files = sorted(Path("my_images").glob("*.jpg"))
@@ -23,6 +24,7 @@ non-ASCII byte in the request line does not reach it.
 from __future__ import annotations
 
 import contextlib
+import html
 import http.server
 import io
 import mimetypes
@@ -190,6 +192,12 @@ def serve_answers(answer: Callable[[str, int], Answer]) -> Iterator[BaseURL]:
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            route = urllib.parse.unquote(self.path)
+            with lock:
+                n = hits.get(route, 0) + 1
+            self._send(answer(route, n), body=False)  # at once: a delay or reset shows on the GET
+
         def do_GET(self):
             route = urllib.parse.unquote(self.path)
             with lock:
@@ -204,13 +212,17 @@ def serve_answers(answer: Callable[[str, int], Answer]) -> Iterator[BaseURL]:
                 self.rfile.close()  # its reference would keep the socket open until after a FIN
                 self.connection.close()
                 return
+            self._send(a, body=True)
+
+        def _send(self, a: Answer, body: bool) -> None:
             self.send_response(a.status)
             for k, v in a.headers.items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(a.body) if a.length is None else a.length))
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(a.body)
+                if body:
+                    self.wfile.write(a.body)
             self.close_connection = True
 
         def log_message(self, *args):
@@ -230,16 +242,19 @@ def serve_answers(answer: Callable[[str, int], Answer]) -> Iterator[BaseURL]:
 
 
 @contextlib.contextmanager
-def serve_folder(folder: str | Path) -> Iterator[BaseURL]:
+def serve_folder(folder: str | Path, index: bool = False) -> Iterator[BaseURL]:
     """Yield the base URL of a server answering GET /a/b.jpg with the file folder/a/b.jpg (read when asked,
-    Content-Type from its extension; the URL percent-encodes the name, no query); 404 for anything else, paths
-    leading out of the folder included."""
+    Content-Type from its extension; the URL percent-encodes the name, no query), with index=True GET /a or
+    /a/ with an HTML index of a's entries (folders end in /: what fsspec's HTTP filesystem lists, as from
+    `python -m http.server`); 404 for anything else, paths leading out of the folder included."""
     root = Path(folder).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"serve_folder {folder}: not a folder")
 
     def answer(route: str, n: int) -> Answer:
         path = (root / route.lstrip("/")).resolve()
+        if index and path.is_relative_to(root) and path.is_dir():
+            return Answer(200, {"Content-Type": "text/html; charset=utf-8"}, _index(path))
         if not path.is_relative_to(root) or not path.is_file():
             return Answer(404, {}, b"not found")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -247,6 +262,13 @@ def serve_folder(folder: str | Path) -> Iterator[BaseURL]:
 
     with serve_answers(answer) as url:
         yield url
+
+
+def _index(folder: Path) -> bytes:
+    """An HTML page linking each entry of `folder` by its percent-encoded name relative to the folder."""
+    links = "".join(f'<a href="{urllib.parse.quote(p.name)}{"/" if p.is_dir() else ""}">{html.escape(p.name)}</a>\n'
+                    for p in sorted(folder.iterdir()))
+    return f"<html><body>\n{links}</body></html>\n".encode()
 
 
 @contextlib.contextmanager

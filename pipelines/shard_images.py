@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.images import IMAGE_EXTS, is_image_file
-from dalle_eval.shards import iter_raw_samples
+from dalle_eval.shards import data_location, iter_raw_samples
 
 EXIF_ORIENTATION = 0x0112
 
@@ -55,14 +55,15 @@ def _decode(data: bytes) -> tuple[Image.Image | None, str | None]:
 
 
 def iter_shard_samples(shards: Iterable[str | Path], bad_shards: list[str] | None = None) -> Iterator[Sample]:
-    """Samples of webdataset tars (files grouped by key, as webdataset does), images decoded one by one.
-    A shard that breaks mid-read keeps the samples before the break and is added to `bad_shards`."""
+    """Samples of webdataset tars (local paths or URLs; files grouped by key, as webdataset does), images decoded
+    one by one. A shard that breaks mid-read keeps the samples before the break and is added to `bad_shards`."""
     for shard in shards:
-        if not Path(shard).is_file():
+        where = data_location(shard)
+        if not (where.is_file() if isinstance(where, Path) else where.exists()):
             raise DalleEvalError(f"{shard}: image shard not found")
-        name, key = Path(shard).name, None
+        name, key = where.name, None
         try:
-            for key, files in iter_raw_samples(shard):
+            for key, files in iter_raw_samples(where):
                 yield _sample(key, name, files)
         except (tarfile.TarError, OSError, EOFError) as e:
             warnings.warn(
