@@ -11,7 +11,8 @@ DEMO_OUT ?= runs/demo
 # Two install sets, one stamp each, so neither target takes the other's stamp for its own packages:
 #   install      torch + torchvision (pinned) + the project: all `make demo` needs (a 6.4 GiB venv)
 #   install-dev  install + what the tests use (7.2 GiB in all): the dev extra (pytest, ruff, tensorboard, ...),
-#                spark and ray (pyspark 0.5 GiB, ray 0.25 GiB: the cluster-distributor tests) and OpenAI's dall-e 0.1
+#                spark and ray (pyspark 0.5 GiB, ray 0.25 GiB: the cluster-distributor tests), OpenAI's dall-e 0.1
+#                and taming-transformers (the image-tokenizer cross-checks; --no-deps: no pytorch-lightning)
 # Every pip step passes -c constraints.txt: torch 2.14.1 is the CUDA build (3.2 GiB of NVIDIA libraries, 0.9 GiB
 # triton, 1.2 GiB torch), and without the pin pip swaps torch when another package asks for torchvision.
 STAMP_DEMO := $(VENV)/.installed-demo
@@ -34,7 +35,7 @@ $(STAMP_DEMO): pyproject.toml constraints.txt
 $(STAMP_DEV): $(STAMP_DEMO)
 	$(call disk_check,1,installing the test extras)
 	$(PIP) install -q -c constraints.txt -e '.[dev,spark,ray]'
-	$(PIP) install -q --no-deps dall-e==0.1
+	$(PIP) install -q --no-deps dall-e==0.1 taming-transformers-rom1504==0.0.6
 	touch $@
 
 install: $(STAMP_DEMO)

@@ -31,8 +31,9 @@ from dalle_eval.artifacts import (
 from dalle_eval.config import SampleConfig
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.images import center_square_resize
-from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_transformer
 from dalle_eval.model.dvae import pixels_to_pil
+from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.sampling import completion_keep, sample_codes
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.outputs import file_sha256
@@ -64,23 +65,24 @@ def image_seed(seed: int, prompt_id: str, index: int) -> int:
     return zlib.crc32(f"{seed}/{prompt_id}/{index}".encode())
 
 
-def codes_to_images(dvae, codes: torch.Tensor) -> list[Image.Image]:
-    return pixels_to_pil(dvae.decode(codes))
+def codes_to_images(image_tokenizer, codes: torch.Tensor) -> list[Image.Image]:
+    """(B, g, g) codes -> images, decoded by the image tokenizer (any kind: model/image_tokenizer.py)."""
+    return pixels_to_pil(image_tokenizer.decode(codes))
 
 
-def image_to_codes(dvae, path: Path) -> torch.Tensor:
-    """Center-crop and resize an image to the dVAE's size, encode -> (1, g, g) codes."""
+def image_to_codes(image_tokenizer, path: Path) -> torch.Tensor:
+    """Center-crop and resize an image to the image tokenizer's size, encode -> (1, g, g) codes."""
     try:
         im = read_rgb(path)
     except DalleEvalError as e:
         raise DalleEvalError(f"--image {e}") from None
-    im = center_square_resize(im, dvae.cfg.image_size)
+    im = center_square_resize(im, image_tokenizer.image_size)
     x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
-    return dvae.encode(x.to(next(dvae.parameters()).device))
+    return image_tokenizer.encode(x.to(next(image_tokenizer.parameters()).device))
 
 
 def checkpoint_id(ckpt: Path) -> str:
-    """What a transformer checkpoint samples with: its weights, dVAE weights and tokenizer (sha256 of each file,
+    """What a transformer checkpoint samples with: its weights, image tokenizer weights and tokenizer (sha256 of each file,
     hashed once per process) and its model config. Training on writes new weights: a new id."""
     ckpt = Path(ckpt)
     files = [ckpt / "model.safetensors", ckpt / DVAE_DIR / "model.safetensors", ckpt / TOKENIZER]
@@ -201,7 +203,7 @@ def run_sample(
     """
     ckpt, out = Path(ckpt), Path(out)
     model = load_transformer(ckpt).to(cfg.device)
-    dvae = load_dvae(ckpt / DVAE_DIR).to(cfg.device)
+    image_tokenizer = load_image_tokenizer_dir(ckpt / DVAE_DIR).to(cfg.device)
     tok = load_tokenizer(ckpt / TOKENIZER)
     known = keep = None
     if image is not None:
@@ -209,7 +211,7 @@ def run_sample(
             keep = completion_keep(model.cfg.grid, keep_rows, region)
         except ValueError as e:
             raise DalleEvalError(f"--keep-rows/--region: {e}") from None
-        known = image_to_codes(dvae, Path(image)).cpu()
+        known = image_to_codes(image_tokenizer, Path(image)).cpu()
     scorer = None
     if cfg.rerank > 1:
         from dalle_eval.model.clip import ClipScorer
@@ -247,7 +249,7 @@ def run_sample(
         text = model.pad_text(pad_batch(ids, L).to(cfg.device))
         prior = None if known is None else known.expand(len(chunk), -1, -1)
         codes = sample_codes(model, text, seeds, cfg.temperature, cfg.top_k, known=prior, keep=keep, top_p=cfg.top_p)
-        for (p, j), seed, img in zip(chunk, seeds, codes_to_images(dvae, codes)):
+        for (p, j), seed, img in zip(chunk, seeds, codes_to_images(image_tokenizer, codes)):
             pid = str(p["prompt_id"])
             pending.setdefault(pid, []).append((p, j, seed, img))
             if len(pending[pid]) == expect[pid]:  # all draws of this prompt are in

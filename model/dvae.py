@@ -143,6 +143,8 @@ class Decoder(nn.Module):
 
 
 class DVAE(nn.Module):
+    kind = "dalle_eval"  # the image-tokenizer kind (model/image_tokenizer.py); OpenAI's released weights: "openai"
+
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         if cfg.image_size % 2 ** (cfg.group_count - 1):
@@ -150,6 +152,10 @@ class DVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+
+    image_size = property(lambda self: self.cfg.image_size)
+    grid = property(lambda self: self.cfg.grid)
+    vocab_size = property(lambda self: self.cfg.vocab_size)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

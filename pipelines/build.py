@@ -4,7 +4,7 @@
     OUT/download/            url lists: img2dataset's output (pipelines/web.py)
     OUT/images/              the kept image shards (webdataset: png/jpg + txt + json) + manifest.json
     OUT/coco/                shapes world only: captions_val.json + images/ for coco-fid
-    OUT/tokens/              with --dvae: token shards + tokenizer.json + dvae/ + manifest.json
+    OUT/tokens/              with --dvae: token shards + tokenizer.json + dvae/ (the image tokenizer) + manifest.json
     OUT/build_report.json    counts per status and what each stage did
 
 Each stage records its inputs (fingerprint.json: only the settings that change that stage's output); a re-run
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 from dalle_eval.model import distributed
-from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, read_ckpt_config
+from dalle_eval.model.checkpoint import TOKENIZER
+from dalle_eval.model.image_tokenizer import TokenizerSpec, parse_image_tokenizer, tokenizer_fingerprint
 from dalle_eval.model.tokenizer import load_tokenizer, train_bpe
 from dalle_eval.pipelines.download import check_rows_left
 from dalle_eval.pipelines.encode import encode_shards, prepare_assets, token_manifest
@@ -101,12 +102,14 @@ def _built_images(images: Path, inputs: dict) -> dict:
     return read_json(images / MANIFEST)
 
 
-def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, d: distributed.Dist,
-                 overwrite: bool = False) -> dict:
-    """BPE + dVAE codes -> OUT/tokens. Rank 0 alone hashes the inputs, claims the folder (other inputs are
-    refused, or cleared with `overwrite`), trains BPE and copies the assets; every rank then encodes its shards."""
+def build_tokens(cfg: Config, out: Path, dvae: str | Path | TokenizerSpec, tokenizer: Path | None,
+                 d: distributed.Dist, overwrite: bool = False) -> dict:
+    """BPE + image codes -> OUT/tokens; `dvae`: the image tokenizer's spec (model/image_tokenizer.py). Rank 0
+    alone hashes the inputs, claims the folder (other inputs are refused, or cleared with `overwrite`), trains
+    BPE and writes the assets; every rank then encodes its shards."""
     images, tokens = out / "images", out / "tokens"
     image_manifest = read_json(images / MANIFEST, "image manifest")
+    dvae = parse_image_tokenizer(dvae)
     if on_rank0(d, lambda: _prepare_tokens(cfg, out, dvae, tokenizer, image_manifest, overwrite)):
         if d.is_main:
             print(f"tokens: already built in {tokens}, skipping")
@@ -116,9 +119,8 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, d: 
     mine = encode_shards(shards, tokens, t, cfg.data.encode_batch, str(d.device), d.rank, d.world)
     if d.active:
         truncated = sum(p["truncated_captions"] for p in distributed.gather_objects(mine, d))
-        _, dcfg = read_ckpt_config(tokens / DVAE_DIR, "dvae")
         vocab = load_tokenizer(tokens / TOKENIZER).get_vocab_size()
-        mine = token_manifest(tokens, len(shards), t, dcfg.dvae, vocab, truncated)
+        mine = token_manifest(tokens, len(shards), t, vocab, truncated)
     manifest = {**mine, "config": config_to_dict(cfg), "world_size": d.world}
     if d.is_main:
         write_json(tokens / MANIFEST, manifest)
@@ -126,15 +128,16 @@ def build_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, d: 
     return manifest
 
 
-def _prepare_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, image_manifest: dict,
+def _prepare_tokens(cfg: Config, out: Path, dvae: TokenizerSpec, tokenizer: Path | None, image_manifest: dict,
                     overwrite: bool) -> bool:
     """Rank 0: claim OUT/tokens for these inputs; -> True when it is complete, else BPE and assets are ready."""
-    weights = Path(dvae) / "model.safetensors"
-    if not weights.exists():
-        raise DalleEvalError(f"--dvae {dvae}: no model.safetensors; expected a checkpoint dir from `dalle-eval train --stage dvae`")
+    source = tokenizer_fingerprint(dvae, cfg.data.resolution)
+    # our own dVAE keeps the record token folders had before other kinds existed (they resume as they are)
+    image_tokenizer = {"dvae_sha256": source["sha256"]["model.safetensors"]} if dvae.kind == "dalle_eval" \
+        else {"image_tokenizer": source}
     inputs = {
         "images": fingerprint(image_manifest),
-        "dvae_sha256": sha256_file(weights),
+        **image_tokenizer,
         "tokenizer_sha256": sha256_file(tokenizer) if tokenizer else None,
         "bpe_vocab": cfg.data.bpe_vocab,
         "text_len": cfg.transformer.text_len,
@@ -147,18 +150,21 @@ def _prepare_tokens(cfg: Config, out: Path, dvae: Path, tokenizer: Path | None, 
         if not tokenizer.exists():  # else an interrupted run of these inputs trained it
             captions = pd.read_parquet(out / "pairs.parquet").query("status == 'ok'")["caption"].tolist()
             train_bpe(captions, cfg.data.bpe_vocab, tokenizer)
-    prepare_assets(tokens, Path(dvae), tokenizer)
+    prepare_assets(tokens, dvae, tokenizer, cfg.data.resolution)
     return False
 
 
 def build_dataset(
-    cfg: Config, source: str, out: Path, n: int | None = None, dvae: Path | None = None, tokenizer: Path | None = None,
+    cfg: Config, source: str, out: Path, n: int | None = None, dvae: str | Path | TokenizerSpec | None = None,
+    tokenizer: Path | None = None,
     eval_captions: Path | None = None, eval_images: Path | None = None, overwrite: bool = False,
 ) -> dict:
-    """The image stage, then with `dvae` the token stage. Under torchrun the image stage must be built already
+    """The image stage, then with `dvae` (an image tokenizer spec: a dVAE checkpoint dir, openai:ENC,DEC or
+    vqgan:CKPT,YAML) the token stage. Under torchrun the image stage must be built already
     (rank 0 checks it; no rank writes it) and the ranks share the encoding. `overwrite`: rebuild a stage whose
     recorded inputs differ (else refused, naming them)."""
     out = Path(out)
+    dvae = None if dvae is None else parse_image_tokenizer(dvae)  # a bad spec fails before any work
     t0 = time.time()
     d = distributed.setup(cfg.data.device)
     try:
@@ -167,7 +173,7 @@ def build_dataset(
         report: dict = {"out": str(out), "images": images}
         check_rows_left(images, out)  # an empty set is an error (pairs.parquet says why for each row)
         if dvae is not None:
-            report["tokens"] = build_tokens(cfg, out, Path(dvae), tokenizer, d, overwrite)
+            report["tokens"] = build_tokens(cfg, out, dvae, tokenizer, d, overwrite)
     finally:
         distributed.teardown(d)
     report["seconds"] = round(time.time() - t0, 1)
