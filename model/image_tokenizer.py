@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from dalle_eval.model.checkpoint import load_dvae, load_weights
+from dalle_eval.model.checkpoint import load_weights, read_ckpt_config
+from dalle_eval.model.dvae import DVAE
 from dalle_eval.model.vqgan import VQGAN, VQGANConfig
 from safetensors.torch import save_file
 
@@ -108,7 +109,7 @@ def load_image_tokenizer(spec: str | Path | TokenizerSpec, image_size: int = 256
         from dalle_eval.model.vqgan import load_taming_vqgan
 
         return load_taming_vqgan(*spec.files, image_size=image_size)
-    return load_dvae(spec.files[0])
+    return _load_dvae_dir(spec.files[0])
 
 
 def describe(tok: ImageTokenizer, spec: TokenizerSpec) -> dict:
@@ -158,9 +159,15 @@ def tokenizer_info(folder: Path) -> dict:
     folder = Path(folder)
     if (folder / INFO).is_file():
         return read_json(folder / INFO, "image tokenizer record")
-    tok = load_dvae(folder)
+    tok = _load_dvae_dir(folder)
     return {"kind": "dalle_eval", "grid": tok.grid, "vocab": tok.vocab_size, "image_size": tok.image_size,
             "sha256": {"model.safetensors": sha256_file(folder / "model.safetensors")}}
+
+
+def _load_dvae_dir(folder: Path) -> DVAE:
+    """A dVAE checkpoint dir (ours, or OpenAI's weights converted by save_image_tokenizer)."""
+    _, cfg = read_ckpt_config(folder, "dvae")
+    return load_weights(DVAE(cfg.dvae), folder)
 
 
 def load_image_tokenizer_dir(folder: Path) -> torch.nn.Module:
@@ -170,7 +177,7 @@ def load_image_tokenizer_dir(folder: Path) -> torch.nn.Module:
     if kind not in KINDS:
         raise DalleEvalError(f"{folder / INFO}: unknown image tokenizer kind {kind!r} (known: {', '.join(KINDS)})")
     if kind != "vqgan":
-        model = load_dvae(folder)
+        model = _load_dvae_dir(folder)
         model.kind = kind
         return model
     meta = read_json(folder / "config.json", "VQGAN config")
