@@ -59,10 +59,10 @@ class RemoteLocation:
 
     def exists(self) -> bool:
         fs, path = _filesystem(self.url)
-        return _remote(self.url, lambda: fs.exists(path))
+        return _remote(lambda: fs.exists(path))
 
     def open(self) -> BinaryIO:
-        """A buffered stream: whole reads, peek(), every failure of the store an OSError naming the URL."""
+        """A buffered stream: whole reads, peek(), every failure of the store an OSError."""
         return io.BufferedReader(_RemoteReader(self.url), buffer_size=1 << 20)
 
     def read_bytes(self) -> bytes:
@@ -80,15 +80,15 @@ def data_location(where: str | Path | RemoteLocation) -> Path | RemoteLocation:
         return Path(where)
     if m.group(1).lower() == "file":
         return Path(urllib.parse.unquote(urllib.parse.urlsplit(str(where)).path))
-    _filesystem_class(str(where), m.group(1).lower())
+    _check_protocol(str(where), m.group(1).lower())
     return RemoteLocation(str(where))
 
 
-def _filesystem_class(url: str, protocol: str):
+def _check_protocol(url: str, protocol: str) -> None:
     import fsspec
 
     try:
-        return fsspec.get_filesystem_class(protocol)
+        fsspec.get_filesystem_class(protocol)
     except ImportError as e:  # fsspec names the class, the missing module is the package (s3fs, gcsfs, aiohttp)
         package = getattr(e.__cause__, "name", None) or str(e)
         raise DalleEvalError(f"{url}: reading {protocol}:// needs the {package} package: pip install {package}") from None
@@ -100,17 +100,17 @@ def _filesystem_class(url: str, protocol: str):
 def _filesystem(url: str):
     import fsspec.core
 
-    return _remote(url, lambda: fsspec.core.url_to_fs(url))
+    return _remote(lambda: fsspec.core.url_to_fs(url))
 
 
-def _remote(url: str, call: Callable[[], _T]) -> _T:
-    """call(), any failure of the store (aiohttp's, botocore's) re-raised as an OSError naming the URL."""
+def _remote(call: Callable[[], _T]) -> _T:
+    """call(), any failure of the store (aiohttp's, botocore's) re-raised as an OSError (callers name the URL)."""
     try:
         return call()
     except OSError:
         raise
-    except Exception as e:
-        raise OSError(f"{url}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # each fsspec backend raises its own client errors: one kind for the callers
+        raise OSError(f"{type(e).__name__}: {e}") from e
 
 
 class _RemoteReader(io.RawIOBase):
@@ -121,13 +121,13 @@ class _RemoteReader(io.RawIOBase):
         fs, path = _filesystem(url)
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
         options = {"block_size": 0} if protocols & {"http", "https"} else {}
-        self.url, self._f = url, _remote(url, lambda: fs.open(path, "rb", **options))
+        self._f = _remote(lambda: fs.open(path, "rb", **options))
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        data = _remote(self.url, lambda: self._f.read(len(buffer)))
+        data = _remote(lambda: self._f.read(len(buffer)))
         buffer[: len(data)] = data
         return len(data)
 
@@ -152,16 +152,16 @@ def _fetch(src: RemoteLocation, dest: Path) -> None:
     so ranks fetching the same files at once do no harm."""
     fs, path = _filesystem(src.url)
     try:
-        if _remote(src.url, lambda: fs.isdir(path)):  # over HTTP: listed from the folder's index page
-            files = {f: dest / f[len(path) :].strip("/") for f in _remote(src.url, lambda: fs.find(path))}
+        if _remote(lambda: fs.isdir(path)):  # over HTTP: listed from the folder's index page
+            files = {f: dest / f[len(path) :].strip("/") for f in _remote(lambda: fs.find(path))}
         else:
             files = {path: dest}
         for remote, local in files.items():
             with atomic_path(local) as tmp:
-                _remote(src.url, functools.partial(fs.get_file, remote, str(tmp)))
+                _remote(functools.partial(fs.get_file, remote, str(tmp)))
     except OSError as e:
-        raise DalleEvalError(f"{src}: cannot be copied to {dest} ({e}); a folder read over HTTP needs an index "
-                             "page listing its files") from None
+        raise DalleEvalError(f"{src}: cannot be copied to {dest} ({e}); over HTTP a folder needs an index page "
+                             "listing its files") from None
 
 
 def read_location_manifest(folder: Path | RemoteLocation, what: str) -> dict:

@@ -61,7 +61,8 @@ def read_shard(path: Where, decode: Callable[[dict], tuple], expected: int | Non
     epoch: handed to `decode` as sample["__epoch__"] (training-time augmentation seeded by key and epoch)."""
     extra = {} if epoch is None else {"__epoch__": epoch}
     try:
-        samples = [decode({**decode_sample(key, files), **extra}) for key, files in iter_raw_samples(path)]
+        raw = list(iter_raw_samples(path))  # read whole first: a cut-off shard is named for the cut, not its last sample
+        samples = [decode({**decode_sample(key, files), **extra}) for key, files in raw]
     except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
         raise BadShard(path, f"{type(e).__name__}: {e}") from None
     if expected is not None and len(samples) != expected:
