@@ -120,3 +120,28 @@ def image_log_probs(model: DalleTransformer, text: torch.Tensor, codes: torch.Te
     flat = codes.reshape(codes.shape[0], -1)
     logits = model(text, flat[:, :-1])[:, model.cfg.text_len - 1 :, model.text_vocab_total :]  # (B, N, V)
     return torch.log_softmax(logits.float(), -1).gather(-1, flat[:, :, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def score_candidates(model: DalleTransformer, text: torch.Tensor, codes: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Summed log p(codes | text) over `region` for C candidate images per caption: text (B, L), codes (B, C, g, g),
+    region (g*g,) bool -> (B, C); equal to `score` of every (caption, candidate) pair (tested).
+
+    The caption and the image tokens before the first one where the candidates differ are the same for all C:
+    they run once per caption into the KV cache, and only the later positions run per candidate, batched
+    (Raven: from about the answer cell's first row on).
+    """
+    model.eval()
+    B, C = codes.shape[:2]
+    flat = codes.reshape(B, C, -1)  # (B, C, N)
+    N, L, Vt = flat.shape[-1], model.cfg.text_len, model.text_vocab_total
+    shared = (flat == flat[:, :1]).all(1).all(0)  # (N,) every candidate of every caption has the same token here
+    P = min(int(shared.long().cumprod(0).sum()), N - 2)  # inputs 0..P-1 shared; N - 2 leaves one per-candidate input
+    region = region.to(flat.device)
+    cache = model.new_cache(B)
+    at = torch.cat([torch.zeros(L - 1, dtype=torch.bool, device=flat.device), region[: P + 1]])  # position L-1+t predicts t
+    once = model(text, flat[:, 0, :P], cache, at)  # (B, R0, V): the region's tokens up to P
+    own = model(None, flat[:, :, P:-1].flatten(0, 1), cache.repeat_rows(C), region[P + 1 :])  # (B*C, R-R0, V): after P
+    logits = torch.cat([once.repeat_interleave(C, 0), own], 1)[..., Vt:]  # (B*C, R, V_image)
+    logp = torch.log_softmax(logits.float(), -1)
+    return logp.gather(-1, flat.flatten(0, 1)[:, region, None]).squeeze(-1).sum(-1).view(B, C)

@@ -7,6 +7,7 @@ from `tiny` to `dalle-12b` is this one class.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -28,6 +29,17 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
+    def repeat_rows(self, n: int) -> KVCache:
+        """A cache of batch * n rows, rows b*n .. b*n+n-1 holding row b's filled positions: n continuations of
+        each cached prefix (the 8 Raven candidates after their shared caption and image rows)."""
+        out, filled = copy.copy(self), slice(0, self.length)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_empty(old.shape[0], old.shape[1] * n, *old.shape[2:])  # (n_layer, B*n, nh, max_len, hs)
+            new[:, :, :, filled].unflatten(1, (-1, n)).copy_(old[:, :, :, filled].unsqueeze(2))  # one broadcast copy
+            setattr(out, name, new)
+        return out
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
@@ -38,7 +50,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """at: (T,) bool, the queries whose outputs are wanted (keys/values still cover every position); default all."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if cache is not None:  # append this call's keys/values, attend over everything so far
@@ -46,6 +61,8 @@ class Attention(nn.Module):
             cache.k[layer, :, :, start : start + T] = k
             cache.v[layer, :, :, start : start + T] = v
             k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]  # (B, nh, start+T, hs)
+        if at is not None:
+            q, mask = q[:, :, at], mask[at]  # (B, nh, T', hs), (T', start+T)
         if isinstance(mask, torch.Tensor):
             drop = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, nh, T, hs)
@@ -53,7 +70,7 @@ class Attention(nn.Module):
             from torch.nn.attention.flex_attention import flex_attention
 
             y = flex_attention(q, k, v, block_mask=mask)  # (B, nh, T, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.proj(y.transpose(1, 2).flatten(2))  # (B, T, nh*hs)
 
 
 class Block(nn.Module):
@@ -66,8 +83,12 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """at: (T,) bool, the positions whose outputs are wanted (B, T', d); the cache still gets every position."""
+        y = self.attn(self.ln_1(x), mask, cache, layer, at)
+        x = (x if at is None else x[:, at]) + self.drop(y)
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -113,12 +134,16 @@ class DalleTransformer(nn.Module):
         pos = torch.arange(self.cfg.text_len, device=text.device).expand_as(text)
         return torch.where(text < 0, self.cfg.text_vocab + pos, text)
 
-    def forward(self, text: torch.Tensor | None, codes: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor | None, codes: torch.Tensor, cache: KVCache | None = None, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, V_text + V_image) for the T positions this call adds.
 
         Without a cache (or with an empty one): text (B, L) padded ids + codes (B, n), n < grid**2.
         With a filled cache: text=None and codes (B, t) = the next t image tokens; earlier positions'
         keys/values come from the cache, and each layer's mask rows are those of the full sequence.
+        at: (T,) bool, only those positions' logits (B, at.sum(), V), for scoring: the last layer computes only
+        their attention outputs and MLP (nothing later reads the others'), the head only their logits.
         """
         L, g = self.cfg.text_len, self.cfg.grid
         start = cache.length if cache is not None else 0
@@ -133,13 +158,15 @@ class DalleTransformer(nn.Module):
             parts.append(self.image_emb(codes) + self.row_emb(pos // g) + self.col_emb(pos % g))  # (B, n, d)
         x = torch.cat(parts, dim=1)
         T = x.shape[1]
-        flex = cache is None and (self.cfg.attention_backend == "flex" or (self.cfg.attention_backend == "auto" and x.is_cuda))
+        backend = self.cfg.attention_backend
+        flex = cache is None and at is None and (backend == "flex" or (backend == "auto" and x.is_cuda))
         for i, (kind, block) in enumerate(zip(self.kinds, self.blocks)):
             mask = self.block_mask(kind, T, x.device) if flex else getattr(self, f"mask_{kind}")[start : start + T, : start + T]
+            keep = at if i == len(self.blocks) - 1 else None  # earlier layers: every position feeds a later key/value
             if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, None, i, keep, use_reentrant=False)
             else:
-                x = block(x, mask, cache, i)
+                x = block(x, mask, cache, i, keep)
         if cache is not None:
             cache.length += T
         return self.head(self.ln_f(x))

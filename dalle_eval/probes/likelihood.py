@@ -3,7 +3,8 @@
 Shapes prompts: the oracle image of the true spec (rendered, then dVAE-encoded) is scored under the true
 caption and under each foil (foils.py); the truth must score strictly highest (a tie counts as wrong).
 Raven: the full matrix is rendered with each of the 8 candidates in the bottom-right cell, encoded, and
-the candidates are ranked by the summed log-prob of the image tokens covering the answer cell.
+the candidates are ranked by the summed log-prob of the image tokens covering the answer cell; the caption
+and the rows above the cell, the same for all 8, run through the transformer once (sampling.score_candidates).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
-from dalle_eval.model.sampling import completion_keep, score
+from dalle_eval.model.sampling import completion_keep, score, score_candidates
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.probes.chance import N_CANDIDATES
 from dalle_eval.probes.checks import result
@@ -68,10 +69,10 @@ def answer_region(image_size: int, grid: int) -> tuple[int, int]:
     return int(x0 // patch), int(y0 // patch)
 
 
-def _scores(pm: ProbeModel, text: torch.Tensor, codes: torch.Tensor, region: torch.Tensor | None, batch: int) -> list[float]:
+def _scores(pm: ProbeModel, text: torch.Tensor, codes: torch.Tensor, batch: int) -> list[float]:
     out = []
     for i in range(0, len(text), batch):
-        _, summed = score(pm.model, text[i : i + batch], codes[i : i + batch], region)
+        _, summed = score(pm.model, text[i : i + batch], codes[i : i + batch])
         out += summed.tolist()
     return out
 
@@ -109,7 +110,7 @@ class ShapesLikelihood:
     def __call__(self) -> list[dict]:
         if not self.prompts:
             return []
-        lp = _scores(self.pm, self.text, self.codes, None, self.batch)
+        lp = _scores(self.pm, self.text, self.codes, self.batch)
         results, at = [], 0
         for p, fs in zip(self.prompts, self.foils):
             truth, others = lp[at], lp[at + 1 : at + 1 + len(fs)]
@@ -131,16 +132,22 @@ class RavenLikelihood:
         self.items = [RavenItem.from_json(p["spec"]) for p in self.prompts]
         self.region = ~completion_keep(pm.grid, region=answer_region(pm.image_size, pm.grid))
         images = [render_matrix(item, pm.image_size, c) for item in self.items for c in item.candidates]
-        self.codes = encode_batched(pm, images, batch)  # (items x 8, g, g)
-        self.text = pm.text([p["caption"] for p in self.prompts for _ in range(N_CANDIDATES)]) if self.items else None
+        self.codes = encode_batched(pm, images, batch).view(-1, N_CANDIDATES, pm.grid, pm.grid)  # (items, 8, g, g)
+        self.text = pm.text([p["caption"] for p in self.prompts]) if self.items else None
+        # a call's shared prefix ends where the candidates of any of its items first differ: group items by that token
+        shared = (self.codes.flatten(2) == self.codes.flatten(2)[:, :1]).all(1)  # (items, g*g)
+        self.order = shared.long().cumprod(1).sum(1).argsort(stable=True).cpu()  # (items,)
 
     def __call__(self) -> list[dict]:
         if not self.items:
             return []
-        lp_all = _scores(self.pm, self.text, self.codes, self.region, self.batch)
+        per = max(1, self.batch // N_CANDIDATES)  # items per call: `batch` candidate sequences
+        lp_all = torch.empty(len(self.items), N_CANDIDATES)
+        for i in range(0, len(self.items), per):
+            at = self.order[i : i + per]
+            lp_all[at] = score_candidates(self.pm.model, self.text[at], self.codes[at], self.region).cpu()
         results = []
-        for k, (p, item) in enumerate(zip(self.prompts, self.items)):
-            lp = lp_all[k * N_CANDIDATES : (k + 1) * N_CANDIDATES]
+        for p, item, lp in zip(self.prompts, self.items, lp_all.tolist()):
             chosen = int(np.argmax(lp))
             results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
                                   "likelihood", chosen=chosen, logp=lp))
