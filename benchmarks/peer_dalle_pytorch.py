@@ -17,7 +17,8 @@ uses dalle_eval.model.transformer.train_flops, the count of the training MFU and
 position fed (N = block + final LayerNorm + output head parameters, no embeddings) + 12 d_attn per
 attention pair the layer's mask allows (PaLM appendix B's term over the unmasked pairs only; SDPA on
 the CPU computes all T x T scores, also for our sparse masks, and that extra work is not credited),
-against a fp32 matmul peak of ~160 GFLOP/s on 2 threads.
+against this machine's fp32 matmul peak at this thread count (benchmarks/peak.py: its peak.json, else
+measured quickly in-process; each figure names which).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from dalle_eval.model.dvae import DVAE
 from dalle_eval.model.sampling import sample_codes
 from dalle_eval.model.transformer import DalleTransformer, train_flops
+from peak import peak_gflops
 
 from dalle_eval.config import DVAEConfig, TransformerConfig
 
@@ -81,13 +83,12 @@ def theirs(size: str, attn_types: tuple[str, ...]) -> float:
     return time_it(lambda: dalle.generate_images(text, filter_thres=0.9, use_cache=True), repeats=1)
 
 
-PEAK_GFLOPS = 160.0
 TRAIN_BATCH = {"tiny": 8, "mid": 2}  # tiny = the peer's baseline: batch 8 x (32 + 256) tokens
 TRAIN_STEPS = {"tiny": (2, 10), "mid": (1, 3)}  # (warm-up, timed) steps per model
 ATTENTION = (("full", ("full",)), ("sparse", ("axial_row", "axial_col", "conv_like")))  # ours <-> theirs
 
 
-def train(size: str, ours_attn: str, their_attn: tuple[str, ...]) -> None:
+def train(size: str, ours_attn: str, their_attn: tuple[str, ...], peak: tuple[float, str]) -> None:
     from dalle_pytorch import DALLE, DiscreteVAE
 
     _, text_len, text_vocab, image_vocab, px, vae_layers, dim, depth, heads = SIZES[size]
@@ -136,7 +137,8 @@ def train(size: str, ours_attn: str, their_attn: tuple[str, ...]) -> None:
     gflops = batch * train_flops(cfg)["per_sample"] / a / 1e9
     print(f"{size}: train step, batch {batch} x {text_len}+{grid * grid} tokens, {ours_attn} attention "
           f"(median of {timed}): "
-          f"ours {a:6.2f} s ({n_tokens / a:6.0f} tok/s, {gflops:5.1f} GFLOP/s = {100 * gflops / PEAK_GFLOPS:4.1f}% of peak) | "
+          f"ours {a:6.2f} s ({n_tokens / a:6.0f} tok/s, {gflops:5.1f} GFLOP/s = "
+          f"{100 * gflops / peak[0]:4.1f}% of the {peak[1]}) | "
           f"dalle-pytorch {b:6.2f} s ({n_tokens / b:6.0f} tok/s) | ours/peer speed {b / a:4.2f}x (median of step pairs {pairs:4.2f}x) | "
           f"fastest steps: ours {a_min:.2f} s, theirs {b_min:.2f} s ({b_min / a_min:4.2f}x) | "
           f"block+head params ours {n_ours / 1e6:.1f}M, theirs {n_theirs / 1e6:.1f}M", flush=True)
@@ -147,9 +149,10 @@ def main() -> None:
     mode = args.pop(0) if args and args[0] in ("sample", "train") else "sample"
     sizes = args or ["tiny"]  # `mid` takes minutes on the peer's side
     if mode == "train":
+        peak = peak_gflops("fp32")
         for size in sizes:
             for ours_attn, their_attn in ATTENTION:
-                train(size, ours_attn, their_attn)
+                train(size, ours_attn, their_attn, peak)
         return
     torch.set_grad_enabled(False)
     for size in sizes:

@@ -1,7 +1,8 @@
 """Transformer training-step throughput: paper sparse masks vs dense causal (baseline) at the tiny config.
 
 Prints tokens/s for both, their ratio, and the achieved FLOP rate as a fraction of this machine's fp32
-matmul peak (~160 GFLOP/s on 2 threads: the machine line of benchmarks/README.md). FLOPs per sample come from
+matmul peak (benchmarks/peak.py at this thread count: its peak.json, else measured quickly in-process; each
+figure names which). FLOPs per sample come from
 dalle_eval.model.transformer.train_flops, the count the training MFU and `dalle-eval info` use: 6 N per position
 fed (N = block + final LayerNorm + output head parameters) + 12 d_attn per attention pair the layer's
 mask allows (PaLM appendix B's attention term, counted over the unmasked pairs only). On the CPU SDPA
@@ -18,10 +19,9 @@ import time
 
 import torch
 from dalle_eval.model.transformer import DalleTransformer, train_flops
+from peak import peak_gflops
 
 from dalle_eval.config import load_config
-
-PEAK_GFLOPS = 160.0
 
 
 def tokens_per_second(cfg, batch: int = 32, steps: int = 10, warm: int = 2) -> float:
@@ -46,26 +46,29 @@ def gflops(cfg, tokens_per_s: float) -> float:
     return train_flops(cfg)["per_sample"] * tokens_per_s / (cfg.text_len + cfg.image_len) / 1e9
 
 
-def mid_size(batch: int = 2) -> None:
+def mid_size(peak: tuple[float, str], batch: int = 2) -> None:
     cfg = dataclasses.replace(load_config(["tiny"]).transformer, n_layer=12, d_model=512, n_head=8, d_head=64,
                               text_len=64, grid=32, text_vocab=16384, image_vocab=8192, conv_kernel=11)
     tps = tokens_per_second(cfg, batch=batch, steps=2, warm=1)
     n, rate = train_flops(cfg)["matmul_params"], gflops(cfg, tps)
     print(f"mid transformer train step (batch {batch}, {cfg.text_len}+{cfg.image_len} tokens, {n / 1e6:.1f}M block+head "
           f"params), sparse masks: {tps:8.0f} tokens/s ({batch * (cfg.text_len + cfg.image_len) / tps:.2f} s/step, "
-          f"{rate:.1f} GFLOP/s = {100 * rate / PEAK_GFLOPS:.1f}% of fp32 peak)")
+          f"{rate:.1f} GFLOP/s = {100 * rate / peak[0]:.1f}% of the {peak[1]})")
 
 
 def main() -> None:
+    peak = peak_gflops("fp32")
     cfg = load_config(["tiny"]).transformer
     dense_cfg = dataclasses.replace(cfg, attention="full")
     sparse, dense = tokens_per_second(cfg), tokens_per_second(dense_cfg)
     n, rate, dense_rate = train_flops(cfg)["matmul_params"], gflops(cfg, sparse), gflops(dense_cfg, dense)
     print(f"tiny transformer train step (batch 32, {cfg.text_len}+{cfg.image_len} tokens, {n / 1e6:.2f}M block+head params)")
-    print(f"  sparse masks : {sparse:10.0f} tokens/s  ({rate:.1f} GFLOP/s = {100 * rate / PEAK_GFLOPS:.1f}% of fp32 peak)")
-    print(f"  dense causal : {dense:10.0f} tokens/s  ({dense_rate:.1f} GFLOP/s = {100 * dense_rate / PEAK_GFLOPS:.1f}%; baseline)")
+    print(f"  sparse masks : {sparse:10.0f} tokens/s  ({rate:.1f} GFLOP/s = {100 * rate / peak[0]:.1f}% "
+          f"of the {peak[1]})")
+    print(f"  dense causal : {dense:10.0f} tokens/s  ({dense_rate:.1f} GFLOP/s = {100 * dense_rate / peak[0]:.1f}% "
+          f"of the {peak[1]}; baseline)")
     print(f"  ratio sparse/dense: {sparse / dense:.2f}x  (masks are dense booleans on CPU: same cost, by design)")
-    mid_size()
+    mid_size(peak)
 
 
 if __name__ == "__main__":
