@@ -64,7 +64,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--set", dest="sets", action="append", default=None, help="config override (default dvae.group_count=3)")
+    ap.add_argument("--set", dest="sets", action="append", default=None,
+                    help="config override, repeatable (default: dvae.group_count=3, a 16x16 grid)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
