@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from dalle_eval.model.transformer import DalleTransformer
+from dalle_eval.model.transformer import DalleTransformer, DecodeStep
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float = 1.0) -> torch.Tensor:
@@ -12,7 +12,8 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logits = logits / temperature
+    if temperature != 1:  # x / 1 == x exactly: skip the op
+        logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -55,7 +56,6 @@ def completion_keep(grid: int, keep_rows: int | None = None, region: tuple[int, 
     return ~((rows >= y0) & (cols >= x0))
 
 
-@torch.no_grad()
 def sample_codes(
     model: DalleTransformer,
     text: torch.Tensor,
@@ -71,29 +71,37 @@ def sample_codes(
 
     Token t of image b is drawn by inverse-CDF sampling with the t-th uniform of seed b, so output
     is bit-identical for a seed whatever the batch size or the other prompts in the batch.
-    With the KV cache each step runs one position through the network; use_cache=False recomputes
-    the whole prefix every step (the reference the cache is tested against).
+    With the KV cache each step runs one position through the network (`DecodeStep`); use_cache=False
+    recomputes the whole prefix every step (the reference the cache is tested against).
     Completion: `known` (B, grid, grid) codes and `keep` (grid*grid,) bool keep those tokens fixed.
     """
     model.eval()
     B, g = text.shape[0], model.cfg.grid
-    N = g * g
     if len(seeds) != B:
         raise ValueError(f"need one seed per row: {len(seeds)} seeds for {B} rows")
-    u = uniforms_for(seeds, N).to(text.device)  # (B, N)
-    codes = torch.zeros(B, N, dtype=torch.long, device=text.device)
-    keep = torch.zeros(N, dtype=torch.bool) if keep is None else keep.cpu()
+    keep = torch.zeros(g * g, dtype=torch.bool) if keep is None else keep.cpu()
+    with torch.inference_mode():
+        codes = _sample_columns(model, text, seeds, (temperature, top_k, top_p), use_cache, known, keep)
+    return codes.t().reshape(B, g, g).clone(memory_format=torch.contiguous_format)  # outside inference mode: a normal tensor
+
+
+def _sample_columns(model, text, seeds, filters, use_cache, known, keep) -> torch.Tensor:
+    """sample_codes' loop -> (N, B) codes, token t of every row in row t (one contiguous write and read per step)."""
+    B, N = text.shape[0], keep.numel()
+    u = uniforms_for(seeds, N).t().contiguous().to(text.device)  # (N, B)
+    codes = torch.zeros(N, B, dtype=torch.long, device=text.device)
     if keep.any():
-        codes[:, keep.to(codes.device)] = known.reshape(B, N).to(codes.device)[:, keep.to(codes.device)]
+        codes[keep] = known.reshape(B, N).t().to(codes.device)[keep]
+    kept = keep.tolist()
     n0 = int(keep.long().cumprod(0).sum())  # the kept prefix goes through the network in one call
-    cache = model.new_cache(B) if use_cache else None
-    logits = model.image_logits(text, codes[:, :n0], cache) if n0 < N else None
+    cache, step = (model.new_cache(B), DecodeStep(model)) if use_cache else (None, None)
+    logits = model.image_logits(text, codes[:n0].t(), cache) if n0 < N else None
     for t in range(n0, N):
-        if not keep[t]:
-            codes[:, t] = _draw(logits, u[:, t], temperature, top_k, top_p)
+        if not kept[t]:
+            codes[t] = _draw(logits, u[t], *filters)
         if t + 1 < N:
-            logits = model.image_logits(None, codes[:, t : t + 1], cache) if use_cache else model.image_logits(text, codes[:, : t + 1])
-    return codes.view(B, g, g)
+            logits = step(codes[t], cache) if use_cache else model.image_logits(text, codes[: t + 1].t())
+    return codes
 
 
 @torch.no_grad()

@@ -21,23 +21,30 @@ from dalle_eval.errors import DalleEvalError
 
 
 class KVCache:
-    """Preallocated keys/values of every layer for incremental decoding; `length` positions are filled."""
+    """Preallocated keys and values of every layer for incremental decoding; `length` positions are filled.
+
+    kv (n_layer, 2, B, nh, max_len, hs): one layer's k and v side by side, so one copy writes both; k and v are views.
+    """
 
     def __init__(self, cfg: TransformerConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_head)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        shape = (cfg.n_layer, 2, batch, cfg.n_head, max_len, cfg.d_head)
+        self.kv = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.kv[:, 0]  # (n_layer, B, nh, max_len, hs)
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.kv[:, 1]
 
     def repeat_rows(self, n: int) -> KVCache:
         """A cache of batch * n rows, rows b*n .. b*n+n-1 holding row b's filled positions: n continuations of
         each cached prefix (the 8 Raven candidates after their shared caption and image rows)."""
-        out, filled = copy.copy(self), slice(0, self.length)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_empty(old.shape[0], old.shape[1] * n, *old.shape[2:])  # (n_layer, B*n, nh, max_len, hs)
-            new[:, :, :, filled].unflatten(1, (-1, n)).copy_(old[:, :, :, filled].unsqueeze(2))  # one broadcast copy
-            setattr(out, name, new)
+        out, old = copy.copy(self), self.kv[..., : self.length, :]  # (n_layer, 2, B, nh, length, hs)
+        out.kv = self.kv.new_empty(self.kv.shape[0], 2, self.kv.shape[2] * n, *self.kv.shape[3:])
+        out.kv[..., : self.length, :].unflatten(2, (-1, n)).copy_(old.unsqueeze(3))  # one broadcast copy
         return out
 
 
@@ -202,6 +209,49 @@ class DalleTransformer(nn.Module):
     def new_cache(self, batch: int) -> KVCache:
         p = self.head.weight
         return KVCache(self.cfg, batch, self.cfg.text_len + self.cfg.image_len - 1, p.device, p.dtype)
+
+
+class DecodeStep:
+    """One image token through the network on a filled KVCache -> its image logits (B, V_image).
+
+    The ops of `DalleTransformer.forward(None, codes (B, 1), cache)` with the same shapes and strides, so the
+    logits are bit-identical (tests/test_decode_fast.py), minus the Python around them: no module calls, no
+    position arithmetic or mask slicing per step (looked up), one copy writes a layer's k and v. Built per
+    sampling call: it holds the parameters themselves, so later weight updates are seen.
+    """
+
+    def __init__(self, model: DalleTransformer):
+        cfg, d = model.cfg, model.cfg.d_model
+        self.shape, self.Vt = (cfg.n_head, cfg.d_head), model.text_vocab_total
+        pos = torch.arange(cfg.image_len)
+        self.image_w = model.image_emb.weight
+        self.pos_rows = model.row_emb.weight.detach()[pos // cfg.grid]  # (N, d): image position -> its row embedding
+        self.pos_cols = model.col_emb.weight.detach()[pos % cfg.grid]  # (N, d)
+        self.layers = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, b.attn.qkv.bias, b.attn.qkv.weight.t(), b.attn.proj.bias,
+                        b.attn.proj.weight.t(), b.ln_2.weight, b.ln_2.bias, b.ln_2.eps, b.mlp[0].bias, b.mlp[0].weight.t(),
+                        b.mlp[2].bias, b.mlp[2].weight.t()) for b in model.blocks]
+        self.final = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps, model.head.weight.t())
+        L, T = cfg.text_len, cfg.text_len + cfg.image_len - 1
+        rows = {k: [getattr(model, f"mask_{k}")[p : p + 1, : p + 1] for p in range(T)] for k in set(model.kinds)}
+        self.masks = [tuple(rows[k][p] for k in model.kinds) for p in range(T)]  # position -> each layer's (1, p+1) row
+        self.d, self.L = (d,), L
+
+    def __call__(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """codes (B,): the image token at position cache.length; appends its keys/values to the cache."""
+        B, start = codes.shape[0], cache.length
+        i = start - self.L  # image position
+        x = F.embedding(codes, self.image_w) + self.pos_rows[i] + self.pos_cols[i]  # (B, d)
+        filled = cache.kv[..., : start + 1, :]  # (n_layer, 2, B, nh, start+1, hs)
+        for layer, (w1, b1, e1, bqkv, wqkv, bo, wo, w2, b2, e2, bf, wf, bp, wp), mask in zip(filled, self.layers, self.masks[start]):
+            qkv = torch.addmm(bqkv, F.layer_norm(x, self.d, w1, b1, e1), wqkv)  # (B, 3 nh hs)
+            qkv = qkv.view(B, 1, 3, *self.shape).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1, hs)
+            layer[:, :, :, start:].copy_(qkv[1:])
+            y = F.scaled_dot_product_attention(qkv[0], layer[0], layer[1], attn_mask=mask, dropout_p=0.0)  # (B, nh, 1, hs)
+            x = x + torch.addmm(bo, y.view(B, -1), wo)
+            x = x + torch.addmm(bp, F.gelu(torch.addmm(bf, F.layer_norm(x, self.d, w2, b2, e2), wf)), wp)
+        cache.length += 1
+        w, b, e, head = self.final
+        return torch.mm(F.layer_norm(x, self.d, w, b, e), head)[:, self.Vt :]  # (B, V_image)
 
 
 def _pre_fix_kinds(n_layer: int, attention: str) -> list[str]:

@@ -1,0 +1,82 @@
+"""The fast KV-cached sampler gives today's outputs bit for bit (CPU fp32).
+
+tests/data/decode_golden.pt was written by the sampler of commit ad69a0e (before the fast decode step), for
+the model below (seeded random weights, not the init code, so the file outlives init changes): its codes for
+8 seeds, sparse (row, column, row, conv) and full attention, plain / temperature + top-k / top-p, completions
+with kept rows and a kept Raven-style region; and that commit's decode-step image logits for 2 rows. The fast
+step is also compared live with the general `forward(None, codes, cache)` step, which the golden file pins.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from dalle_eval.model.sampling import completion_keep, sample_codes
+from dalle_eval.model.transformer import DalleTransformer, DecodeStep
+
+from dalle_eval.config import TransformerConfig
+
+GOLDEN = torch.load(Path(__file__).parent / "data" / "decode_golden.pt", weights_only=True)
+TINY = TransformerConfig(text_len=24, text_vocab=512, image_vocab=128, grid=8, n_layer=4, n_head=4, d_head=48,
+                         d_model=192, conv_kernel=5, attention="sparse", attention_backend="sdpa")
+CONFIGS = {"sparse": TINY, "full": dataclasses.replace(TINY, attention="full", n_layer=2)}
+SEEDS = list(range(8))
+
+
+def _seeded_model(cfg: TransformerConfig) -> DalleTransformer:
+    """Weights from a seeded generator, N(0, 0.2^2) each, independent of the init code."""
+    model = DalleTransformer(cfg).eval()
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def case(request):
+    name = request.param
+    return name, _seeded_model(CONFIGS[name]), GOLDEN[f"{name}_text"]
+
+
+def test_codes_equal_the_golden_sampler(case):
+    name, model, text = case
+    known, rows, region = GOLDEN[f"{name}_known"], completion_keep(8, keep_rows=3), completion_keep(8, region=(5, 6))
+    assert torch.equal(sample_codes(model, text, SEEDS), GOLDEN[f"{name}_plain"])
+    assert torch.equal(sample_codes(model, text, SEEDS, temperature=0.7, top_k=16), GOLDEN[f"{name}_topk"])
+    assert torch.equal(sample_codes(model, text, SEEDS, top_p=0.9), GOLDEN[f"{name}_topp"])
+    assert torch.equal(sample_codes(model, text, SEEDS, known=known, keep=rows), GOLDEN[f"{name}_rows"])
+    out = sample_codes(model, text, SEEDS, top_k=32, known=known, keep=region)
+    assert torch.equal(out, GOLDEN[f"{name}_region"])
+
+
+def test_codes_equal_full_recompute(case):
+    _, model, text = case
+    assert torch.equal(sample_codes(model, text, SEEDS, top_k=16), sample_codes(model, text, SEEDS, top_k=16, use_cache=False))
+
+
+def _step_logits(model: DalleTransformer, text: torch.Tensor, codes: torch.Tensor, fast: bool) -> torch.Tensor:
+    """(B, N, V_image): the image logits after the prefill and after each later single-token step."""
+    cache, step = model.new_cache(codes.shape[0]), DecodeStep(model)
+    with torch.inference_mode():
+        out = [model.image_logits(text, codes[:, :0], cache)]
+        for t in range(codes.shape[1] - 1):
+            out.append(step(codes[:, t], cache) if fast else model.image_logits(None, codes[:, t : t + 1], cache))
+    return torch.stack(out, 1)
+
+
+def test_decode_step_logits_bit_identical(case):
+    name, model, text = case
+    codes = GOLDEN[f"{name}_plain"].flatten(1)
+    assert torch.equal(_step_logits(model, text[:2], codes[:2], fast=True), GOLDEN[f"{name}_logits"])
+    for B in (1, 3, 8):  # other matmul shapes: the fast step against the general cached forward
+        assert torch.equal(_step_logits(model, text[:B], codes[:B], True), _step_logits(model, text[:B], codes[:B], False))
+
+
+def test_returned_codes_are_ordinary_tensors(case):
+    """Sampling runs in inference mode; callers may still write into what it returns."""
+    _, model, text = case
+    codes = sample_codes(model, text[:1], [0])
+    codes[0, 0, 0] = 1
+    assert not codes.is_inference()
