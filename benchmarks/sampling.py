@@ -1,7 +1,11 @@
 """Image-token sampling speed: KV cache vs full recompute (baseline).
 
-tiny: both samplers run in full. mid (12 layers, d_model 512, 64 text + 32x32 = 1024 image tokens):
-the cached sampler runs in full; full recompute would take ~half an hour, so its per-step time is
+    python benchmarks/sampling.py [tiny] [mid]    (default both; run with OMP_NUM_THREADS=1 for per-core figures)
+
+tiny: the samplers run in full: the KV-cached sampler (one `DecodeStep` per token), the same cache driven
+through `DalleTransformer.forward` per token (the decode step before issue 18, same codes), and full recompute;
+ms per decode step (at batch 1: per token, the Python/dispatch-bound figure).
+mid (12 layers, d_model 512, 64 text + 32x32 = 1024 image tokens): both cached samplers run in full; full recompute would take ~half an hour, so its per-step time is
 measured at prefix lengths 0, 256, 512, 768, 1023 and integrated (trapezoid) over the 1024 steps.
 Prints image tokens/s, the speed-up, and the fraction of this machine's fp32 matmul peak the cached sampler
 reaches (2 N FLOPs per generated token): the peak of benchmarks/peak.py at this thread count, read from its
@@ -11,26 +15,57 @@ peak.json, else measured quickly in-process (each figure names which).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import torch
-from dalle_eval.model.sampling import sample_codes
+from dalle_eval.model.sampling import _draw, sample_codes, uniforms_for
 from dalle_eval.model.transformer import DalleTransformer
 from peak import peak_gflops
 
 from dalle_eval.config import load_config
 
 
-def tokens_per_second(model, batch: int, use_cache: bool, repeats: int = 3) -> float:
+def tokens_per_second(model, batch: int, sampler=sample_codes, repeats: int = 3, **kwargs) -> float:
     """Best of `repeats` runs (the machine is shared; the minimum time is the least disturbed)."""
     text = model.pad_text(torch.randint(0, model.cfg.text_vocab, (batch, model.cfg.text_len)))
-    sample_codes(model, text[:1], [0], use_cache=use_cache)  # warm-up
+    sampler(model, text[:1], [0], **kwargs)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        sample_codes(model, text, list(range(batch)), use_cache=use_cache)
+        sampler(model, text, list(range(batch)), **kwargs)
         best = min(best, time.perf_counter() - t0)
     return batch * model.cfg.image_len / best
+
+
+@torch.no_grad()
+def sample_through_forward(model, text: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """The cached sampler before `DecodeStep` (commit ad69a0e): every token through forward(None, codes, cache)."""
+    u, B, N = uniforms_for(seeds, model.cfg.image_len), text.shape[0], model.cfg.image_len
+    codes, cache = torch.zeros(B, N, dtype=torch.long), model.new_cache(B)
+    logits = model.image_logits(text, codes[:, :0], cache)
+    for t in range(N):
+        codes[:, t] = _draw(logits, u[:, t], 1.0, 0)
+        if t + 1 < N:
+            logits = model.image_logits(None, codes[:, t : t + 1], cache)
+    return codes
+
+
+def tiny(peak: tuple[float, str]) -> None:
+    cfg = load_config(["tiny"]).transformer
+    torch.manual_seed(0)
+    model = DalleTransformer(cfg).eval()
+    n = sum(p.numel() for p in model.parameters())
+    for batch in (1, 16):
+        cached = tokens_per_second(model, batch)
+        forward = tokens_per_second(model, batch, sample_through_forward)
+        full = tokens_per_second(model, batch, use_cache=False)
+        gflops = 2 * n * cached / 1e9
+        print(f"tiny ({n / 1e6:.2f}M params, {cfg.n_layer} layers, {cfg.image_len} image tokens), batch {batch:2d}: "
+              f"KV cache {cached:8.0f} tok/s = {1e3 * batch / cached:.3f} ms/step | cached forward per token (before "
+              f"DecodeStep) {forward:8.0f} tok/s = {1e3 * batch / forward:.3f} ms/step, {cached / forward:4.2f}x | "
+              f"full recompute {full:8.0f} tok/s, {cached / full:5.2f}x | {100 * gflops / peak[0]:.1f}% of the {peak[1]}")
+
 
 
 def mid_size(peak: tuple[float, str], batch: int = 4) -> None:
@@ -39,7 +74,8 @@ def mid_size(peak: tuple[float, str], batch: int = 4) -> None:
     torch.manual_seed(0)
     model = DalleTransformer(cfg).eval()
     n = sum(p.numel() for p in model.parameters())
-    cached = tokens_per_second(model, batch, True, repeats=1)
+    cached = tokens_per_second(model, batch, repeats=1)
+    forward = tokens_per_second(model, batch, sample_through_forward, repeats=1)
     text = model.pad_text(torch.randint(0, cfg.text_vocab, (batch, cfg.text_len)))
     points, times = [0, 256, 512, 768, 1023], []
     with torch.no_grad():
@@ -53,25 +89,17 @@ def mid_size(peak: tuple[float, str], batch: int = 4) -> None:
     full = batch * cfg.image_len / total
     gflops = 2 * n * cached / 1e9
     print(f"mid ({n / 1e6:.1f}M params, {cfg.image_len} image tokens), batch {batch}: KV cache {cached:8.0f} tok/s | "
-          f"full recompute {full:8.1f} tok/s (integrated) | speed-up {cached / full:5.1f}x | "
-          f"{100 * gflops / peak[0]:.1f}% of the {peak[1]}")
+          f"cached forward per token {forward:8.0f} tok/s, {cached / forward:4.2f}x | full recompute {full:8.1f} tok/s "
+          f"(integrated) | speed-up {cached / full:5.1f}x | {100 * gflops / peak[0]:.1f}% of the {peak[1]}")
 
 
-def main() -> None:
+def main(sizes: list[str]) -> None:
     peak = peak_gflops("fp32")
-    cfg = load_config(["tiny"]).transformer
-    torch.manual_seed(0)
-    model = DalleTransformer(cfg).eval()
-    n = sum(p.numel() for p in model.parameters())
-    for batch in (1, 16):
-        cached = tokens_per_second(model, batch, True)
-        full = tokens_per_second(model, batch, False)
-        gflops = 2 * n * cached / 1e9
-        print(f"tiny ({n / 1e6:.2f}M params, {cfg.image_len} image tokens), batch {batch:2d}: "
-              f"KV cache {cached:8.0f} tok/s | full recompute {full:8.0f} tok/s | speed-up {cached / full:5.2f}x | "
-              f"{100 * gflops / peak[0]:.1f}% of the {peak[1]}")
-    mid_size(peak)
+    if "tiny" in sizes:
+        tiny(peak)
+    if "mid" in sizes:
+        mid_size(peak)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["tiny", "mid"])

@@ -216,42 +216,52 @@ class DecodeStep:
 
     The ops of `DalleTransformer.forward(None, codes (B, 1), cache)` with the same shapes and strides, so the
     logits are bit-identical (tests/test_decode_fast.py), minus the Python around them: no module calls, no
-    position arithmetic or mask slicing per step (looked up), one copy writes a layer's k and v. Built per
-    sampling call: it holds the parameters themselves, so later weight updates are seen.
+    position arithmetic or mask slicing per step (looked up), one copy writes a layer's k and v. Build one per
+    sampling call: it views the weights and copies the position embeddings as they are then.
     """
 
     def __init__(self, model: DalleTransformer):
-        cfg, d = model.cfg, model.cfg.d_model
-        self.shape, self.Vt = (cfg.n_head, cfg.d_head), model.text_vocab_total
+        cfg = model.cfg
+        self.L, self.Vt, self.heads = cfg.text_len, model.text_vocab_total, (cfg.n_head, cfg.d_head)
         pos = torch.arange(cfg.image_len)
         self.image_w = model.image_emb.weight
         self.pos_rows = model.row_emb.weight.detach()[pos // cfg.grid]  # (N, d): image position -> its row embedding
         self.pos_cols = model.col_emb.weight.detach()[pos % cfg.grid]  # (N, d)
-        self.layers = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, b.attn.qkv.bias, b.attn.qkv.weight.t(), b.attn.proj.bias,
-                        b.attn.proj.weight.t(), b.ln_2.weight, b.ln_2.bias, b.ln_2.eps, b.mlp[0].bias, b.mlp[0].weight.t(),
-                        b.mlp[2].bias, b.mlp[2].weight.t()) for b in model.blocks]
-        self.final = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps, model.head.weight.t())
-        L, T = cfg.text_len, cfg.text_len + cfg.image_len - 1
-        rows = {k: [getattr(model, f"mask_{k}")[p : p + 1, : p + 1] for p in range(T)] for k in set(model.kinds)}
-        self.masks = [tuple(rows[k][p] for k in model.kinds) for p in range(T)]  # position -> each layer's (1, p+1) row
-        self.d, self.L = (d,), L
+        self.layers = [(_ln(b.ln_1), _linear(b.attn.qkv), _linear(b.attn.proj), _ln(b.ln_2), _linear(b.mlp[0]),
+                        _linear(b.mlp[2])) for b in model.blocks]
+        self.ln_f, self.head = _ln(model.ln_f), model.head.weight.t()
+        T = cfg.text_len + cfg.image_len - 1
+        rows = {k: _additive(getattr(model, f"mask_{k}"), self.image_w.dtype) for k in set(model.kinds)}
+        rows = {k: [m[p : p + 1, : p + 1] for p in range(T)] for k, m in rows.items()}
+        self.masks = [tuple(rows[k][p] for k in model.kinds) for p in range(T)]  # position -> each layer's (1, p+1)
 
     def __call__(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """codes (B,): the image token at position cache.length; appends its keys/values to the cache."""
         B, start = codes.shape[0], cache.length
-        i = start - self.L  # image position
-        x = F.embedding(codes, self.image_w) + self.pos_rows[i] + self.pos_cols[i]  # (B, d)
+        x = F.embedding(codes, self.image_w) + self.pos_rows[start - self.L] + self.pos_cols[start - self.L]  # (B, d)
         filled = cache.kv[..., : start + 1, :]  # (n_layer, 2, B, nh, start+1, hs)
-        for layer, (w1, b1, e1, bqkv, wqkv, bo, wo, w2, b2, e2, bf, wf, bp, wp), mask in zip(filled, self.layers, self.masks[start]):
-            qkv = torch.addmm(bqkv, F.layer_norm(x, self.d, w1, b1, e1), wqkv)  # (B, 3 nh hs)
-            qkv = qkv.view(B, 1, 3, *self.shape).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1, hs)
-            layer[:, :, :, start:].copy_(qkv[1:])
-            y = F.scaled_dot_product_attention(qkv[0], layer[0], layer[1], attn_mask=mask, dropout_p=0.0)  # (B, nh, 1, hs)
+        for (ln_1, (bqkv, wqkv), (bo, wo), ln_2, (b1, w1), (b2, w2)), kv, mask in zip(self.layers, filled, self.masks[start]):
+            qkv = torch.addmm(bqkv, F.layer_norm(x, *ln_1), wqkv)  # (B, 3 nh hs): F.linear's own call
+            qkv = qkv.view(B, 1, 3, *self.heads).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1, hs)
+            kv[..., start:, :].copy_(qkv[1:])
+            y = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask, dropout_p=0.0)  # (B, nh, 1, hs)
             x = x + torch.addmm(bo, y.view(B, -1), wo)
-            x = x + torch.addmm(bp, F.gelu(torch.addmm(bf, F.layer_norm(x, self.d, w2, b2, e2), wf)), wp)
+            x = x + torch.addmm(b2, F.gelu(torch.addmm(b1, F.layer_norm(x, *ln_2), w1)), w2)
         cache.length += 1
-        w, b, e, head = self.final
-        return torch.mm(F.layer_norm(x, self.d, w, b, e), head)[:, self.Vt :]  # (B, V_image)
+        return torch.mm(F.layer_norm(x, *self.ln_f), self.head)[:, self.Vt :]  # (B, V_image)
+
+
+def _ln(m: nn.LayerNorm) -> tuple:
+    return m.normalized_shape, m.weight, m.bias, m.eps
+
+
+def _linear(m: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return m.bias, m.weight.t()  # addmm(bias, x, weight.t()): what F.linear runs for 2-d x
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as the 0 / -inf float mask SDPA converts it to on every call (the same values: same logits)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def _pre_fix_kinds(n_layer: int, attention: str) -> list[str]:
