@@ -82,7 +82,7 @@ def sample_codes(
     keep = torch.zeros(g * g, dtype=torch.bool) if keep is None else keep.cpu()
     with torch.inference_mode():
         codes = _sample_columns(model, text, seeds, (temperature, top_k, top_p), use_cache, known, keep)
-    return codes.t().reshape(B, g, g).clone(memory_format=torch.contiguous_format)  # outside inference mode: a normal tensor
+    return codes.t().reshape(B, g, g).clone(memory_format=torch.contiguous_format)  # made here: a normal tensor
 
 
 def _sample_columns(model, text, seeds, filters, use_cache, known, keep) -> torch.Tensor:
@@ -91,7 +91,8 @@ def _sample_columns(model, text, seeds, filters, use_cache, known, keep) -> torc
     u = uniforms_for(seeds, N).t().contiguous().to(text.device)  # (N, B)
     codes = torch.zeros(N, B, dtype=torch.long, device=text.device)
     if keep.any():
-        codes[keep] = known.reshape(B, N).t().to(codes.device)[keep]
+        on = keep.to(codes.device)
+        codes[on] = known.reshape(B, N).t().to(codes.device)[on]
     kept = keep.tolist()
     n0 = int(keep.long().cumprod(0).sum())  # the kept prefix goes through the network in one call
     cache, step = (model.new_cache(B), DecodeStep(model)) if use_cache else (None, None)
