@@ -22,6 +22,7 @@ FAST = [
     "train.transformer.batch_size=8",
     "train.transformer.steps=6",
     "train.transformer.warmup=2",
+    'train.transformer.precision=""',  # fp32 (train.precision), not tiny's bf16: tests set precision themselves
     "train.log_every=2",
     "train.ckpt_every=3",
     "train.val_every=4",
