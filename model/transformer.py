@@ -238,6 +238,8 @@ class DecodeStep:
     def __call__(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """codes (B,): the image token at position cache.length; appends its keys/values to the cache."""
         B, start = codes.shape[0], cache.length
+        if start < self.L:
+            raise ValueError(f"the cache holds {start} positions: run the {self.L} text positions through forward first")
         x = F.embedding(codes, self.image_w) + self.pos_rows[start - self.L] + self.pos_cols[start - self.L]  # (B, d)
         filled = cache.kv[..., : start + 1, :]  # (n_layer, 2, B, nh, start+1, hs)
         for (ln_1, (bqkv, wqkv), (bo, wo), ln_2, (b1, w1), (b2, w2)), kv, mask in zip(self.layers, filled, self.masks[start]):

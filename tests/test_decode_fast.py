@@ -92,3 +92,9 @@ def test_decode_step_bit_identical_in_bf16(precision):
         model.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
         assert torch.equal(_step_logits(model, text, codes, True), _step_logits(model, text, codes, False))
+
+
+def test_decode_step_needs_the_text_in_the_cache():
+    model = _seeded_model(TINY)
+    with pytest.raises(ValueError, match="text positions through forward first"):
+        DecodeStep(model)(torch.zeros(1, dtype=torch.long), model.new_cache(1))
