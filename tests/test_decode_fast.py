@@ -4,9 +4,10 @@ tests/data/decode_golden.pt was written by tests/data/make_decode_golden.py with
 (before the fast decode step), for the model below (seeded random weights, not the init code, so the file
 outlives init changes): its codes for 8 seeds, sparse (row, column, row, conv) and full attention, plain /
 temperature + top-k / top-p, completions with kept rows and a kept Raven-style region; and that commit's
-decode-step image logits for 2 rows. The fast step is also compared live with the general `forward(None, codes, cache)` step, which the golden file pins.
-The file was written on this project's 2-core AMD EPYC (torch 2.14.1, MKL, 1 thread); another CPU or BLAS may
-round differently from the start, so regenerate it there from ad69a0e's sampler before trusting a failure.
+decode-step image logits for 2 rows. The fast step is also compared live with the general
+`forward(None, codes, cache)` step, which the golden file pins. The file was written on this project's 2-core
+AMD EPYC (torch 2.14.1, MKL, 1 thread); another CPU or BLAS may round differently from the start, so
+regenerate it there from ad69a0e's sampler before trusting a failure.
 """
 
 import dataclasses
