@@ -6,6 +6,7 @@ Only APIs that commit has: the model and the weights are built as the test build
 """
 
 import dataclasses
+import platform
 from pathlib import Path
 
 import torch
@@ -46,9 +47,17 @@ def cases(name: str, model: DalleTransformer) -> dict[str, torch.Tensor]:
     return {f"{name}_{k}": v for k, v in out.items()}
 
 
+def machine() -> str:
+    """What the golden bits depend on besides the code: the CPU (MKL picks its kernels by the SIMD flags) and torch."""
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info) if v}
+    simd = ",".join(sorted(f for f in field.get("flags", "").split() if f.startswith(("avx", "amx", "fma"))))
+    return f"{field.get('model name', platform.processor())} | {simd} | torch {torch.__version__}"
+
+
 def main() -> None:
     full = dataclasses.replace(TINY, attention="full", n_layer=2)
-    golden = {**cases("sparse", seeded_model(TINY)), **cases("full", seeded_model(full))}
+    golden = {**cases("sparse", seeded_model(TINY)), **cases("full", seeded_model(full)), "machine": machine()}
     torch.save(golden, Path(__file__).with_name("decode_golden.pt"))
 
 
