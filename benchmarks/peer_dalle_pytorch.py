@@ -32,19 +32,11 @@ from dalle_eval.model.dvae import DVAE
 from dalle_eval.model.sampling import sample_codes
 from dalle_eval.model.transformer import DalleTransformer, train_flops
 from peak import peak_gflops
+from timing import best_time
 
 from dalle_eval.config import DVAEConfig, TransformerConfig
 
 BATCH, TEXT_LEN, TEXT_VOCAB, IMAGE_VOCAB, GRID = 4, 32, 1000, 512, 16
-
-
-def time_it(fn, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 SIZES = {  # name: (batch, text_len, text_vocab, image_vocab, image px, vae layers, dim, depth, heads)
@@ -68,7 +60,7 @@ def ours(size: str, attention: str) -> float:
     def run():
         dvae.decode(sample_codes(model, text, list(range(batch)), top_k=top_k))
 
-    return time_it(run, repeats=2 if size == "tiny" else 1)
+    return best_time(run, repeats=2 if size == "tiny" else 1, warmup=False)
 
 
 def theirs(size: str, attn_types: tuple[str, ...]) -> float:
@@ -80,7 +72,7 @@ def theirs(size: str, attn_types: tuple[str, ...]) -> float:
     dalle = DALLE(dim=dim, vae=vae, num_text_tokens=text_vocab, text_seq_len=text_len, depth=depth, heads=heads,
                   dim_head=64, attn_types=attn_types).eval()
     text = torch.randint(1, text_vocab, (batch, text_len))
-    return time_it(lambda: dalle.generate_images(text, filter_thres=0.9, use_cache=True), repeats=1)
+    return best_time(lambda: dalle.generate_images(text, filter_thres=0.9, use_cache=True), repeats=1, warmup=False)
 
 
 TRAIN_BATCH = {"tiny": 8, "mid": 2}  # tiny = the peer's baseline: batch 8 x (32 + 256) tokens

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from dalle_eval.model.dvae import DVAE
 from dalle_eval.model.sampling import completion_keep, score
 from dalle_eval.model.tokenizer import train_bpe
 from dalle_eval.model.transformer import DalleTransformer
+from timing import best_time
 
 from dalle_eval.config import load_config
 from dalle_eval.probes import make_prompts
@@ -40,17 +40,6 @@ def full_forward(probe: RavenLikelihood) -> torch.Tensor:
     region = ~completion_keep(g, region=answer_region(probe.pm.image_size, g))
     return torch.cat([score(probe.pm.model, text[i : i + BATCH], codes[i : i + BATCH], region)[1]
                       for i in range(0, len(text), BATCH)]).view(items, C)
-
-
-def best_time(fn, repeats: int) -> float:
-    """Best of `repeats` runs after one warm-up (a shared machine: the minimum is the least disturbed)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def first_differences(probe: RavenLikelihood) -> list[int]:
