@@ -45,8 +45,10 @@ def main() -> None:
 @click.option("--n", "--limit", "n", type=click.IntRange(min=1), default=None,
               help="Scenes to render (shapes), or the first N rows of --source. (--limit: the same, for torchrun.)")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Dataset directory.")
-@click.option("--dvae", type=click.Path(path_type=Path), default=None,
-              help="dVAE checkpoint dir: also train BPE and write token shards (OUT/tokens).")
+@click.option("--dvae", "dvae", metavar="TOKENIZER", default=None,
+              help="The image tokenizer: also train BPE and write token shards (OUT/tokens). A dVAE checkpoint dir, "
+                   "openai:ENCODER.pkl,DECODER.pkl (OpenAI's released dVAE) or vqgan:MODEL.ckpt,CONFIG.yaml "
+                   "(a taming-transformers VQGAN); the last two encode data.resolution px images.")
 @click.option("--tokenizer", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Use this tokenizer.json instead of training BPE.")
 @click.option("--eval-captions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -63,14 +65,18 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
     Example:
       dalle-eval build-dataset --source shapes --n 5000 --out runs/data
       dalle-eval build-dataset --source shapes --n 5000 --out runs/data --dvae runs/dvae
+      dalle-eval build-dataset --source pairs.parquet --out runs/web --dvae openai:encoder.pkl,decoder.pkl
+      dalle-eval build-dataset --source pairs.parquet --out runs/web --dvae vqgan:last.ckpt,model.yaml
       dalle-eval build-dataset --source pairs.parquet --out runs/web --set data.resolution=256
       torchrun --nproc_per_node 8 -m dalle_eval.cli build-dataset --source pairs.parquet --out runs/web \\
           --dvae runs/dvae --set data.device=cuda     # encoding sharded over 8 GPUs (images built first)
     """
     from dalle_eval.pipelines.build import build_dataset
 
-    if dvae is not None and not Path(dvae).exists():
-        raise click.ClickException(f"--dvae {dvae}: no such checkpoint dir")
+    if dvae is not None:
+        from dalle_eval.model.image_tokenizer import parse_image_tokenizer
+
+        dvae = parse_image_tokenizer(dvae)  # a bad spec: one line naming what is wrong, before any work
     r = build_dataset(cfg, source, out, n, dvae, tokenizer, eval_captions, eval_images, overwrite)
     if other_rank():  # torchrun-sharded encoding: rank 0 reports
         return
@@ -89,11 +95,17 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir from build-dataset.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Checkpoint dir.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's latest checkpoint (its saved config + --set).")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="CKPT_DIR",
+              help="Fine-tune: start a new run (OUT) from the weights of a checkpoint of the same --stage, a run dir "
+                   "(its latest weights) or one of its RUN/state/step-N dirs. Weights only: the optimizer, schedule, "
+                   "step and data position start fresh, with this command's config (lr, steps, ...), whose model "
+                   "must have the same parameter shapes. OUT's config.json and summary.json record the source "
+                   "(path, sha256, step). Not with --resume.")
 @click.option("--on-bad-shard", type=click.Choice(["skip", "fail"]), default=None,
               help="A truncated/corrupt shard: skip it (logged by name, counted) or fail. [default: skip]")
 @config_options(("dvae", "transformer", "train"))
 @torchrun_worker
-def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
+def train(cfg, overrides, stage, data, out, resume, init_from, on_bad_shard):
     """Train the dVAE (stage 1) or the transformer (stage 2), in one process or under torchrun.
 
     Streams the shards (split across ranks and workers, shuffled, endless), checkpoints every
@@ -105,6 +117,8 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
       dalle-eval train --stage transformer --data runs/data --out runs/transformer
       dalle-eval train --stage transformer --data runs/data --out runs/transformer --resume \\
           --set train.transformer.steps=2000
+      dalle-eval train --stage transformer --data runs/new-data --out runs/finetune \\
+          --init-from runs/transformer --set train.transformer.lr=1e-4
       torchrun --nproc_per_node 8 -m dalle_eval.cli train --stage transformer --config dalle-1.3b \\
           --data /data/cc12m --out runs/1.3b --set train.parallel=fsdp --set train.precision=bf16
     """
@@ -112,7 +126,7 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
 
     extra = [f"train.on_bad_shard={on_bad_shard}"] if on_bad_shard else []
     s = run_train(stage, data, apply_overrides(cfg, extra), out, resume=resume, overrides=[*overrides, *extra],
-                  use_saved_config=True)
+                  use_saved_config=True, init_from=init_from)
     if other_rank():  # under torchrun only rank 0 reports
         return
     if s.get("preempted"):
@@ -121,6 +135,8 @@ def train(cfg, overrides, stage, data, out, resume, on_bad_shard):
     lines = {"steps": s["steps"], **{k: f"{v:.4f}" for k, v in s["final_train"].items()},
              **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s["eval"].items()},
              "ranks": s["data"]["world_size"], "bad shards skipped": len(s["bad_shards"])}
+    if s.get("init_from"):
+        lines["initialised from"] = f"{s['init_from']['weights']} (step {s['init_from']['step']})"
     summary(f"train {stage}", lines, Path(out) / "summary.json")
 
 

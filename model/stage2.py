@@ -1,8 +1,8 @@
 """Stage 2: the transformer on token shards (paper appendix B.2).
 
-The token manifest is checked against the model config, and the tokenizer and dVAE files against the
-manifest's fingerprints, before anything trains. The tokenizer and dVAE are copied into the checkpoint
-dir, so it samples on its own.
+The token manifest is checked against the model config, and the tokenizer and image tokenizer (dvae/: our
+dVAE, OpenAI's or a VQGAN) files against the manifest's fingerprints, before anything trains. Both are copied
+into the checkpoint dir, so it samples on its own, decoding with the image tokenizer the tokens were made with.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER
 from dalle_eval.model.dvae import pixels_to_pil
+from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.schedule import LRSchedule
 from dalle_eval.model.stream import mix_seed
 from dalle_eval.model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
@@ -24,11 +25,14 @@ from dalle_eval.model.transformer import DalleTransformer, train_flops
 from dalle_eval.artifacts import sha256_file
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shards import local_files
 
 MANIFEST_FIELDS = ("shards", "text_len", "grid", "image_vocab", "text_vocab", "tokenizer_sha256", "dvae_sha256")
 
 
-def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
+def check_manifest(manifest: dict, cfg: Config, folder: Path, assets: Path | None = None) -> None:
+    """assets: the local folder holding the tokenizer and dvae/ (default: `folder`; a copy when it is a URL)."""
+    assets = folder if assets is None else assets
     missing = [k for k in MANIFEST_FIELDS if k not in manifest] if isinstance(manifest, dict) else list(MANIFEST_FIELDS)
     if missing:
         raise DalleEvalError(f"{folder}/manifest.json: not a token-shard manifest (no {', '.join(missing)}); "
@@ -40,15 +44,17 @@ def check_manifest(manifest: dict, cfg: Config, folder: Path) -> None:
         ("image_vocab", manifest["image_vocab"], t.image_vocab, manifest["image_vocab"] == t.image_vocab),
         ("text_vocab", manifest["text_vocab"], t.text_vocab, manifest["text_vocab"] <= t.text_vocab),
     ]
+    kind = (manifest.get("image_tokenizer") or {}).get("kind", "dalle_eval")
     for name, have, want, ok in checks:
         if not ok:
             rel = "at most" if name == "text_vocab" else "equal to"
+            made_by = f" (made by the {kind} image tokenizer)" if name in ("grid", "image_vocab") else ""
             raise DalleEvalError(
-                f"{folder}/manifest.json has {name}={have} but transformer.{name}={want} (must be {rel} it); "
-                "rebuild the tokens or change the model config"
+                f"{folder}/manifest.json has {name}={have}{made_by} but transformer.{name}={want} (must be {rel} it); "
+                f"rebuild the tokens or change the model config (--set transformer.{name}={have})"
             )
-    for what, path, key in (("tokenizer", folder / TOKENIZER, "tokenizer_sha256"),
-                            ("dVAE", folder / DVAE_DIR / "model.safetensors", "dvae_sha256")):
+    for what, path, key in (("tokenizer", assets / TOKENIZER, "tokenizer_sha256"),
+                            ("image tokenizer", assets / DVAE_DIR / "model.safetensors", "dvae_sha256")):
         have = sha256_file(path) if path.exists() else "missing"
         if have != manifest[key]:
             raise DalleEvalError(f"{path}: the {what} file has sha256 {have[:12]} but {folder}/manifest.json "
@@ -85,10 +91,11 @@ def decode_tokens(sample: dict, text_len: int, dropout: BPEDropout | None = None
 class TransformerTask:
     def __init__(self, cfg: Config, folder: Path, manifest: dict, out: Path, copy_assets: bool = True):
         self.cfg, self.tc = cfg, cfg.train.transformer
-        check_manifest(manifest, cfg, folder)
+        self.assets = local_files(folder, (TOKENIZER, DVAE_DIR), out)  # from a URL: fetched into OUT
+        check_manifest(manifest, cfg, folder, self.assets)
         self.model = DalleTransformer(cfg.transformer)
         t = cfg.transformer
-        dropout = BPEDropout(folder / TOKENIZER, self.tc.bpe_dropout) if self.tc.bpe_dropout > 0 else None
+        dropout = BPEDropout(self.assets / TOKENIZER, self.tc.bpe_dropout) if self.tc.bpe_dropout > 0 else None
         self.decode = functools.partial(decode_tokens, text_len=t.text_len, dropout=dropout, seed=cfg.train.seed,
                                         text_vocab=manifest["text_vocab"], image_vocab=manifest["image_vocab"],
                                         image_len=manifest["grid"] ** 2)
@@ -99,10 +106,10 @@ class TransformerTask:
         self.tokens_per_sample = t.text_len + t.image_len
         self.flops_per_sample = train_flops(t)["per_sample"]  # MFU's numerator: 6 N + the pairs the masks allow
         self.out = out
-        if copy_assets:  # the checkpoint samples on its own: copy tokenizer + dVAE
+        if copy_assets and self.assets != out:  # samples on its own: copy tokenizer + image tokenizer (any kind)
             out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)
-            shutil.copytree(folder / DVAE_DIR, out / DVAE_DIR, dirs_exist_ok=True)
+            shutil.copyfile(self.assets / TOKENIZER, out / TOKENIZER)
+            shutil.copytree(self.assets / DVAE_DIR, out / DVAE_DIR, dirs_exist_ok=True)
         self.folder = folder
 
     def check_sample(self, sample: tuple, folder: Path) -> None:
@@ -166,7 +173,7 @@ class TransformerTask:
 
     @torch.no_grad()
     def sample_grid(self, val: list[tuple], path: Path, device: torch.device, main: bool) -> None:
-        """Images for the fixed train.sample_prompts, decoded by the run's dVAE (one row per prompt)."""
+        """Images for the fixed train.sample_prompts, decoded by the run's image tokenizer (one row per prompt)."""
         from dalle_eval.model.sampling import sample_codes
 
         from dalle_eval.report import image_grid
@@ -179,6 +186,6 @@ class TransformerTask:
         codes = sample_codes(self.model, text, list(range(len(prompts))), self.cfg.sample.temperature, self.cfg.sample.top_k)
         if not main:
             return
-        pixels = load_dvae(self.out / DVAE_DIR).to(device).decode(codes)
+        pixels = load_image_tokenizer_dir(self.out / DVAE_DIR).to(device).decode(codes)
         images = pixels_to_pil(pixels)
         image_grid(list(zip(images, prompts)), path, cols=len(prompts))

@@ -23,14 +23,22 @@ from typing import Any
 
 import torch
 from dalle_eval.model import distributed
-from dalle_eval.model.checkpoint import latest_state, load_state, resume_config, save_state
+from dalle_eval.model.checkpoint import (
+    init_weights,
+    latest_state,
+    load_state,
+    reload_init_weights,
+    resume_config,
+    save_state,
+)
 from dalle_eval.model.devices import check_devices
 from dalle_eval.model.stream import BadShard, ShardStream, StreamLoader, mix_seed, read_held_out, read_shard
 from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl, atomic_path, read_json, read_manifest, write_json
+from dalle_eval.artifacts import append_jsonl, atomic_path, read_json, write_json
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shards import data_location, read_location_manifest
 
 STAGES = ("dvae", "transformer")
 # (stage, config, data folder, the model being trained) -> a pass: () -> metrics records (split "probe")
@@ -56,8 +64,8 @@ class _StopOnSignal:
 
 
 def resolve_data_dir(data: Path, kind: str) -> Path:
-    """Accept the dataset root (OUT of build-dataset) or the shard folder itself."""
-    data = Path(data)
+    """Accept the dataset root (OUT of build-dataset) or the shard folder itself, local or a URL prefix."""
+    data = data_location(data)
     for folder in (data / kind, data):
         if (folder / "manifest.json").exists():
             return folder
@@ -125,7 +133,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 def train(
     stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True,
     stop_at: int | None = None, overrides: Sequence[str] = (), use_saved_config: bool = False,
-    probes: ProbeFactory | None = None,
+    probes: ProbeFactory | None = None, init_from: Path | None = None,
 ) -> dict:
     """Train one stage; returns the run summary (also written to OUT/summary.json by rank 0).
 
@@ -135,7 +143,12 @@ def train(
     `cfg` is only used while OUT has no config yet.
     probes: builds the probe pass of train.probe_every (dalle_eval.probes.in_training.make_probe; the
     evaluation layer wires it in: dalle_eval.probes.in_training.train is this function with it).
+    init_from: start from the weights of this checkpoint of the same stage (a run dir or RUN/state/step-N) with
+    a fresh optimizer, schedule and data position; OUT's config.json and summary.json record its fingerprint.
     """
+    if init_from is not None and resume:
+        raise DalleEvalError(f"--init-from {init_from} starts a new run from another run's weights; --resume continues "
+                             f"{out}'s own checkpoint: give one of them")
     if resume:
         cfg = resume_config(out, cfg, overrides, use_saved_config, verbose=os.environ.get("RANK", "0") == "0")
         check_devices(cfg, ("train",))
@@ -144,7 +157,7 @@ def train(
                              "dalle_eval.probes.in_training.train (what `dalle-eval train` runs) or set it to 0")
     d = distributed.setup(cfg.train.device)
     try:
-        return _loop(_setup(stage, Path(data), cfg, Path(out), resume, d, probes), progress, stop_at)
+        return _loop(_setup(stage, data_location(data), cfg, Path(out), resume, d, probes, init_from), progress, stop_at)
     finally:
         distributed.teardown(d)
 
@@ -171,6 +184,7 @@ class _Run:
     start: int = 0
     bad_run: int = 0
     probe: Callable[[], list[dict]] | None = None
+    init_from: dict | None = None  # the weights it started from (checkpoint.init_weights), None: random init
     probe_seconds: list[float] = dataclasses.field(default_factory=list)
 
     def checkpoint(self, at: int) -> None:
@@ -187,20 +201,22 @@ class _Run:
 
 
 def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: distributed.Dist,
-           probes: ProbeFactory | None = None) -> _Run:
-    """Data, task, model (wrapped), optimizer and schedule, restored from OUT's latest checkpoint on resume."""
+           probes: ProbeFactory | None = None, init_from: Path | None = None) -> _Run:
+    """Data, task, model (wrapped), optimizer and schedule, restored from OUT's latest checkpoint on resume
+    (or the model from --init-from's weights)."""
     tc = cfg.train
     state = latest_state(out)
     if state is not None and not resume:
         raise DalleEvalError(f"{out} already holds a checkpoint ({state.name}); pass --resume to continue it or pick a new --out")
     kind = "images" if stage == "dvae" else "tokens"
     folder = resolve_data_dir(data, kind)
-    manifest = read_manifest(folder, f"{kind} shards")
+    manifest = read_location_manifest(folder, f"{kind} shards")
     torch.manual_seed(tc.seed)  # same initial weights on every rank
     task = make_task(stage, cfg, folder, manifest, out, d.is_main)
     train_shards, val_shards = split_shards(folder, manifest, tc.val_shards)
     val, bad_val = load_val(folder, val_shards, task.decode, tc.val_samples, tc.on_bad_shard)
     task.check_sample(val[0] if val else _first_sample(folder, train_shards, task.decode), folder)
+    init = _initial_weights(stage, cfg, out, init_from, resume, state, task, d.is_main)
     model = task.model.to(d.device)
     wrapped = distributed.wrap(model, d, tc.parallel, task.shard_units() if tc.parallel == "fsdp" else None)
     forward_model = torch.compile(wrapped) if tc.compile else wrapped
@@ -217,11 +233,34 @@ def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: dist
     start = resumed.get("step", 0)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info})
+        write_json(out / "config.json", {"stage": stage, "config": config_to_dict(cfg), "data": data_info,
+                                         **({"init_from": init} if init else {})})
         drop_records_after(out / "metrics.jsonl", start)
-    probe = probes(stage, cfg, folder, task.model) if probes is not None and tc.probe_every else None
+    assets = getattr(task, "assets", folder)  # the transformer's tokenizer and dvae/, local even from a URL
+    probe = probes(stage, cfg, assets, task.model) if probes is not None and tc.probe_every else None
     return _Run(stage, cfg, out, d, task, val, wrapped, forward_model, opt, sched, loader, n_streams, micro, accum,
-                data_info, start, resumed.get("bad_run", 0), probe)
+                data_info, start, resumed.get("bad_run", 0), probe, init)
+
+
+def _initial_weights(stage: str, cfg: Config, out: Path, init_from: Path | None, resume: bool, state: Path | None,
+                     task, main: bool) -> dict | None:
+    """--init-from's weights loaded into task.model -> its record. On resume, the record OUT's config.json keeps;
+    its weights are loaded again only while OUT has no checkpoint (a run stopped before its first one)."""
+    if init_from is not None:
+        record = init_weights(task.model, init_from, stage, cfg)
+    elif resume and (out / "config.json").exists():
+        record = read_json(out / "config.json", "checkpoint config").get("init_from")
+        if record is not None and state is None:
+            reload_init_weights(task.model, record)
+    else:
+        return None
+    if record is not None and state is None and main:
+        print(f"initialised from {record['weights']} (step {record['step']}): weights only, a fresh optimizer")
+        source_data = record.get("data_fingerprints")
+        if source_data and source_data != task.fingerprints:
+            print(f"warning: --init-from's run was trained on data made with {source_data}; this --data was made "
+                  f"with {task.fingerprints} (another tokenizer or dVAE gives the ids other meanings)")
+    return record
 
 
 def _resume(state: Path | None, task, opt, sched, folder: Path, out: Path, d: distributed.Dist, parallel: str,
@@ -426,7 +465,8 @@ def _finish(run: _Run, log: _Log, step: int, last: dict, wall: float) -> dict:
     """The final evaluation and the run summary (OUT/summary.json)."""
     evaluation = run.task.evaluate(run.val, run.d.device, final=True) if run.val else {}
     summary = {"stage": run.stage, "steps": run.task.tc.steps, "final_train": last, "eval": evaluation,
-               "ckpt": str(run.out), "data": run.data_info, "bad_shards": sorted(run.loader.bad_shards)}
+               "ckpt": str(run.out), "data": run.data_info, "bad_shards": sorted(run.loader.bad_shards),
+               **({"init_from": run.init_from} if run.init_from else {})}
     cost = _probe_cost(run, wall)
     if cost:
         summary["probes"] = cost

@@ -195,7 +195,7 @@ def test_mismatched_manifest_is_refused(tmp_path, token_data, fast_cfg):
     from dalle_eval.errors import DalleEvalError
 
     cfg = dataclasses.replace(fast_cfg, transformer=dataclasses.replace(fast_cfg.transformer, grid=16))
-    with pytest.raises(DalleEvalError, match="grid=8 but transformer.grid=16"):
+    with pytest.raises(DalleEvalError, match=r"grid=8 \(made by the dalle_eval image tokenizer\) but transformer.grid=16"):
         train("transformer", token_data, cfg, tmp_path / "tf", progress=False)
 
 

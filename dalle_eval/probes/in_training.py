@@ -111,8 +111,9 @@ def make_probe(stage: str, cfg: Config, folder: Path, model: torch.nn.Module) ->
 
 
 def train(stage: str, data: Path, cfg: Config, out: Path, resume: bool = False, progress: bool = True,
-          stop_at: int | None = None, overrides: Sequence[str] = (), use_saved_config: bool = False) -> dict:
+          stop_at: int | None = None, overrides: Sequence[str] = (), use_saved_config: bool = False,
+          init_from: Path | None = None) -> dict:
     """model.train.train with the probe suites wired in when train.probe_every > 0 (what `dalle-eval train`
     and the demo run)."""
     return train_stage(stage, data, cfg, out, resume=resume, progress=progress, stop_at=stop_at, overrides=overrides,
-                       use_saved_config=use_saved_config, probes=make_probe)
+                       use_saved_config=use_saved_config, probes=make_probe, init_from=init_from)
