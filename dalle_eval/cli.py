@@ -92,7 +92,8 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 
 @main.command()
 @click.option("--stage", type=click.Choice(["dvae", "transformer"]), required=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir from build-dataset.")
+@click.option("--data", required=True, metavar="DIR|URL",
+              help="Dataset dir from build-dataset, or its URL (s3://, gs://, https://, ...: any fsspec URL; streamed).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Checkpoint dir.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's latest checkpoint (its saved config + --set).")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="CKPT_DIR",

@@ -74,6 +74,19 @@ def test_transformer_trains_from_http_and_memory_urls_as_from_the_folder(tmp_pat
             assert (tmp_path / run / name).read_bytes() == (token_data / "tokens" / name).read_bytes()
 
 
+def test_train_cli_takes_a_url(tmp_path, shapes_data, local_dvae_run):
+    """`dalle-eval train --data URL`: the option keeps the URL as given (a Path would fold https:// to https:/)."""
+    from click.testing import CliRunner
+    from dalle_eval.cli import main
+
+    sets = [a for f in FAST for a in ("--set", f)]
+    with serve_folder(shapes_data) as base:
+        r = CliRunner().invoke(main, ["train", "--stage", "dvae", "--data", f"{base}/", "--out", str(tmp_path / "cli"),
+                                      *sets])
+    assert r.exit_code == 0, r.output
+    assert losses(tmp_path / "cli") == losses(local_dvae_run)
+
+
 def test_a_folder_over_http_without_an_index_is_named(tmp_path, token_data):
     with serve_folder(token_data) as base, pytest.raises(DalleEvalError, match="over HTTP a folder needs an index page"):
         train("transformer", base, cfg_with(), tmp_path / "run", progress=False)
