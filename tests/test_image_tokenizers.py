@@ -1,5 +1,6 @@
 """Image tokenizers as a choice: OpenAI's released dVAE and a taming-transformers VQGAN, cross-checked against the
-reference packages (`dall_e`, `taming`: random weights saved the way each project saves them)."""
+reference packages (`dall_e`, `taming`: random weights saved the way each project saves them), then the whole chain
+(build-dataset -> train transformer -> sample) through the CLI with each kind."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from dalle_eval.model.image_tokenizer import (
     INFO,
     load_image_tokenizer,
@@ -15,8 +17,13 @@ from dalle_eval.model.image_tokenizer import (
     parse_image_tokenizer,
     save_image_tokenizer,
 )
+from dalle_eval.model.stage2 import check_manifest
+from PIL import Image
 
+from dalle_eval.cli import main
+from dalle_eval.config import load_config
 from dalle_eval.errors import DalleEvalError
+from tests.conftest import FAST
 
 dall_e = pytest.importorskip("dall_e", reason="install the dev extras (make install-dev): dall-e==0.1 with --no-deps")
 taming_model = pytest.importorskip("taming.modules.diffusionmodules.model",
@@ -173,6 +180,54 @@ def test_vqgan_files_are_read_without_running_code(tmp_path):
     config.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(DalleEvalError, match="not a taming-transformers VQGAN config.yaml"):
         load_image_tokenizer(spec, image_size=SIZE)
+
+
+def test_a_grid_or_vocab_of_another_tokenizer_is_refused_naming_both(tmp_path):
+    cfg = load_config(["tiny"], FAST)  # an 8x8 grid of 128 codes
+    manifest = {"shards": [], "text_len": cfg.transformer.text_len, "grid": 16, "image_vocab": 16384,
+                "text_vocab": 10, "tokenizer_sha256": "", "dvae_sha256": "", "image_tokenizer": {"kind": "vqgan"}}
+    with pytest.raises(DalleEvalError, match=r"grid=16 \(made by the vqgan image tokenizer\) but transformer.grid=8 "
+                                             r".*--set transformer.grid=16"):
+        check_manifest(manifest, cfg, tmp_path)
+    with pytest.raises(DalleEvalError, match=r"image_vocab=16384 \(made by the vqgan image tokenizer\) but "
+                                             r"transformer.image_vocab=128"):
+        check_manifest({**manifest, "grid": 8}, cfg, tmp_path)
+
+
+def _cli(*args: str) -> str:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return r.output
+
+
+def _fast_sets(*extra: str) -> list[str]:
+    return [a for s in (*FAST, *extra) for a in ("--set", s)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["openai", "vqgan"])
+def test_build_train_sample_with_each_tokenizer(tmp_path, kind, openai_files, vqgan_files):
+    spec = openai_files[2] if kind == "openai" else vqgan_files[1]
+    grid, vocab = (8, 64) if kind == "openai" else (4, 48)
+    data, run, samples = tmp_path / "data", tmp_path / "run", tmp_path / "samples"
+    _cli("build-dataset", "--source", "shapes", "--n", 48, "--out", data, "--dvae", spec, "--config", "tiny",
+         *_fast_sets("data.shard_size=24"))  # two shards: one for validation
+    manifest = json.loads((data / "tokens" / "manifest.json").read_text())
+    sources = [Path(f) for f in spec.split(":", 1)[1].split(",")]
+    assert manifest["image_tokenizer"]["kind"] == kind and (manifest["grid"], manifest["image_vocab"]) == (grid, vocab)
+    from dalle_eval.artifacts import sha256_file
+
+    assert manifest["image_tokenizer"]["sha256"] == {p.name: sha256_file(p) for p in sources}
+    # the transformer must be told the tokenizer's grid and vocab; else it is refused naming both
+    bad = CliRunner().invoke(main, ["train", "--stage", "transformer", "--data", str(data), "--out", str(tmp_path / "x"),
+                                    "--config", "tiny", *_fast_sets()])
+    assert bad.exit_code != 0 and f"made by the {kind} image tokenizer" in bad.output
+    _cli("train", "--stage", "transformer", "--data", data, "--out", run, "--config", "tiny",
+         *_fast_sets(f"transformer.grid={grid}", f"transformer.image_vocab={vocab}", "train.transformer.steps=3"))
+    assert json.loads((run / "dvae" / INFO).read_text())["kind"] == kind  # the run decodes with the same one
+    _cli("sample", "--ckpt", run, "--caption", "a small red circle", "--n", 2, "--out", samples, "--config", "tiny")
+    pngs = sorted(samples.glob("0_*.png"))
+    assert len(pngs) == 2 and all(Image.open(p).size == (SIZE, SIZE) for p in pngs)
 
 
 def test_our_dvae_is_the_dalle_eval_kind_with_the_record_it_had(token_data):
