@@ -125,10 +125,11 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
         pm = ProbeModel.load(Path(ckpt), cfg.sample.device)
         results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm)
     if ckpt is not None and prompts_file is None:  # what this checkpoint's dVAE lets any model score at most
-        from dalle_eval.model.checkpoint import DVAE_DIR, load_dvae
+        from dalle_eval.model.checkpoint import DVAE_DIR
+        from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
         from dalle_eval.probes.ceiling import DVAECeiling
 
-        dvae = load_dvae(Path(ckpt) / DVAE_DIR).to(cfg.sample.device)
+        dvae = load_image_tokenizer_dir(Path(ckpt) / DVAE_DIR).to(cfg.sample.device)
         results += DVAECeiling(prompts, dvae.cfg.image_size)(dvae)
     if "clip" in scorers:
         from dalle_eval.model.clip import ClipScorer

@@ -282,13 +282,6 @@ def load_weights(module: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
     return module.eval()
 
 
-def load_dvae(ckpt: Path):
-    from dalle_eval.model.dvae import DVAE
-
-    _, cfg = read_ckpt_config(ckpt, "dvae")
-    return load_weights(DVAE(cfg.dvae), ckpt)
-
-
 def load_transformer(ckpt: Path):
     from dalle_eval.model.transformer import DalleTransformer
 

@@ -228,6 +228,11 @@ def test_build_train_sample_with_each_tokenizer(tmp_path, kind, openai_files, vq
     _cli("sample", "--ckpt", run, "--caption", "a small red circle", "--n", 2, "--out", samples, "--config", "tiny")
     pngs = sorted(samples.glob("0_*.png"))
     assert len(pngs) == 2 and all(Image.open(p).size == (SIZE, SIZE) for p in pngs)
+    # probes encode oracle images and decode codes with the run's own tokenizer (likelihood and dVAE ceiling)
+    _cli("probes", "run", "--suite", "attributes", "--scorer", "likelihood", "--ckpt", run, "--out", tmp_path / "p",
+         "--config", "tiny", *_fast_sets())
+    scorers = {r["scorer"] for r in json.loads((tmp_path / "p" / "report.json").read_text())["table"]}
+    assert {"likelihood", "dvae_ceiling"} <= scorers
 
 
 def test_our_dvae_is_the_dalle_eval_kind_with_the_record_it_had(token_data):

@@ -211,7 +211,7 @@ def test_dvae_reconstruction_grid(tmp_path, shapes_data):
     the top tiles equal the images, the bottom ones the exported model's encode -> decode, to the 1/255 of
     the uint8 conversion (this process's convolutions, without channels_last, may differ in the last bit)."""
     import numpy as np
-    from dalle_eval.model.checkpoint import load_dvae
+    from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
     from dalle_eval.model.stage1 import decode_image
     from dalle_eval.model.train import load_val, split_shards
 
@@ -223,7 +223,7 @@ def test_dvae_reconstruction_grid(tmp_path, shapes_data):
     images = torch.stack([s[0] for s in held_out])  # (8, 3, 64, 64) uint8
     tiles = _grid_tiles(run / "samples" / "step-00000006.png", 2, len(images), cfg.dvae.image_size)
     assert np.array_equal(tiles[: len(images)], images.permute(0, 2, 3, 1).numpy())
-    dvae = load_dvae(run)  # the weights at step 6 (no EMA in this config): the ones the grid was drawn with
+    dvae = load_image_tokenizer_dir(run)  # the weights at step 6 (no EMA in this config): the ones the grid was drawn with
     rec = dvae.decode(dvae.encode(images.float() / 255))
     want = (rec.permute(0, 2, 3, 1).clamp(0, 1) * 255).byte().numpy().astype(int)
     got = tiles[len(images) :].astype(int)

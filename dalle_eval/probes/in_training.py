@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from dalle_eval.config import Config
-from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER
 from dalle_eval.model.dvae import pixels_to_pil
+from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.sampling import sample_codes
 from dalle_eval.model.tokenizer import load_tokenizer
 from dalle_eval.model.train import train as train_stage
@@ -66,7 +67,7 @@ class TransformerProbe:
 
     def __init__(self, cfg: Config, folder: Path, model: torch.nn.Module, prompts: list[dict] | None = None):
         device = next(model.parameters()).device
-        self.pm = ProbeModel(model, load_dvae(Path(folder) / DVAE_DIR).to(device), load_tokenizer(Path(folder) / TOKENIZER),
+        self.pm = ProbeModel(model, load_image_tokenizer_dir(Path(folder) / DVAE_DIR).to(device), load_tokenizer(Path(folder) / TOKENIZER),
                              device)
         prompts = probe_subset(cfg) if prompts is None else prompts
         self.shapes, self.raven = ShapesLikelihood(prompts, self.pm), RavenLikelihood(prompts, self.pm)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_dvae, load_transformer
+from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_transformer
+from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.sampling import completion_keep, score, score_candidates
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.probes.chance import N_CANDIDATES
@@ -39,7 +40,7 @@ class ProbeModel:
     @staticmethod
     def load(ckpt: Path, device: str = "cpu") -> ProbeModel:
         ckpt = Path(ckpt)
-        return ProbeModel(load_transformer(ckpt).to(device), load_dvae(ckpt / DVAE_DIR).to(device),
+        return ProbeModel(load_transformer(ckpt).to(device), load_image_tokenizer_dir(ckpt / DVAE_DIR).to(device),
                           load_tokenizer(ckpt / TOKENIZER), device)
 
     @property
