@@ -10,7 +10,8 @@ import click
 from dalle_eval.cli_common import Group, clip_options, config_flags, config_options, overwrite_option, summary
 from dalle_eval.errors import DalleEvalError
 
-_SUITE = click.Choice(["attributes", "binding", "raven", "all"])
+_SUITE = click.Choice(["attributes", "binding", "raven", "paraphrase", "all"])
+_SUITE_HELP = "all = attributes, binding and raven; paraphrase (one spec in 5-6 phrasings) is asked for by name."
 
 
 _REQUIRE_COMPLETE = click.option(
@@ -22,7 +23,7 @@ _REQUIRE_COMPLETE = click.option(
 def _probe_options(fn):
     """Options shared by `probes run` and the bare `probes` (which runs `probes run`)."""
     for opt in reversed([
-        click.option("--suite", type=_SUITE, default="all", show_default=True),
+        click.option("--suite", type=_SUITE, default="all", show_default=True, help=_SUITE_HELP),
         click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Generate/score with this transformer checkpoint."),
         click.option("--images", type=click.Path(path_type=Path), default=None, help="Or score this samples dir (any generator)."),
         click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -51,6 +52,12 @@ def _probesummary(r: dict, out: Path) -> None:
             mark = " † partial coverage" if row.get("partial") else ""
             lines[f"{row['suite']}/{row['scorer']}/{row['check']}"] = (
                 f"{pct(row['accuracy'])} (chance {pct(row['chance'])}{rand}){mark}")
+    for row in r.get("paraphrase") or []:
+        if row["metric"] != "accuracy":
+            what = f"{row['metric']} ({row['phrasing']})" if row["phrasing"] else row["metric"]
+            show = (lambda x: f"{x:.2f}") if row["metric"] == "ranking agreement" else pct
+            lines[f"paraphrase/{row['scorer']}/{what}"] = "—" if row["value"] is None else (
+                f"{show(row['value'])} (chance {show(row['chance'])})")
     if r["not_scored"]:
         lines["not scored"] = ", ".join(r["not_scored"])
     summary(f"probes {r['suite']}", lines, Path(out) / "report.md")
@@ -107,7 +114,7 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
 
 
 @probes.command("export")
-@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--suite", type=_SUITE, default="all", show_default=True, help=_SUITE_HELP)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Prompts JSONL to write (for the generator; the key goes to <stem>_key/ beside it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
@@ -148,7 +155,7 @@ def probes_export(suite, out, seed, raven_items, resolution):
 
 
 @probes.command("score")
-@click.option("--suite", type=_SUITE, default="all", show_default=True)
+@click.option("--suite", type=_SUITE, default="all", show_default=True, help=_SUITE_HELP)
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Samples dir of any generator.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Report dir.")
 @click.option("--scorer", "scorers", multiple=True, type=click.Choice(["parser", "clip"]), help="Repeatable [default: parser].")

@@ -35,6 +35,19 @@ Parallel = Literal["ddp", "fsdp"]
 BadShardPolicy = Literal["skip", "fail"]
 ClipScoreMode = Literal["auto", "on", "off"]
 Scramble = Literal["", "colour", "shape", "size"]  # data.scramble: "" = true captions
+# the phrasing families of dalle_eval/shapes/phrasing.py other than "canonical" (data.paraphrase.heldout)
+Phrasing = Literal["permuted", "converse", "there-is", "numerals", "clause", "bottom-up", "synonyms"]
+
+
+@dataclass(frozen=True)
+class ParaphraseConfig:
+    """data.paraphrase, the training arm of the paraphrase probes (shapes world, pipelines/shapes_source.py): a
+    share of the relation, stack and multi training captions rewritten in a phrasing drawn uniformly from the
+    scene's phrasings that are not held out. Permuted and converse captions are canonical captions of an
+    equivalent scene, so training has them anyway; holding them out only stops drawing them."""
+
+    fraction: float = 0.0  # 0 = off: the canonical captions, byte for byte
+    heldout: tuple[Phrasing, ...] = ("clause", "numerals")  # never written into training captions
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class DataConfig:
     # uniformly random values (per object; images, scene JSON and the other words unchanged), so the model gets
     # no information about it from text. "" = true captions. The COCO-format split keeps its true captions.
     scramble: Scramble = ""
+    paraphrase: ParaphraseConfig = field(default_factory=ParaphraseConfig)
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,7 @@ class DVAETrainConfig:
     tau_end: float = 1.0 / 16
     tau_steps: int = 150_000
     recon_loss: ReconLoss = "logit_laplace"  # or "mse"
+    usage_weight: float = 0.0  # codebook-usage term (wav2vec 2.0 diversity loss); 0 = the paper's objective
     precision: StagePrecision = ""  # "" = train.precision; the dVAE's convolutions run slower in bf16 on CPU
     ema: float = 0.999  # parameter EMA decay (0 = off); checkpoints export the averaged weights
 
@@ -317,7 +332,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     **{f"data.{k}": _AT_LEAST_1 for k in ("resolution", "shard_size", "bpe_vocab", "download_processes",
                                           "download_threads", "download_timeout", "encode_batch")},
     "data.n_val": _AT_LEAST_0, "data.download_retries": _AT_LEAST_0, "data.min_image_size": _AT_LEAST_0,
-    "data.max_aspect_ratio": (1, None, False), "data.max_image_area": _POSITIVE,
+    "data.max_aspect_ratio": (1, None, False), "data.max_image_area": _POSITIVE, "data.paraphrase.fraction": _FRACTION,
     **{f"filter.{k}": _AT_LEAST_0 for k in ("min_chars", "min_words", "lang_min_words")},
     "filter.max_chars": _AT_LEAST_1, "filter.max_words": _AT_LEAST_1,
     "filter.lang_min_confidence": _FRACTION, "filter.lang_floor": _FRACTION,

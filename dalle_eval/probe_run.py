@@ -16,9 +16,10 @@ from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.probes.chance import random_generator_results
 from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.paraphrase import paraphrase_table
 from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
-from dalle_eval.probes.suites import RAVEN_ITEMS, make_prompts, read_custom_prompts, resolve_suites
+from dalle_eval.probes.suites import RAVEN_ITEMS, SUITES, make_prompts, read_custom_prompts, resolve_suites
 from dalle_eval.probes.tables import attach_random, coverage, mark_partial, summarise
 from dalle_eval.samples import SAMPLES, claim_samples
 
@@ -57,7 +58,8 @@ def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer
     """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples.
 
     The folder's fingerprint: the checkpoint, sampling settings, the Raven completer and `universe`, every
-    prompt the seed and item count make (all suites): another --suite reuses and adds to the same images."""
+    prompt the seed and item count make (the suites of --suite all; the paraphrase prompts follow from the same
+    seed): another --suite reuses and adds to the same images."""
     from dalle_eval.generate import prompts_id, run_sample, sample_fingerprint
     from dalle_eval.probes.likelihood import ProbeModel
     from dalle_eval.probes.raven_probe import complete_raven, model_completer
@@ -107,7 +109,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
         if not (folder / SAMPLES).is_file():
             raise DalleEvalError(f"--images {folder}: no {SAMPLES}; expected a samples dir (see README: artifact layout)")
         samples = read_jsonl(folder / SAMPLES)
-        known = {p["prompt_id"] for p in (prompts if prompts_file else make_prompts("all", cfg.eval.seed, raven_items))}
+        known = {p["prompt_id"] for p in (prompts if prompts_file else
+                                          (p for s in SUITES for p in make_prompts(s, cfg.eval.seed, raven_items)))}
         check_samples(prompts, samples, folder / SAMPLES, suite, known)
     elif {"parser", "clip"} & set(scorers):
         universe = prompts if prompts_file else make_prompts("all", cfg.eval.seed, raven_items)
@@ -142,7 +145,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     scored = {r["suite"] for r in results}
     table = summarise(results)
     with_images = {str(s["prompt_id"]) for s in samples}
-    attach_random(table, random_generator_results([p for p in prompts if p["prompt_id"] in with_images]))
+    random_results = random_generator_results([p for p in prompts if p["prompt_id"] in with_images])
+    attach_random(table, random_results)
     mark_partial(table, cover)
     report = {"suite": suite, "suites": suites, "scorers": list(scorers), "samples_dir": str(folder) if folder else None,
               "ckpt": str(ckpt) if ckpt else None, "n_prompts": len(prompts),
@@ -150,6 +154,7 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
               "not_scored": [s for s in suites if s not in scored],
               "text_window": text_window(Path(ckpt), prompts) if ckpt is not None and prompts_file is None else None,
               "coverage": cover, "table": table,
+              "paraphrase": paraphrase_table(prompts, results, random_results) if "paraphrase" in suites else None,
               "results": results, "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
     write_markdown(report, results, folder, out)

@@ -10,6 +10,12 @@ value of that attribute, drawn from the sample's own stream `random.Random(f"{se
 nothing about that attribute from text, while the probes still ask with true captions. The COCO-format split
 keeps its true captions: it is an evaluation set (coco-fid, like the probes, asks for what is drawn) and is
 identical in both arms. A scrambled caption may name a HELDOUT (colour, shape) pair; its image never shows one.
+
+Paraphrase arm (`data.paraphrase`, the training side of the paraphrase probes): a `fraction` of the relation,
+stack and multi captions is written in a phrasing (shapes/phrasing.py) drawn uniformly from the scene's
+phrasings other than canonical and `heldout`, from the sample's own stream `random.Random(f"{seed}-{i}-paraphrase")`;
+with scramble too, the scrambled scene is the one phrased. fraction 0 (the default) writes the canonical captions.
+The COCO-format split keeps its canonical captions.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dalle_eval.artifacts import write_json
+from dalle_eval.config import ParaphraseConfig
 from dalle_eval.images import png_bytes
 from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, caption, render, sample_scene
+from dalle_eval.shapes.phrasing import KIND_FAMILIES, phrase
 from dalle_eval.shards import shard_name, write_shard
 
 COCO_ANNOTATIONS = "captions_val.json"
@@ -32,32 +40,40 @@ def _scene(seed: int, index: int):
     return sample_scene(random.Random(f"{seed}-{index}"))  # training scenes never hold HELDOUT pairs
 
 
+CANONICAL = ParaphraseConfig()  # data.paraphrase off
 SCRAMBLE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES)}
 
 
-def training_caption(scene: Scene, seed: int, index: int, scramble: str = "") -> str:
+def training_caption(scene: Scene, seed: int, index: int, scramble: str = "",
+                     paraphrase: ParaphraseConfig = CANONICAL) -> str:
     """The caption of training sample `index`: the true one, or with `scramble`'s attribute of each object
-    replaced by an independent uniform draw from its values (seeded by the sample: reproducible)."""
-    if not scramble:
-        return caption(scene)
-    rng, values = random.Random(f"{seed}-{index}-scramble-{scramble}"), SCRAMBLE_VALUES[scramble]
-    said = tuple(dataclasses.replace(o, **{scramble: rng.choice(values)}) for o in scene.objects)
-    return caption(dataclasses.replace(scene, objects=said))
+    replaced by an independent uniform draw from its values, and/or rephrased by `paraphrase` (each seeded by the
+    sample: reproducible)."""
+    if scramble:
+        rng, values = random.Random(f"{seed}-{index}-scramble-{scramble}"), SCRAMBLE_VALUES[scramble]
+        said = tuple(dataclasses.replace(o, **{scramble: rng.choice(values)}) for o in scene.objects)
+        scene = dataclasses.replace(scene, objects=said)
+    if paraphrase.fraction and scene.kind in KIND_FAMILIES:
+        rng = random.Random(f"{seed}-{index}-paraphrase")
+        allowed = [f for f in KIND_FAMILIES[scene.kind][1:] if f not in paraphrase.heldout]
+        if rng.random() < paraphrase.fraction and allowed:
+            return phrase(scene, rng.choice(allowed))
+    return caption(scene)
 
 
-def _sample(seed: int, index: int, scene, resolution: int, scramble: str = "") -> dict:
+def _sample(seed: int, index: int, scene, resolution: int, scramble: str, paraphrase: ParaphraseConfig) -> dict:
     return {
         "__key__": f"{index:09d}",
         "png": png_bytes(render(scene, resolution)),
-        "txt": training_caption(scene, seed, index, scramble),
+        "txt": training_caption(scene, seed, index, scramble, paraphrase),
         "json": {"url": f"shapes://{seed}/{index}", "width": resolution, "height": resolution, "scene": scene.to_json()},
     }
 
 
 def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int,
-                        scramble: str = "") -> list[dict]:
+                        scramble: str = "", paraphrase: ParaphraseConfig = CANONICAL) -> list[dict]:
     """Render n training scenes into out/shard-*.tar (skipping whole shards already there), captions
-    scrambled by `scramble` (see the module doc).
+    scrambled by `scramble` and rephrased by `paraphrase` (see the module doc).
 
     Returns one pair-table row per sample.
     """
@@ -68,9 +84,10 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
         scenes = [(i, _scene(seed, i)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
         path = out / shard_name(s)
         if not path.exists():
-            write_shard(path, (_sample(seed, i, scene, resolution, scramble) for i, scene in scenes))
+            write_shard(path, (_sample(seed, i, scene, resolution, scramble, paraphrase) for i, scene in scenes))
         rows += [
-            {"key": f"{i:09d}", "url": f"shapes://{seed}/{i}", "caption": training_caption(scene, seed, i, scramble),
+            {"key": f"{i:09d}", "url": f"shapes://{seed}/{i}",
+             "caption": training_caption(scene, seed, i, scramble, paraphrase),
              "status": "ok",
              "width": resolution, "height": resolution, "shard": path.name}
             for i, scene in scenes

@@ -14,8 +14,7 @@ import torch
 from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.probes.chance import scene_chance
 from dalle_eval.probes.checks import result
-from dalle_eval.probes.likelihood import oracle_image
-from dalle_eval.probes.scoring import score_raven_image, score_scene_image
+from dalle_eval.probes.scoring import oracle_image, score_raven_image, score_scene_image
 from dalle_eval.raven import RavenItem, render_matrix
 from dalle_eval.shapes import Scene
 

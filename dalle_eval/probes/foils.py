@@ -6,6 +6,9 @@
   words, bound to other objects), only where the swap makes a different scene;
 - relation: the stated relation flipped (left of <-> right of, above <-> below).
 
+A paraphrase prompt's foils are written in its own phrasing (shapes/phrasing.py), so truth and foils differ
+in the scene only, never in the template.
+
 The likelihood and CLIP scorers rank the true caption against these; chance = 1 / (1 + #foils) for
 "ranked first" and 1/2 for each pairwise truth-vs-foil comparison.
 """
@@ -16,6 +19,7 @@ import random
 from dataclasses import replace
 
 from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Obj, Scene, caption
+from dalle_eval.shapes.phrasing import phrase
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 LEVELS = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
@@ -72,10 +76,11 @@ def foils_for(prompt: dict) -> list[dict]:
                 out.append({"kind": f"swap_{attribute}", "spec": _swap(spec, *pair, attribute), "swap": [*pair, attribute]})
         if spec.relation in FLIP:
             out.append({"kind": "relation", "spec": Scene(spec.kind, spec.objects, FLIP[spec.relation])})
-    truth = caption(spec)
+    write = (lambda s: phrase(s, prompt["phrasing"])) if "phrasing" in prompt else caption
+    truth = write(spec)
     foils = []
     for f in out:
-        text = caption(f["spec"])
+        text = write(f["spec"])
         if text != truth and text not in (g["caption"] for g in foils):
             foils.append({**f, "caption": text, "spec": f["spec"].to_json()})
     return foils

@@ -9,7 +9,6 @@ and the rows above the cell, the same for all 8, run through the transformer onc
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batc
 from dalle_eval.probes.chance import N_CANDIDATES
 from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.scoring import oracle_image
 from dalle_eval.raven import RavenItem, answer_box, render_matrix
-from dalle_eval.shapes import Scene, place, render
 
 
 @dataclass
@@ -76,12 +75,6 @@ def _scores(pm: ProbeModel, text: torch.Tensor, codes: torch.Tensor, batch: int)
         _, summed = score(pm.model, text[i : i + batch], codes[i : i + batch])
         out += summed.tolist()
     return out
-
-
-def oracle_image(prompt: dict, size: int) -> Image.Image:
-    """The shapes prompt's spec drawn by the renderer (placement seeded by the prompt id): what a perfect
-    generator could draw; likelihood scoring and the dVAE ceiling both use it."""
-    return render(place(Scene.from_json(prompt["spec"]), random.Random(f"oracle-{prompt['prompt_id']}")), size)
 
 
 def encode_batched(pm: ProbeModel, images: list[Image.Image], batch: int) -> torch.Tensor:

@@ -60,6 +60,24 @@ def _coverage_md(cover: list[dict]) -> str:
     return md
 
 
+def _paraphrase_md(rows: list[dict] | None) -> str:
+    """The paraphrase suite's figures (probes/paraphrase.py) as one table."""
+    if not rows:
+        return ""
+    def show(row: dict, x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}" if row["metric"] == "ranking agreement" else pct(x)
+
+    shown = [{**r, "phrasing": r["phrasing"] or "", "value": show(r, r["value"]), "chance": show(r, r["chance"]),
+              "random generator": show(r, r["random"]), "oracle": show(r, r["oracle"])} for r in rows]
+    return ("\n## paraphrase — consistency across phrasings\n\nOne spec, 5-6 equivalent captions (canonical, permuted "
+            "objects, converse relation, there-is, numerals, clause, bottom-up stack, synonyms); the all-or-nothing check "
+            "(parser: image, likelihood: ranked first). consistency = P(all phrasings pass | canonical passes); no "
+            "correct interpretation = the share of specs no phrasing gets right (the DALL·E blog's phrase); ranking "
+            "agreement = Kendall's W of the likelihood rankings of truth and foils across phrasings. `oracle`: each "
+            "spec rendered and parsed.\n\n"
+            + md_table(shown, ["scorer", "metric", "phrasing", "value", "chance", "random generator", "oracle", "specs"]))
+
+
 def write_markdown(report: dict, results: list[dict], folder: Path | None, out: Path) -> None:
     md = f"# Probes: {report['suite']}\n\n"
     if folder is not None:
@@ -77,6 +95,7 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
             if rows:
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
                 md += md_table(rows, COLUMNS)
+    md += _paraphrase_md(report.get("paraphrase"))
     window = report.get("text_window")
     if window and window["truncated"]:
         by = Counter(f"{t['suite']}/{t['category']}" for t in window["truncated"])

@@ -7,6 +7,7 @@ candidates. Chance levels are the scores of each suite's random generator (chanc
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from PIL import Image
@@ -16,7 +17,7 @@ from dalle_eval.errors import DalleEvalError
 from dalle_eval.probes.chance import N_CANDIDATES, scene_chance
 from dalle_eval.probes.checks import result, scene_checks
 from dalle_eval.raven import RavenItem, nearest_candidate
-from dalle_eval.shapes import Scene, parse_image
+from dalle_eval.shapes import Scene, parse_image, place, render
 
 
 def score_scene_image(spec: Scene, image: Image.Image, chance: dict[str, float] | None = None
@@ -33,6 +34,12 @@ def score_raven_image(item: RavenItem, image: Image.Image) -> tuple[dict[str, tu
         raise DalleEvalError(f"a Raven image must be square, got {image.width}x{image.height}")
     chosen = nearest_candidate(item, image, image.width)
     return {"answer": (chosen == item.answer, 1 / N_CANDIDATES)}, chosen
+
+
+def oracle_image(prompt: dict, size: int) -> Image.Image:
+    """The shapes prompt's spec drawn by the renderer (placement seeded by the prompt id): what a perfect
+    generator could draw; likelihood scoring, the dVAE ceiling and the paraphrase oracle column use it."""
+    return render(place(Scene.from_json(prompt["spec"]), random.Random(f"oracle-{prompt['prompt_id']}")), size)
 
 
 def check_samples(prompts: list[dict], samples: list[dict], where: Path, suite: str, known: set[str]) -> None:

@@ -1,9 +1,11 @@
-"""The probe prompts: attributes, binding and Raven, each prompt carrying its full structured spec.
+"""The probe prompts: attributes, binding, Raven and paraphrase, each prompt carrying its full structured spec.
 
 A prompt is a plain dict (it is also the line `probes export` writes): prompt_id, suite, category,
 groups (every table row it counts towards), caption, spec, heldout. Shapes prompts hold a
 `Scene.to_json()` spec with no positions (any placement that makes the caption true is right); Raven
-prompts hold the whole manifest record of the item. Same seed => same prompts.
+prompts hold the whole manifest record of the item. Paraphrase prompts are binding specs, each written in
+every phrasing of shapes/phrasing.py: one prompt per phrasing, sharing the spec's `spec_id`, with its
+`phrasing` (also the group "phrasing:<family>"). Same seed => same prompts.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dalle_eval.artifacts import iter_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, generate_items
 from dalle_eval.shapes import COLOURS, RELATIONS, SHAPES, SIZES, Obj, Scene, caption
+from dalle_eval.shapes.phrasing import families, phrase
 
-SUITES = ("attributes", "binding", "raven")
+SUITES = ("attributes", "binding", "raven", "paraphrase")
+ALL = ("attributes", "binding", "raven")  # --suite all; paraphrase (184 prompts more to sample) runs on its own
 RAVEN_CAPTION = "a 3x3 matrix of shapes following a pattern"  # the text a model is conditioned on for Raven
 RAVEN_ITEMS = 60  # default items (20 per configuration): ±13 points of Wilson half-width at chance
 BINDING_KINDS = {  # table category -> (scene kind, number of objects, prompts)
@@ -29,21 +33,34 @@ BINDING_KINDS = {  # table category -> (scene kind, number of objects, prompts)
     "stack3": ("stack3", 3, 8),
     "multi-attribute": ("described", 3, 10),
 }
+PARAPHRASE_KINDS = {  # table category -> (scene kind, number of objects, specs); 5-6 phrasings each
+    "two": ("multi", 2, 8),
+    "three": ("multi", 3, 8),
+    "relation": ("relation", 2, 8),
+    "stack2": ("stack", 2, 8),
+}
 COUNTS = (1, 2, 3, 4)
 COUNT_PROMPTS = 6  # per count
 
 
 def resolve_suites(suite: str) -> list[str]:
     if suite == "all":
-        return list(SUITES)
+        return list(ALL)
     if suite not in SUITES:
-        raise DalleEvalError(f"--suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
+        raise DalleEvalError(f"--suite must be one of {', '.join(SUITES)} or all ({', '.join(ALL)}), got {suite!r}")
     return [suite]
 
 
 def shapes_prompt(suite: str, category: str, spec: Scene, pid: str) -> dict:
     return {"prompt_id": pid, "suite": suite, "category": category, "groups": ["all", category],
             "caption": caption(spec), "spec": spec.to_json(), "heldout": spec.heldout}
+
+
+def paraphrase_prompts(category: str, spec: Scene, spec_id: str) -> list[dict]:
+    """One prompt per phrasing of `spec`: same spec and spec_id, the caption in that phrasing."""
+    return [{**shapes_prompt("paraphrase", category, spec, f"{spec_id}-{family}"), "caption": phrase(spec, family),
+             "groups": ["all", category, f"phrasing:{family}"], "spec_id": spec_id, "phrasing": family}
+            for family in families(spec)]
 
 
 def raven_prompt(item: RavenItem) -> dict:
@@ -77,9 +94,9 @@ def _binding_spec(rng: random.Random, kind: str, n: int) -> Scene:
 
 
 def make_prompts(suite: str, seed: int = 0, raven_items: int = RAVEN_ITEMS) -> list[dict]:
-    """The prompts of one suite, or of all three for "all"; held-out colour-shape pairs are marked."""
+    """The prompts of one suite, or of the suites in ALL for "all"; held-out colour-shape pairs are marked."""
     if suite == "all":
-        return [p for s in SUITES for p in make_prompts(s, seed, raven_items)]
+        return [p for s in ALL for p in make_prompts(s, seed, raven_items)]
     resolve_suites(suite)
     rng = random.Random(f"probes-{suite}-{seed}")
     prompts = []
@@ -95,6 +112,10 @@ def make_prompts(suite: str, seed: int = 0, raven_items: int = RAVEN_ITEMS) -> l
         for category, (kind, n, k) in BINDING_KINDS.items():
             for i in range(k):
                 prompts.append(shapes_prompt(suite, category, _binding_spec(rng, kind, n), f"{category}-{i:03d}"))
+    elif suite == "paraphrase":
+        for category, (kind, n, k) in PARAPHRASE_KINDS.items():
+            for i in range(k):
+                prompts += paraphrase_prompts(category, _binding_spec(rng, kind, n), f"para-{category}-{i:03d}")
     else:
         if raven_items < 1:
             raise DalleEvalError(f"--raven-items must be >= 1, got {raven_items}")
