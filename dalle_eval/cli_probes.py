@@ -81,7 +81,7 @@ def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pre
 @_probe_options
 @click.pass_context
 def probes(ctx, configs, overrides, **kwargs):
-    """Attributes, variable binding and Raven's matrices: exact, with CIs, on any generator.
+    """Attributes, variable binding, Raven's matrices and paraphrases: exact, with CIs, on any generator.
 
     Without a subcommand, runs `probes run` with the same options.
 
@@ -89,6 +89,7 @@ def probes(ctx, configs, overrides, **kwargs):
     Example:
       dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
+      dalle-eval probes run --suite paraphrase --ckpt runs/transformer --out runs/paraphrase
       dalle-eval probes export --suite all --out prompts.jsonl          # for another model
       dalle-eval probes score --suite all --images their_samples --out runs/theirs
       dalle-eval probes curves --ckpt runs/transformer --checkpoints all --out runs/curves

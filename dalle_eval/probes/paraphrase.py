@@ -6,8 +6,8 @@ images for a spec:
 
 - accuracy per phrasing (mean p over specs) and the worst phrasing's;
 - consistency: P(all phrasings pass | canonical passes) = sum_specs prod_phrasings p / sum_specs p_canonical;
-- no correct interpretation (the DALL·E blog's words): the share of specs for which no phrasing gives a
-  correct image, mean over specs of prod_phrasings (1 - p);
+- no correct interpretation (issue 17's name, after the DALL·E blog): the share of specs for which no phrasing
+  gives a correct image, mean over specs of prod_phrasings (1 - p);
 - likelihood only: ranking agreement, Kendall's W of the truth-and-foils rankings across the phrasings of a
   spec (foils aligned by kind), mean over specs; independent random rankings give 1/m for m phrasings.
 

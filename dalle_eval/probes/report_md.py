@@ -72,7 +72,7 @@ def _paraphrase_md(rows: list[dict] | None) -> str:
     return ("\n## paraphrase — consistency across phrasings\n\nOne spec, 5-6 equivalent captions (canonical, permuted "
             "objects, converse relation, there-is, numerals, clause, bottom-up stack, synonyms); the all-or-nothing check "
             "(parser: image, likelihood: ranked first). consistency = P(all phrasings pass | canonical passes); no "
-            "correct interpretation = the share of specs no phrasing gets right (the DALL·E blog's phrase); ranking "
+            "correct interpretation = the share of specs no phrasing gets right; ranking "
             "agreement = Kendall's W of the likelihood rankings of truth and foils across phrasings. `oracle`: each "
             "spec rendered and parsed.\n\n"
             + md_table(shown, ["scorer", "metric", "phrasing", "value", "chance", "random generator", "oracle", "specs"]))

@@ -1,7 +1,8 @@
 """Paraphrases of a binding scene: a small grammar of equivalent captions, and the parser that reads them back.
 
-The DALL·E blog ("DALL·E: Creating images from text", 2021) notes that semantically equivalent captions can
-give no correct interpretation; this grammar writes one spec (kinds multi, relation, stack) in 5-6 ways:
+Issue 17 §2, after the DALL·E blog (OpenAI 2021, "DALL·E: Creating images from text"): a model can draw one
+phrasing of a scene right and an equivalent one wrong. This grammar writes one spec (kinds multi, relation,
+stack) in 5-6 ways:
 
 - canonical: `caption(spec)`, the training template;
 - permuted (multi): the objects listed in reverse order;
