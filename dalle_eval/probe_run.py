@@ -90,7 +90,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     "custom", CLIP multiple choice only; see suites.read_custom_prompts). Prompts without images are
     counted per suite and category in the report (`coverage`) and their rows marked partial;
     `require_complete` makes any missing prompt an error. OUT/samples of another checkpoint or other sampling
-    settings is refused, or replaced with `overwrite`.
+    settings is refused, or replaced with `overwrite`. With the paraphrase suite, report["paraphrase"] holds its
+    consistency figures (probes/paraphrase.py).
     """
     out = Path(out)
     if prompts_file is not None:
