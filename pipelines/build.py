@@ -62,6 +62,11 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     elif source != "shapes":
         raise DalleEvalError(f"data.scramble={d.scramble} scrambles the shapes world's captions; "
                              f"--source {source} has no scene to scramble from (use --source shapes)")
+    if not d.paraphrase.fraction:  # recorded only when set: builds with canonical captions keep their record
+        del inputs["data"]["paraphrase"]
+    elif source != "shapes":
+        raise DalleEvalError(f"data.paraphrase.fraction={d.paraphrase.fraction} rephrases the shapes world's captions; "
+                             f"--source {source} has no scene to phrase (use --source shapes)")
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
@@ -78,13 +83,16 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if source != "shapes":
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
-    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble))
+    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble, d.paraphrase))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)  # true captions, scrambled or not
     shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]
     # a scrambled build says so at the top of its manifest (also in config.data, and so in the token stage's
     # fingerprint of this manifest): tokens and runs made from it are not mistaken for true-caption data
     extra = {"scramble": {"attribute": d.scramble, "coco_captions": "true"}} if d.scramble else {}
+    if d.paraphrase.fraction:
+        extra["paraphrase"] = {"fraction": d.paraphrase.fraction, "heldout": list(d.paraphrase.heldout),
+                               "coco_captions": "canonical"}
     return write_image_stage(out, table, source, shards, cfg, **extra)
 
 

@@ -293,7 +293,7 @@ def test_scrambled_captions_lie_only_about_their_attribute(tmp_path, fast_cfg):
     assert hashlib.sha256("\n".join(captions).encode()).hexdigest() == \
         "f50c0ea06f7dd58cd99a34c2947241673673b6be35437640b940e004802e1c1c"
     true_fp = json.loads((tmp_path / "true" / "images" / "fingerprint.json").read_text())["fingerprint"]
-    assert "scramble" not in true_fp["data"]  # records of builds made before the option still match
+    assert "scramble" not in true_fp["data"] and "paraphrase" not in true_fp["data"]  # records of builds made before the option still match
 
     cfg = apply_overrides(fast_cfg, ["data.scramble=colour"])
     build_dataset(cfg, "shapes", tmp_path / "colour", n=200)
@@ -324,3 +324,30 @@ def test_scrambled_captions_lie_only_about_their_attribute(tmp_path, fast_cfg):
         build_dataset(cfg, "shapes", tmp_path / "true", n=200)
     with pytest.raises(DalleEvalError, match="hue"):
         load_config(["tiny"], ["data.scramble=hue"])
+
+
+def test_paraphrased_captions_are_recorded_and_match_the_phrasing_grammar(tmp_path, fast_cfg):
+    """data.paraphrase.fraction=1: every multi/relation/stack caption is a phrasing of its own scene (read back by
+    spec_from_phrasing), never a held-out family; the manifest records the arm; non-shapes sources are refused."""
+    from dalle_eval.config import apply_overrides
+    from dalle_eval.pipelines.build import build_dataset
+    from dalle_eval.pipelines.shapes_source import training_caption
+    from dalle_eval.shapes import Scene
+    from dalle_eval.shapes.phrasing import normalise, spec_from_phrasing
+
+    cfg = apply_overrides(fast_cfg, ["data.paraphrase.fraction=1"])
+    build_dataset(cfg, "shapes", tmp_path / "para", n=200)
+    raw = _raw(tmp_path / "para")
+    table = pd.read_parquet(tmp_path / "para" / "pairs.parquet")
+    assert table["caption"].tolist() == [s["txt"].decode() for s in raw]
+    rephrased = 0
+    for i, s in enumerate(raw):
+        scene = Scene.from_json(json.loads(s["json"])["scene"])
+        text = s["txt"].decode()
+        assert text == training_caption(scene, cfg.data.seed, i, paraphrase=cfg.data.paraphrase)
+        if scene.kind in ("multi", "relation", "stack"):
+            assert spec_from_phrasing(text) == normalise(scene)
+            rephrased += 1
+    assert rephrased > 50
+    manifest = json.loads((tmp_path / "para" / "images" / "manifest.json").read_text())
+    assert manifest["paraphrase"]["fraction"] == 1 and manifest["paraphrase"]["heldout"] == ["clause", "numerals"]
