@@ -348,7 +348,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     **{f"train.{stage}.{k}": r for stage in ("dvae", "transformer") for k, r in (
         ("steps", _AT_LEAST_0), ("batch_size", _AT_LEAST_1), ("micro_batch", _AT_LEAST_0), ("lr", _AT_LEAST_0),
         ("lr_min", _AT_LEAST_0), ("eps", _POSITIVE), ("weight_decay", _AT_LEAST_0))},
-    "train.dvae.kl_weight": _AT_LEAST_0, "train.dvae.kl_warmup": _AT_LEAST_0, "train.dvae.tau_start": _POSITIVE,
+    "train.dvae.kl_weight": _AT_LEAST_0, "train.dvae.usage_weight": _AT_LEAST_0, "train.dvae.kl_warmup": _AT_LEAST_0, "train.dvae.tau_start": _POSITIVE,
     "train.dvae.tau_end": _POSITIVE, "train.dvae.tau_steps": _AT_LEAST_1, "train.dvae.ema": _FRACTION,
     "train.transformer.warmup": _AT_LEAST_0, "train.transformer.halve_every": _AT_LEAST_0,
     "train.transformer.plateau_patience": _AT_LEAST_1, "train.transformer.plateau_threshold": _AT_LEAST_0,

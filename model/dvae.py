@@ -189,6 +189,13 @@ def logit_laplace_nll(stats: torch.Tensor, images: torch.Tensor, eps: float = LO
     return (math.log(2) + ln_b + torch.log(x * (1 - x)) + (torch.logit(x) - mu).abs() * torch.exp(-ln_b)).mean()
 
 
+def code_usage_loss(logits: torch.Tensor) -> torch.Tensor:
+    """1 - perplexity / K of the batch's average posterior (wav2vec 2.0's diversity loss, Baevski et al. 2020):
+    0 when every code is used equally, near 1 when the batch collapses onto one code."""
+    avg = F.softmax(logits, dim=1).mean(dim=(0, 2, 3))
+    return 1 - torch.exp(-(avg * torch.log(avg + 1e-9)).sum()) / logits.shape[1]
+
+
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(q(z|x) || uniform over the K codes) = sum q log q + log K."""
     logq = F.log_softmax(logits, dim=1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dalle_eval.model.dvae import DVAE, kl_to_uniform, logit_laplace_nll, pixels_to_pil
+from dalle_eval.model.dvae import DVAE, code_usage_loss, kl_to_uniform, logit_laplace_nll, pixels_to_pil
 from dalle_eval.model.schedule import LRSchedule
 
 from dalle_eval.config import Config
@@ -77,7 +77,11 @@ class DVAETask:
         else:  # "mse"
             recon = mse = F.mse_loss(DVAE.stats_to_pixels(stats), x)
         kl = kl_to_uniform(logits)
-        return {"loss": recon + self.beta(step) * self.kl_scale * kl, "recon": recon, "kl": kl, "mse": mse.detach()}
+        out = {"loss": recon + self.beta(step) * self.kl_scale * kl, "recon": recon, "kl": kl, "mse": mse.detach()}
+        if self.tc.usage_weight:
+            out["usage"] = code_usage_loss(logits)
+            out["loss"] = out["loss"] + self.tc.usage_weight * out["usage"]
+        return out
 
     def clip_gradients(self) -> float:
         return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))

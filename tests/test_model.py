@@ -460,7 +460,7 @@ def test_score_sums_over_a_region(fast_cfg):
 def test_dvae_losses_and_paper_schedules(shapes_data):
     import math as m
 
-    from dalle_eval.model.dvae import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+    from dalle_eval.model.dvae import code_usage_loss, kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
     from dalle_eval.model.stage1 import DVAETask
 
     x = torch.rand(2, 3, 4, 4)
@@ -471,6 +471,10 @@ def test_dvae_losses_and_paper_schedules(shapes_data):
     assert logit_laplace_nll(torch.cat([mu, ln_b], 1), x).item() == pytest.approx(-density.log().mean().item(), rel=1e-5)
     assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).item() == pytest.approx(0, abs=1e-6)
     assert kl_to_uniform(torch.eye(16)[0].view(1, 16, 1, 1) * 1e4).item() == pytest.approx(m.log(16), rel=1e-4)
+    one_hot = torch.eye(16).view(16, 16, 1, 1) * 1e4  # 16 positions, each sure of its own code
+    assert code_usage_loss(one_hot).item() == pytest.approx(0, abs=1e-5)  # every code used equally
+    assert code_usage_loss(one_hot[:1].expand(16, -1, -1, -1)).item() == pytest.approx(15 / 16, abs=1e-5)  # one code
+    assert code_usage_loss(one_hot[:4]).item() == pytest.approx(12 / 16, abs=1e-5)  # perplexity 4 of 16
     cfg = load_config([])  # paper defaults: beta 0 -> 6.6 over 5k (cosine), tau 1 -> 1/16 over 150k (exponential)
     cfg = dataclasses.replace(cfg, dvae=dataclasses.replace(cfg.dvae, image_size=64, n_hid=8, vocab_size=64))
     task = DVAETask(cfg)
