@@ -10,8 +10,9 @@ import click
 from dalle_eval.cli_common import Group, clip_options, config_flags, config_options, overwrite_option, summary
 from dalle_eval.errors import DalleEvalError
 
-_SUITE = click.Choice(["attributes", "binding", "raven", "paraphrase", "all"])
-_SUITE_HELP = "all = attributes, binding and raven; paraphrase (one spec in 5-6 phrasings) is asked for by name."
+_SUITE = click.Choice(["attributes", "binding", "raven", "paraphrase", "translation", "all"])
+_SUITE_HELP = ("all = attributes, binding and raven; paraphrase (one spec in 5-6 phrasings) and translation (complete "
+               "the bottom panel from the top one) are asked for by name.")
 
 
 _REQUIRE_COMPLETE = click.option(
@@ -81,7 +82,7 @@ def _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pre
 @_probe_options
 @click.pass_context
 def probes(ctx, configs, overrides, **kwargs):
-    """Attributes, variable binding, Raven's matrices and paraphrases: exact, with CIs, on any generator.
+    """Attributes, variable binding, Raven's matrices, paraphrases, translation: exact, with CIs, on any generator.
 
     Without a subcommand, runs `probes run` with the same options.
 
@@ -90,6 +91,7 @@ def probes(ctx, configs, overrides, **kwargs):
       dalle-eval probes --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes run --suite binding --ckpt runs/transformer --scorer likelihood --out runs/lik
       dalle-eval probes run --suite paraphrase --ckpt runs/transformer --out runs/paraphrase
+      dalle-eval probes run --suite translation --ckpt runs/transformer --out runs/translation
       dalle-eval probes export --suite all --out prompts.jsonl          # for another model
       dalle-eval probes score --suite all --images their_samples --out runs/theirs
       dalle-eval probes curves --ckpt runs/transformer --checkpoints all --out runs/curves
@@ -121,15 +123,17 @@ def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, cl
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt seed (eval.seed when scoring).")
 @click.option("--raven-items", type=click.IntRange(min=1), default=None, help="Raven items [default: 60].")
 @click.option("--resolution", type=int, default=256, show_default=True,
-              help="Raven context image size (px, >= 64).")
+              help="Raven and translation context image size (px, >= 64).")
 def probes_export(suite, out, seed, raven_items, resolution):
     """Write a suite's prompts for another generator, and the answer key for scoring.
 
     \b
     Give the generator these two, and only these:
-      OUT             one line per prompt: prompt_id, suite, category, caption; Raven lines also
-                      context_image, image_size, answer_box, region (complete that cell)
+      OUT             one line per prompt: prompt_id, suite, category, caption; Raven and
+                      translation lines also context_image, image_size, answer_box, region
+                      (complete that box: the Raven answer cell, the bottom panel)
       <stem>_raven/   the Raven context images, answer cell blank
+      <stem>_translation/  the translation context images, bottom panel blank
     \b
     Keep this one: it is the answer key; never give it to the generator:
       <stem>_key/     prompts.jsonl (every prompt's spec: Raven candidates and answer,
@@ -151,6 +155,8 @@ def probes_export(suite, out, seed, raven_items, resolution):
     lines = {"prompts (give the generator)": str(path)}
     if (path.parent / f"{path.stem}_raven").is_dir():
         lines["context images (give)"] = str(path.parent / f"{path.stem}_raven")
+    if (path.parent / f"{path.stem}_translation").is_dir():
+        lines["translation context images (give)"] = str(path.parent / f"{path.stem}_translation")
     lines["answer key (keep it)"] = str(path.parent / f"{path.stem}_key")
     summary(f"probes export {suite}", lines)
 

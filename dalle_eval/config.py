@@ -77,6 +77,10 @@ class DataConfig:
     # no information about it from text. "" = true captions. The COCO-format split keeps its true captions.
     scramble: Scramble = ""
     paraphrase: ParaphraseConfig = field(default_factory=ParaphraseConfig)
+    # shapes world, the training arm of the translation probes: this share of the training samples become
+    # two-panel scenes (shapes/panels.py) of the identity and recolour transforms only; resize, reshape,
+    # mirrored and colour-swap never appear. 0 = off: the data byte for byte as without the arm.
+    translation_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
                                           "download_threads", "download_timeout", "encode_batch")},
     "data.n_val": _AT_LEAST_0, "data.download_retries": _AT_LEAST_0, "data.min_image_size": _AT_LEAST_0,
     "data.max_aspect_ratio": (1, None, False), "data.max_image_area": _POSITIVE, "data.paraphrase.fraction": _FRACTION,
+    "data.translation_fraction": _FRACTION,
     **{f"filter.{k}": _AT_LEAST_0 for k in ("min_chars", "min_words", "lang_min_words")},
     "filter.max_chars": _AT_LEAST_1, "filter.max_words": _AT_LEAST_1,
     "filter.lang_min_confidence": _FRACTION, "filter.lang_floor": _FRACTION,

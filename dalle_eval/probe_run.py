@@ -3,7 +3,8 @@
 Scorers: parser (exact, on images), likelihood (this project's checkpoints: log p(codes | text), no
 sampling), clip (open_clip multiple choice, any generator's images); with --ckpt also dvae_ceiling (the
 oracle images through the checkpoint's dVAE, parser-scored: the most any model over that dVAE can score). With --ckpt the shapes prompts are
-sampled (dalle_eval.generate.run_sample) and the Raven matrices completed (raven_probe.py) into OUT/samples.
+sampled (dalle_eval.generate.run_sample), the Raven matrices completed (raven_probe.py) and the translation
+bottoms completed under their top panels (translation_probe.py) into OUT/samples.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.paraphrase import paraphrase_table
 from dalle_eval.probes.report_md import write_markdown
 from dalle_eval.probes.scoring import check_samples, score_samples
-from dalle_eval.probes.suites import RAVEN_ITEMS, SUITES, make_prompts, read_custom_prompts, resolve_suites
+from dalle_eval.probes.suites import (
+    COMPLETION_SUITES,
+    RAVEN_ITEMS,
+    SUITES,
+    make_prompts,
+    read_custom_prompts,
+    resolve_suites,
+)
 from dalle_eval.probes.tables import attach_random, coverage, mark_partial, summarise
+from dalle_eval.probes.translation import translation_table
 from dalle_eval.samples import SAMPLES, claim_samples
 
 SCORERS = ("parser", "likelihood", "clip")
@@ -55,26 +64,30 @@ def text_window(ckpt: Path, prompts: list[dict]) -> dict:
 
 def _generate(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, completer, progress: bool,
               universe: list[dict], overwrite: bool = False) -> Path:
-    """Shapes prompts sampled from their captions, Raven matrices completed; all into out/samples.
+    """Shapes prompts sampled from their captions, Raven matrices and translation bottoms completed; all into
+    out/samples.
 
     The folder's fingerprint: the checkpoint, sampling settings, the Raven completer and `universe`, every
-    prompt the seed and item count make (the suites of --suite all; the paraphrase prompts follow from the same
-    seed): another --suite reuses and adds to the same images."""
+    prompt the seed and item count make (the suites of --suite all; the paraphrase and translation prompts follow
+    from the same seed): another --suite reuses and adds to the same images."""
     from dalle_eval.generate import prompts_id, run_sample, sample_fingerprint
     from dalle_eval.probes.likelihood import ProbeModel
     from dalle_eval.probes.raven_probe import complete_raven, model_completer
+    from dalle_eval.probes.translation_probe import complete_translation
 
     folder = out / "samples"
     completion = "model" if completer is None else f"custom {getattr(completer, '__qualname__', type(completer).__name__)}"
     fp = {**sample_fingerprint(ckpt, cfg.sample), "prompts": prompts_id(universe), "raven_completion": completion}
     claim_samples(folder, fp, overwrite, f"probes --ckpt {ckpt}")
-    shapes = [p for p in prompts if p["suite"] != "raven"]
+    shapes = [p for p in prompts if p["suite"] not in COMPLETION_SUITES]
     if shapes:
         run_sample(ckpt, shapes, cfg.eval.probe_samples, folder, cfg.sample, progress, claim=False)
+    s = cfg.sample
     if any(p["suite"] == "raven" for p in prompts):
-        s = cfg.sample
         completer = completer or model_completer(ProbeModel.load(ckpt, s.device), s.temperature, s.top_k, s.top_p)
         complete_raven(prompts, completer, folder, cfg.eval.probe_samples, s.seed, progress)
+    if any(p["suite"] == "translation" for p in prompts):
+        complete_translation(prompts, ProbeModel.load(ckpt, s.device), folder, cfg.eval.probe_samples, s, progress)
     return folder
 
 
@@ -91,7 +104,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     counted per suite and category in the report (`coverage`) and their rows marked partial;
     `require_complete` makes any missing prompt an error. OUT/samples of another checkpoint or other sampling
     settings is refused, or replaced with `overwrite`. With the paraphrase suite, report["paraphrase"] holds its
-    consistency figures (probes/paraphrase.py).
+    consistency figures (probes/paraphrase.py); with the translation suite, report["translation"] its parser rows
+    beside the copy-the-top and oracle baselines (probes/translation.py).
     """
     out = Path(out)
     if prompts_file is not None:
@@ -124,10 +138,15 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     if "parser" in scorers:
         results += score_samples(prompts, samples, folder)
     if "likelihood" in scorers:
-        from dalle_eval.probes.likelihood import ProbeModel, likelihood_raven, likelihood_shapes
+        from dalle_eval.probes.likelihood import (
+            ProbeModel,
+            likelihood_raven,
+            likelihood_shapes,
+            likelihood_translation,
+        )
 
         pm = ProbeModel.load(Path(ckpt), cfg.sample.device)
-        results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm)
+        results += likelihood_shapes(prompts, pm) + likelihood_raven(prompts, pm) + likelihood_translation(prompts, pm)
     if ckpt is not None and prompts_file is None:  # what this checkpoint's dVAE lets any model score at most
         from dalle_eval.model.checkpoint import DVAE_DIR
         from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
@@ -146,7 +165,8 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
     scored = {r["suite"] for r in results}
     table = summarise(results)
     with_images = {str(s["prompt_id"]) for s in samples}
-    random_results = random_generator_results([p for p in prompts if p["prompt_id"] in with_images])
+    imaged = [p for p in prompts if p["prompt_id"] in with_images]
+    random_results = random_generator_results(imaged)
     attach_random(table, random_results)
     mark_partial(table, cover)
     report = {"suite": suite, "suites": suites, "scorers": list(scorers), "samples_dir": str(folder) if folder else None,
@@ -156,6 +176,7 @@ def run_probes(suite: str, out: Path, cfg: Config, ckpt: Path | None = None, ima
               "text_window": text_window(Path(ckpt), prompts) if ckpt is not None and prompts_file is None else None,
               "coverage": cover, "table": table,
               "paraphrase": paraphrase_table(prompts, results, random_results) if "paraphrase" in suites else None,
+              "translation": translation_table(imaged, table) if "translation" in suites else None,
               "results": results, "config": config_to_dict(cfg)}
     write_json(out / "report.json", report)
     write_markdown(report, results, folder, out)
@@ -176,29 +197,34 @@ def run_export(suite: str, out: Path, seed: int = 0, raven_items: int = RAVEN_IT
     """Export a suite for another generator; -> OUT, the prompts JSONL.
 
     Given to the generator (what it needs to draw, nothing it could be scored with):
-    - OUT: one line per prompt: prompt_id, suite, category, caption; a Raven line also context_image,
-      image_size, answer_box and region (complete that cell of the context image);
-    - <stem>_raven/: the Raven context images (answer cell blank), nothing else.
+    - OUT: one line per prompt: prompt_id, suite, category, caption; a Raven or translation line also
+      context_image, image_size, answer_box and region (complete that box of the context image: the Raven
+      answer cell, the translation bottom panel);
+    - <stem>_raven/, <stem>_translation/: the context images (Raven answer cell, translation bottom panel
+      blank), nothing else.
     The answer key, <stem>_key/, stays with whoever scores; never give it to the generator:
-    - prompts.jsonl: every prompt in full: spec (for Raven the item: rules, candidates, answer), groups (a
-      Raven item's rule types), heldout, and the shapes prompts' foils (CLIP multiple choice ranks the
+    - prompts.jsonl: every prompt in full: spec (for Raven the item: rules, candidates, answer; for translation
+      the top objects and the transform), groups (a Raven item's rule types), heldout, and the shapes prompts' foils (CLIP multiple choice ranks the
       caption against them; a generator that saw them could steer away from exactly those captions, e.g.
       as negative prompts);
     - raven.jsonl: the Raven manifest (read_manifest validates it); export.json: suite, seed, raven_items.
     `probes score` regenerates the same prompts from --seed/--raven-items; the key is their record.
     """
-    from dalle_eval.probes.raven_probe import export_context
+    from dalle_eval.probes import raven_probe, translation_probe
     from dalle_eval.raven import RavenItem, write_manifest
 
     out = Path(out)
     prompts = make_prompts(suite, seed, raven_items)
     folder, key = out.parent / f"{out.stem}_raven", out.parent / f"{out.stem}_key"
     (folder / "raven.jsonl").unlink(missing_ok=True)  # the answer key, where exports before the key folder put it
+    contexts = {"raven": (raven_probe.export_context, folder),
+                "translation": (translation_probe.export_context, out.parent / f"{out.stem}_translation")}
     given, kept = [], []
     for p in prompts:
         row = {k: p[k] for k in ("prompt_id", "suite", "category", "caption")}
-        if p["suite"] == "raven":
-            row.update(export_context(p, folder, resolution))
+        if p["suite"] in contexts:
+            export_context, where = contexts[p["suite"]]
+            row.update(export_context(p, where, resolution))
             kept.append(p)
         else:
             kept.append({**p, "foils": [{"kind": f["kind"], "caption": f["caption"]} for f in foils_for(p)]})

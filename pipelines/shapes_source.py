@@ -16,6 +16,13 @@ stack and multi captions is written in a phrasing (shapes/phrasing.py) drawn uni
 phrasings other than canonical and `heldout`, from the sample's own stream `random.Random(f"{seed}-{i}-paraphrase")`;
 with scramble too, the scrambled scene is the one phrased. fraction 0 (the default) writes the canonical captions.
 The COCO-format split keeps its canonical captions.
+
+Translation arm (`data.translation_fraction`, the training side of the translation probes): that share of the
+samples, decided by the sample's own stream `random.Random(f"{seed}-{i}-translation")`, is a two-panel scene
+(shapes/panels.py) of the identity or recolour transform, whose caption is the panel caption (scramble and
+paraphrase leave it alone); resize, reshape, mirrored and colour-swap never appear, so the probes ask whether
+they emerge, as the DALL·E blog's zero-shot translations did. fraction 0 (the default) draws nothing from that
+stream: images and captions byte for byte as without the arm. The COCO-format split has no two-panel scenes.
 """
 
 from __future__ import annotations
@@ -30,25 +37,34 @@ from dalle_eval.artifacts import write_json
 from dalle_eval.config import ParaphraseConfig
 from dalle_eval.images import png_bytes
 from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, caption, render, sample_scene
+from dalle_eval.shapes.panels import Translation, render_panels, training_translation
 from dalle_eval.shapes.phrasing import KIND_FAMILIES, phrase
 from dalle_eval.shards import shard_name, write_shard
 
 COCO_ANNOTATIONS = "captions_val.json"
 
 
-def _scene(seed: int, index: int):
-    return sample_scene(random.Random(f"{seed}-{index}"))  # training scenes never hold HELDOUT pairs
+def _scene(seed: int, index: int, translation_fraction: float = 0.0) -> Scene | Translation:
+    """Training sample `index`'s scene: a two-panel scene with probability `translation_fraction`, else a
+    shapes scene (neither holds a HELDOUT pair)."""
+    if translation_fraction:
+        rng = random.Random(f"{seed}-{index}-translation")
+        if rng.random() < translation_fraction:
+            return training_translation(rng)
+    return sample_scene(random.Random(f"{seed}-{index}"))
 
 
 CANONICAL = ParaphraseConfig()  # data.paraphrase off
 SCRAMBLE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES)}
 
 
-def training_caption(scene: Scene, seed: int, index: int, scramble: str = "",
+def training_caption(scene: Scene | Translation, seed: int, index: int, scramble: str = "",
                      paraphrase: ParaphraseConfig = CANONICAL) -> str:
     """The caption of training sample `index`: the true one, or with `scramble`'s attribute of each object
     replaced by an independent uniform draw from its values, and/or rephrased by `paraphrase` (each seeded by the
-    sample: reproducible)."""
+    sample: reproducible). A two-panel scene keeps its panel caption."""
+    if isinstance(scene, Translation):
+        return scene.caption()
     if scramble:
         rng, values = random.Random(f"{seed}-{index}-scramble-{scramble}"), SCRAMBLE_VALUES[scramble]
         said = tuple(dataclasses.replace(o, **{scramble: rng.choice(values)}) for o in scene.objects)
@@ -62,18 +78,21 @@ def training_caption(scene: Scene, seed: int, index: int, scramble: str = "",
 
 
 def _sample(seed: int, index: int, scene, resolution: int, scramble: str, paraphrase: ParaphraseConfig) -> dict:
+    image = render_panels(scene, resolution) if isinstance(scene, Translation) else render(scene, resolution)
     return {
         "__key__": f"{index:09d}",
-        "png": png_bytes(render(scene, resolution)),
+        "png": png_bytes(image),
         "txt": training_caption(scene, seed, index, scramble, paraphrase),
         "json": {"url": f"shapes://{seed}/{index}", "width": resolution, "height": resolution, "scene": scene.to_json()},
     }
 
 
 def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int,
-                        scramble: str = "", paraphrase: ParaphraseConfig = CANONICAL) -> list[dict]:
+                        scramble: str = "", paraphrase: ParaphraseConfig = CANONICAL,
+                        translation_fraction: float = 0.0) -> list[dict]:
     """Render n training scenes into out/shard-*.tar (skipping whole shards already there), captions
-    scrambled by `scramble` and rephrased by `paraphrase` (see the module doc).
+    scrambled by `scramble` and rephrased by `paraphrase`, a `translation_fraction` of two-panel scenes (see the
+    module doc).
 
     Returns one pair-table row per sample.
     """
@@ -81,7 +100,7 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
     rows = []
     n_shards = (n + shard_size - 1) // shard_size
     for s in tqdm(range(n_shards), desc="render shapes shards", unit="shard"):
-        scenes = [(i, _scene(seed, i)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
+        scenes = [(i, _scene(seed, i, translation_fraction)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
         path = out / shard_name(s)
         if not path.exists():
             write_shard(path, (_sample(seed, i, scene, resolution, scramble, paraphrase) for i, scene in scenes))

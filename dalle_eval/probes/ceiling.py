@@ -1,8 +1,8 @@
 """The dVAE ceiling: the best score any transformer over this image tokenizer can reach on the probe suites.
 
 Each shapes prompt's oracle image (its spec drawn by the renderer, as the likelihood scorer uses it) and
-each Raven item's true matrix go through the dVAE (encode, decode) and are then scored exactly as a
-generated image would be: the shapes parser and its checks, the Raven candidate matcher. A check the round
+each Raven item's true matrix and each translation prompt's correct two-panel canvas go through the dVAE (encode, decode) and are then scored exactly as a
+generated image would be: the shapes parser and its checks, the Raven candidate matcher, the translation checks. A check the round
 trip fails cannot be passed by a model that writes these codes, whatever it learned.
 """
 
@@ -15,15 +15,27 @@ from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.probes.chance import scene_chance
 from dalle_eval.probes.checks import result
 from dalle_eval.probes.scoring import oracle_image, score_raven_image, score_scene_image
+from dalle_eval.probes.translation import score_translation_image, translation_chance
 from dalle_eval.raven import RavenItem, render_matrix
 from dalle_eval.shapes import Scene
+from dalle_eval.shapes.panels import Translation, render_panels
 
 SCORER = "dvae_ceiling"
 
 
-def _true_matrix(prompt: dict, size: int):
-    item = RavenItem.from_json(prompt["spec"])
-    return render_matrix(item, size, item.candidates[item.answer])
+def _true_image(prompt: dict, size: int):
+    if prompt["suite"] == "raven":
+        item = RavenItem.from_json(prompt["spec"])
+        return render_matrix(item, size, item.candidates[item.answer])
+    if prompt["suite"] == "translation":
+        return render_panels(Translation.from_json(prompt["spec"]), size)
+    return oracle_image(prompt, size)
+
+
+def _chance(prompt: dict) -> dict[str, float] | None:
+    if prompt["suite"] == "translation":
+        return translation_chance(Translation.from_json(prompt["spec"]))
+    return None if prompt["suite"] == "raven" else scene_chance(Scene.from_json(prompt["spec"]))
 
 
 class DVAECeiling:
@@ -32,11 +44,10 @@ class DVAECeiling:
 
     def __init__(self, prompts: list[dict], image_size: int, batch: int = 64):
         self.prompts, self.batch = list(prompts), batch
-        images = [_true_matrix(p, image_size) if p["suite"] == "raven" else oracle_image(p, image_size)
-                  for p in self.prompts]
+        images = [_true_image(p, image_size) for p in self.prompts]
         self.pixels = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
                                        ).permute(0, 3, 1, 2) if images else None
-        self.chances = [None if p["suite"] == "raven" else scene_chance(Scene.from_json(p["spec"])) for p in self.prompts]
+        self.chances = [_chance(p) for p in self.prompts]
 
     @torch.no_grad()
     def round_trips(self, dvae) -> list:
@@ -62,6 +73,9 @@ class DVAECeiling:
                 item = RavenItem.from_json(p["spec"])
                 checks, chosen = score_raven_image(item, image)
                 results += [result(p, c, ok, ch, SCORER, chosen=chosen) for c, (ok, ch) in checks.items()]
+            elif p["suite"] == "translation":
+                checks = score_translation_image(Translation.from_json(p["spec"]), image, chance)
+                results += [result(p, c, ok, ch, SCORER) for c, (ok, ch) in checks.items()]
             else:
                 checks = score_scene_image(Scene.from_json(p["spec"]), image, chance)
                 results += [result(p, c, ok, ch, SCORER) for c, (ok, ch) in checks.items()]

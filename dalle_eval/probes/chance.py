@@ -9,7 +9,8 @@ colours (one colour twice would read as one block; which block ends up on which 
 Every check of the parser scorer then has a closed form below (uniform, independent draws; the parser
 reads a clean render exactly). `monte_carlo_chance` scores the same generator by simulation in scene
 space; it serves specs outside the closed forms (repeated objects in a binding prompt) and the tests that
-hold the closed forms to it. `random_scene` renders the generator, for the "random generator" column.
+hold the closed forms to it. `random_scene` renders the generator, for the "random generator" column. The
+translation suite's generator and chance levels are in probes/translation.py.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import math
 import random
 from collections import Counter
 
-from dalle_eval.probes.checks import STACKS, result, scene_checks
+from dalle_eval.probes.checks import STACKS, as_parsed, result, scene_checks
 from dalle_eval.probes.suites import COUNTS
-from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Obj, ParsedObj, Scene, parse_image, place
+from dalle_eval.probes.translation import random_canvas, score_translation_image
+from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Obj, Scene, parse_image, place
+from dalle_eval.shapes.panels import Translation
 from dalle_eval.shapes.scene import CELLS
 
 SUITE_VERSION = 2  # bump when prompts, the generator or the checks change: keys the Monte Carlo cache
@@ -105,17 +108,6 @@ def random_scene(spec: Scene, rng: random.Random) -> Scene:
     return place(Scene("multi", objs), rng)  # random distinct cells
 
 
-def as_parsed(scene: Scene) -> list[ParsedObj]:
-    """What the parser reads from a clean render of `scene`: boxes, and the centroid (a triangle's is a
-    sixth of its side below its box centre)."""
-    out = []
-    for o in scene.objects:
-        half = SIZES[o.size] / 2
-        cy = o.cy + (SIZES[o.size] / 6 if o.shape == "triangle" else 0.0)
-        out.append(ParsedObj(o.shape, o.colour, o.size, o.cx, cy, o.cx - half, o.cy - half, o.cx + half, o.cy + half))
-    return sorted(out, key=lambda p: (p.cy, p.cx))
-
-
 @functools.lru_cache(maxsize=4096)
 def _monte_carlo(spec_key: tuple, draws: int, seed: int, version: int) -> tuple[tuple[str, float], ...]:
     kind, relation, objs = spec_key
@@ -141,14 +133,19 @@ def scene_chance(spec: Scene) -> dict[str, float]:
 
 
 def random_images(prompts: list[dict], per_prompt: int, resolution: int, seed: int = 0):
-    """Yield (prompt, image) of the random generator for the shapes prompts."""
+    """Yield (prompt, image) of the random generator for the shapes and translation prompts (translation: the
+    top panel kept, a random bottom; probes/translation.py)."""
     from dalle_eval.shapes import render
 
     for p in prompts:
         if p["suite"] == "raven" or p.get("spec") is None:
             continue
-        spec = Scene.from_json(p["spec"])
         rng = random.Random(f"random-generator-{seed}-{p['prompt_id']}")
+        if p["suite"] == "translation":
+            spec = Translation.from_json(p["spec"])
+            yield from ((p, random_canvas(spec, rng, resolution)) for _ in range(per_prompt))
+            continue
+        spec = Scene.from_json(p["spec"])
         for _ in range(per_prompt):
             yield p, render(random_scene(spec, rng), resolution)
 
@@ -159,6 +156,10 @@ def random_generator_results(prompts: list[dict], per_prompt: int = 8, resolutio
     candidate uniformly): the "random generator" column beside chance in every report."""
     out = []
     for i, (p, image) in enumerate(random_images(prompts, per_prompt, resolution, seed)):
+        if p["suite"] == "translation":
+            scored = score_translation_image(Translation.from_json(p["spec"]), image)
+            out += [result(p, c, ok, ch, "parser", file=f"random-{i}") for c, (ok, ch) in scored.items()]
+            continue
         spec = Scene.from_json(p["spec"])
         chance = scene_chance(spec)
         checks = scene_checks(spec, parse_image(image))

@@ -3,14 +3,14 @@
 Attributes: colour/shape/size of the main object and count. Binding: per-attribute multisets (colours,
 shapes, sizes: right attributes, wherever they are), count, each object with all its attributes (object_i),
 the stated relation or stacking, and the whole image all-or-nothing. `result` is one scored check as every
-scorer reports it.
+scorer reports it; `as_parsed` is what the parser reads from a clean render (chance levels simulate with it).
 """
 
 from __future__ import annotations
 
 import itertools
 
-from dalle_eval.shapes import ParsedObj, Scene, relation_holds
+from dalle_eval.shapes import SIZES, ParsedObj, Scene, relation_holds
 from dalle_eval.shapes.scene import CELLS
 
 STACKS = ("stack", "stack3")
@@ -66,6 +66,17 @@ def scene_checks(spec: Scene, parsed: list[ParsedObj]) -> dict[str, bool]:
     bound = all(m is not None for m in matched) and relation is not False  # None: no relation stated
     checks["image"] = bound and len(parsed) == n
     return checks
+
+
+def as_parsed(scene: Scene) -> list[ParsedObj]:
+    """What the parser reads from a clean render of `scene`: boxes, and the centroid (a triangle's is a
+    sixth of its side below its box centre)."""
+    out = []
+    for o in scene.objects:
+        half = SIZES[o.size] / 2
+        cy = o.cy + (SIZES[o.size] / 6 if o.shape == "triangle" else 0.0)
+        out.append(ParsedObj(o.shape, o.colour, o.size, o.cx, cy, o.cx - half, o.cy - half, o.cx + half, o.cy + half))
+    return sorted(out, key=lambda p: (p.cy, p.cx))
 
 
 def result(prompt: dict, check: str, passed: bool, chance: float, scorer: str, **extra) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from dalle_eval.artifacts import read_rgb
 from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
+from dalle_eval.probes.suites import COMPLETION_SUITES
 
 
 def prompt_foils(prompt: dict) -> list[dict]:
@@ -20,7 +21,7 @@ def prompt_foils(prompt: dict) -> list[dict]:
 
 def clip_multiple_choice(prompts: list[dict], samples: list[dict], images_dir: Path, scorer) -> list[dict]:
     """Per image: "ranked_first" (chance 1/(1+k)) and "vs_<foil kind>" (chance 1/2); scorer: a ClipScorer."""
-    by_id = {p["prompt_id"]: p for p in prompts if p["suite"] != "raven"}
+    by_id = {p["prompt_id"]: p for p in prompts if p["suite"] not in COMPLETION_SUITES}
     results = []
     for s in samples:
         p = by_id.get(str(s["prompt_id"]))

@@ -6,7 +6,8 @@ each probe suite (train.probe_prompts per suite) and logs one record per check:
     {"split": "probe", "step": S, "suite", "scorer", "check", "accuracy", "ci95", "chance", "n", "seconds"}
 
 - transformer runs: the likelihood scorer (the prompts' oracle images encoded once with the run's dVAE,
-  ranked under the true caption and its foils; Raven candidates by the answer region) — deterministic, no
+  ranked under the true caption and its foils; Raven candidates by the answer region; translation bottoms
+  under the top panel's codes) — deterministic, no
   sampling; with train.probe_samples > 0 also the parser on that many sampled images per shapes prompt
   (fixed seeds);
 - dVAE runs: the dVAE ceiling (ceiling.py) of the model being trained.
@@ -33,7 +34,7 @@ from dalle_eval.model.tokenizer import load_tokenizer
 from dalle_eval.model.train import train as train_stage
 from dalle_eval.probes.ceiling import DVAECeiling
 from dalle_eval.probes.checks import result
-from dalle_eval.probes.likelihood import ProbeModel, RavenLikelihood, ShapesLikelihood
+from dalle_eval.probes.likelihood import ProbeModel, RavenLikelihood, ShapesLikelihood, TranslationLikelihood
 from dalle_eval.probes.scoring import score_scene_image
 from dalle_eval.probes.suites import SUITES, make_prompts
 from dalle_eval.probes.tables import summarise
@@ -71,6 +72,7 @@ class TransformerProbe:
                              device)
         prompts = probe_subset(cfg) if prompts is None else prompts
         self.shapes, self.raven = ShapesLikelihood(prompts, self.pm), RavenLikelihood(prompts, self.pm)
+        self.translation = TranslationLikelihood(prompts, self.pm)
         self.n_samples, self.sample_cfg = cfg.train.probe_samples, cfg.sample
 
     @torch.no_grad()
@@ -89,7 +91,7 @@ class TransformerProbe:
         return out
 
     def __call__(self) -> list[dict]:
-        results = self.shapes() + self.raven()
+        results = self.shapes() + self.raven() + self.translation()
         if self.n_samples:
             results += self.sampled()
         return records(results)

@@ -5,6 +5,9 @@ caption and under each foil (foils.py); the truth must score strictly highest (a
 Raven: the full matrix is rendered with each of the 8 candidates in the bottom-right cell, encoded, and
 the candidates are ranked by the summed log-prob of the image tokens covering the answer cell; the caption
 and the rows above the cell, the same for all 8, run through the transformer once (sampling.score_candidates).
+Translation: log p(bottom tokens | caption, top tokens) of the true bottom panel against the copy of the top and
+the other transforms (translation.alternatives), each under the codes of the context's top panel; the caption
+and the top rows run once per prompt (score_candidates again).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dalle_eval.errors import DalleEvalError
 from dalle_eval.model.checkpoint import DVAE_DIR, TOKENIZER, load_transformer
 from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.sampling import completion_keep, score, score_candidates
@@ -24,7 +28,10 @@ from dalle_eval.probes.chance import N_CANDIDATES
 from dalle_eval.probes.checks import result
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.scoring import oracle_image
+from dalle_eval.probes.suites import COMPLETION_SUITES
+from dalle_eval.probes.translation import alternatives
 from dalle_eval.raven import RavenItem, answer_box, render_matrix
+from dalle_eval.shapes.panels import Translation, render_panels
 
 
 @dataclass
@@ -89,7 +96,7 @@ class ShapesLikelihood:
     "vs_<foil kind>" (chance 1/2). Training probes call one instance after every probe_every steps."""
 
     def __init__(self, prompts: list[dict], pm: ProbeModel, batch: int = 64):
-        self.prompts = [p for p in prompts if p["suite"] != "raven"]
+        self.prompts = [p for p in prompts if p["suite"] not in COMPLETION_SUITES]
         self.pm, self.batch = pm, batch
         images = [oracle_image(p, pm.image_size) for p in self.prompts]
         codes = encode_batched(pm, images, batch)
@@ -148,9 +155,62 @@ class RavenLikelihood:
         return results
 
 
+def panel_rows(grid: int) -> int:
+    """Token rows of the top panel: half the grid (the two-panel canvas splits at its middle token row)."""
+    if grid % 2:
+        raise DalleEvalError(f"the translation suite splits the image at its middle token row: needs an even token "
+                             f"grid, this checkpoint's is {grid}x{grid}")
+    return grid // 2
+
+
+class TranslationLikelihood:
+    """Each translation prompt's candidate bottoms (truth first, translation.alternatives) drawn and encoded once,
+    their top rows replaced by the codes of the context image (top panel, blank bottom) that completion starts
+    from: calling it ranks them by log p(bottom tokens | caption, top tokens) ("ranked_first", chance 1/k for k
+    candidates; "vs_copy", "vs_<transform>", chance 1/2)."""
+
+    def __init__(self, prompts: list[dict], pm: ProbeModel, batch: int = 64):
+        self.prompts = [p for p in prompts if p["suite"] == "translation"]
+        self.pm, self.batch = pm, batch
+        if not self.prompts:
+            return
+        g, size = pm.grid, pm.image_size
+        rows = panel_rows(g)
+        self.region = ~completion_keep(g, keep_rows=rows)
+        specs = [Translation.from_json(p["spec"]) for p in self.prompts]
+        cands = [alternatives(s) for s in specs]
+        self.kinds = [[k for k, _ in c] for c in cands]
+        C = max(map(len, cands))
+        images = []
+        for s, c in zip(specs, cands):  # the context, then C candidates (short lists padded with the truth)
+            images += [render_panels(s, size, ()), *(render_panels(s, size, b) for _, b in c + c[:1] * (C - len(c)))]
+        codes = encode_batched(pm, images, batch).view(len(specs), C + 1, g, g)
+        self.codes = codes[:, 1:].clone()
+        self.codes[:, :, :rows] = codes[:, :1, :rows]
+        self.text = pm.text([p["caption"] for p in self.prompts])
+
+    def __call__(self) -> list[dict]:
+        if not self.prompts:
+            return []
+        per = max(1, self.batch // self.codes.shape[1])
+        lp_all = torch.cat([score_candidates(self.pm.model, self.text[i : i + per], self.codes[i : i + per],
+                                             self.region).cpu() for i in range(0, len(self.prompts), per)])
+        results = []
+        for p, kinds, lp in zip(self.prompts, self.kinds, lp_all.tolist()):
+            truth, others = lp[0], lp[1 : len(kinds)]
+            results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / len(kinds), "likelihood",
+                                  logp=truth, alternatives=dict(zip(kinds[1:], others))))
+            results += [result(p, f"vs_{k}", truth > o, 0.5, "likelihood") for k, o in zip(kinds[1:], others)]
+        return results
+
+
 def likelihood_shapes(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
     return ShapesLikelihood(prompts, pm, batch)()
 
 
 def likelihood_raven(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
     return RavenLikelihood(prompts, pm, batch)()
+
+
+def likelihood_translation(prompts: list[dict], pm: ProbeModel, batch: int = 64) -> list[dict]:
+    return TranslationLikelihood(prompts, pm, batch)()

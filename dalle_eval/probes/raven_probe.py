@@ -12,12 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
-from dalle_eval.artifacts import append_jsonl_rows, atomic_path
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.probes.completion import complete_prompts
 from dalle_eval.raven import MIN_RESOLUTION, RavenItem, answer_box, render_matrix
-from dalle_eval.samples import SAMPLES
 
 Completer = Callable[[RavenItem, str, list[int]], list[Image.Image]]
 
@@ -41,32 +39,10 @@ def model_completer(pm, temperature: float = 1.0, top_k: int = 0, top_p: float =
 
 def complete_raven(prompts: list[dict], completer: Completer, out: Path, n: int, seed: int = 0,
                    progress: bool = False) -> Path:
-    """n completions per Raven prompt into the samples dir `out` (resumable as `sample` is: rows whose image file
-    exists are skipped; a listed row whose file was lost is drawn again, same seed, and not listed twice)."""
-    from dalle_eval.generate import done_rows, finished_rows, image_seed
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    listed = {(str(r["prompt_id"]), r["index"]) for r in done_rows(out)}
-    have = {(str(r["prompt_id"]), r["index"]) for r in finished_rows(out)}
-    todo = [p for p in prompts if p["suite"] == "raven" and any((p["prompt_id"], j) not in have for j in range(n))]
-    for p in tqdm(todo, desc="raven completion", unit="item", disable=not progress):
-        item = RavenItem.from_json(p["spec"])
-        seeds = [image_seed(seed, p["prompt_id"], j) for j in range(n)]
-        rows = []
-        for j, (s, img) in enumerate(zip(seeds, completer(item, p["caption"], seeds))):
-            if (p["prompt_id"], j) in have:
-                continue
-            name = f"{p['prompt_id']}_{j}.png"
-            with atomic_path(out / name) as tmp:
-                img.save(tmp, format="PNG")
-            if (p["prompt_id"], j) in listed:  # its row is there: only the file was lost
-                continue
-            rows.append({"prompt_id": p["prompt_id"], "index": j, "caption": p["caption"], "file": name, "seed": s,
-                         "completion": "raven answer cell"})
-        if rows:
-            append_jsonl_rows(out / SAMPLES, rows)
-    return out / SAMPLES
+    """n completions per Raven prompt into the samples dir `out` (completion.complete_prompts: resumable)."""
+    raven = [p for p in prompts if p["suite"] == "raven"]
+    return complete_prompts(raven, lambda p, seeds: completer(RavenItem.from_json(p["spec"]), p["caption"], seeds),
+                            out, n, seed, progress, "raven answer cell")
 
 
 def export_context(prompt: dict, folder: Path, resolution: int) -> dict:

@@ -12,7 +12,8 @@ from dalle_eval.samples import SAMPLES
 HOW = {
     "parser": "exact: the image is parsed back into objects (shapes) or matched to the nearest Raven candidate",
     "likelihood": "the model's own log p(image codes | text): true caption vs foils on the oracle image; "
-                  "Raven candidates by the log-prob of the answer-cell tokens",
+                  "Raven candidates by the log-prob of the answer-cell tokens; translation: the true bottom panel vs "
+                  "the copy of the top and the other transforms, by log p(bottom tokens | caption, top tokens)",
     "clip": "open_clip multiple choice: the image's similarity to the true caption vs each foil",
     "dvae_ceiling": "the ceiling of this image tokenizer: each prompt's oracle image (Raven: the true matrix) "
                     "encoded and decoded by the checkpoint's dVAE, then parser-scored; no model writing these "
@@ -78,6 +79,20 @@ def _paraphrase_md(rows: list[dict] | None) -> str:
             + md_table(shown, ["scorer", "metric", "phrasing", "value", "chance", "random generator", "oracle", "specs"]))
 
 
+def _translation_md(rows: list[dict] | None) -> str:
+    """The translation suite's parser rows beside its baselines (probes/translation.py)."""
+    if not rows:
+        return ""
+    shown = [{**r, **{k: "—" if r[k] is None else pct(r[k]) for k in ("accuracy", "chance", "random", "copy", "oracle")}}
+             for r in rows]
+    return ("\n## translation — against its baselines\n\nThe bottom panel completed under the given top panel "
+            "(parser; each panel parsed on its own). `translation` is all-or-nothing (count, transform, unchanged "
+            "attributes, positions); `copied` (the bottom repeats the top) is a diagnostic. `copy`: the top drawn "
+            "again below; `oracle`: the correct bottom drawn; `random generator`: a random bottom.\n\n"
+            + md_table([{**r, "random generator": r["random"]} for r in shown],
+                       ["transform", "check", "n", "accuracy", "chance", "random generator", "copy", "oracle"]))
+
+
 def write_markdown(report: dict, results: list[dict], folder: Path | None, out: Path) -> None:
     md = f"# Probes: {report['suite']}\n\n"
     if folder is not None:
@@ -96,6 +111,7 @@ def write_markdown(report: dict, results: list[dict], folder: Path | None, out: 
                 md += f"\n## {suite} — {scorer}\n\n{HOW[scorer]}.\n\n"
                 md += md_table(rows, COLUMNS)
     md += _paraphrase_md(report.get("paraphrase"))
+    md += _translation_md(report.get("translation"))
     window = report.get("text_window")
     if window and window["truncated"]:
         by = Counter(f"{t['suite']}/{t['category']}" for t in window["truncated"])

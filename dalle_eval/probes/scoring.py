@@ -2,7 +2,8 @@
 
 A shapes image is parsed (shapes/parse.py) and its objects checked (checks.py); a Raven image is a
 completed matrix (or the answer cell alone): its answer cell is matched to the nearest of the item's 8
-candidates. Chance levels are the scores of each suite's random generator (chance.py).
+candidates; a translation image's two panels are parsed and checked by probes/translation.py. Chance levels are
+the scores of each suite's random generator (chance.py, translation.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from dalle_eval.artifacts import read_rgb
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.probes.chance import N_CANDIDATES, scene_chance
 from dalle_eval.probes.checks import result, scene_checks
+from dalle_eval.probes.translation import score_translation_image, translation_chance
 from dalle_eval.raven import RavenItem, nearest_candidate
 from dalle_eval.shapes import Scene, parse_image, place, render
+from dalle_eval.shapes.panels import Translation
 
 
 def score_scene_image(spec: Scene, image: Image.Image, chance: dict[str, float] | None = None
@@ -75,6 +78,11 @@ def score_samples(prompts: list[dict], samples: list[dict], images_dir: Path) ->
             except DalleEvalError as e:  # e.g. an image under the smallest supported resolution
                 raise DalleEvalError(f"{Path(images_dir) / s['file']}: {e}") from None
             extra.update(chosen=chosen, correct=item.answer)
+        elif prompt["suite"] == "translation":
+            spec = Translation.from_json(prompt["spec"])
+            if prompt["prompt_id"] not in chances:
+                chances[prompt["prompt_id"]] = translation_chance(spec)
+            checks = score_translation_image(spec, image, chances[prompt["prompt_id"]])
         else:
             spec = Scene.from_json(prompt["spec"])
             if prompt["prompt_id"] not in chances:

@@ -1,11 +1,13 @@
-"""The probe prompts: attributes, binding, Raven and paraphrase, each prompt carrying its full structured spec.
+"""The probe prompts: attributes, binding, Raven, paraphrase and translation, each carrying its full structured spec.
 
 A prompt is a plain dict (it is also the line `probes export` writes): prompt_id, suite, category,
 groups (every table row it counts towards), caption, spec, heldout. Shapes prompts hold a
 `Scene.to_json()` spec with no positions (any placement that makes the caption true is right); Raven
 prompts hold the whole manifest record of the item. Paraphrase prompts are binding specs, each written in
 every phrasing of shapes/phrasing.py: one prompt per phrasing, sharing the spec's `spec_id`, with its
-`phrasing` (also the group "phrasing:<family>"). Same seed => same prompts.
+`phrasing` (also the group "phrasing:<family>"). Translation prompts hold a `Translation.to_json()` spec
+(shapes/panels.py: the placed top panel, the transform and its value), grouped by transform and by whether
+data.translation_fraction trains it ("training-arm:trained" / "training-arm:new"). Same seed => same prompts.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from dalle_eval.artifacts import iter_jsonl
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.raven import RavenItem, generate_items
 from dalle_eval.shapes import COLOURS, RELATIONS, SHAPES, SIZES, Obj, Scene, caption
+from dalle_eval.shapes.panels import TRAINED, TRANSFORMS, sample_translation
 from dalle_eval.shapes.phrasing import families, phrase
 
-SUITES = ("attributes", "binding", "raven", "paraphrase")
-ALL = ("attributes", "binding", "raven")  # --suite all; paraphrase (184 prompts more to sample) runs on its own
+SUITES = ("attributes", "binding", "raven", "paraphrase", "translation")
+ALL = ("attributes", "binding", "raven")  # --suite all; paraphrase and translation run when asked for by name
+COMPLETION_SUITES = ("raven", "translation")  # prompts that come with an image to complete: no caption foils
 RAVEN_CAPTION = "a 3x3 matrix of shapes following a pattern"  # the text a model is conditioned on for Raven
 RAVEN_ITEMS = 60  # default items (20 per configuration): ±13 points of Wilson half-width at chance
 BINDING_KINDS = {  # table category -> (scene kind, number of objects, prompts)
@@ -41,6 +45,7 @@ PARAPHRASE_KINDS = {  # table category -> (scene kind, number of objects, specs)
 }
 COUNTS = (1, 2, 3, 4)
 COUNT_PROMPTS = 6  # per count
+TRANSLATION_PROMPTS = 10  # per transform
 
 
 def resolve_suites(suite: str) -> list[str]:
@@ -61,6 +66,14 @@ def paraphrase_prompts(category: str, spec: Scene, spec_id: str) -> list[dict]:
     return [{**shapes_prompt("paraphrase", category, spec, f"{spec_id}-{family}"), "caption": phrase(spec, family),
              "groups": ["all", category, f"phrasing:{family}"], "spec_id": spec_id, "phrasing": family}
             for family in families(spec)]
+
+
+def translation_prompt(transform: str, i: int, rng: random.Random) -> dict:
+    spec = sample_translation(rng, transform)
+    arm = "trained" if transform in TRAINED else "new"
+    return {"prompt_id": f"transl-{transform}-{i:02d}", "suite": "translation", "category": transform,
+            "groups": ["all", transform, f"training-arm:{arm}"], "caption": spec.caption(), "spec": spec.to_json(),
+            "heldout": spec.heldout}
 
 
 def raven_prompt(item: RavenItem) -> dict:
@@ -116,6 +129,8 @@ def make_prompts(suite: str, seed: int = 0, raven_items: int = RAVEN_ITEMS) -> l
         for category, (kind, n, k) in PARAPHRASE_KINDS.items():
             for i in range(k):
                 prompts += paraphrase_prompts(category, _binding_spec(rng, kind, n), f"para-{category}-{i:03d}")
+    elif suite == "translation":
+        prompts = [translation_prompt(t, i, rng) for t in TRANSFORMS for i in range(TRANSLATION_PROMPTS)]
     else:
         if raven_items < 1:
             raise DalleEvalError(f"--raven-items must be >= 1, got {raven_items}")
