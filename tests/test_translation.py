@@ -108,7 +108,8 @@ def test_the_suite_prompts():
         assert p["caption"] == spec.caption() and not p["heldout"] and Translation.from_json(spec.to_json()) == spec
         assert p["groups"] == ["all", p["category"], "training-arm:" + ("trained" if p["category"] in TRAINED else "new")]
         if p["category"] in ("recolour", "resize", "reshape"):
-            assert p["caption"] == f"the exact same shapes on the top but {({'reshape': spec.value[0] + 's'}).get(p['category'], spec.value[0])} on the bottom"
+            said = spec.value[0] + ("s" if p["category"] == "reshape" else "")  # "red", "large", "circles"
+            assert p["caption"] == f"the exact same shapes on the top but {said} on the bottom"
         if p["category"] != "identity":  # the transform changes every object it touches: a copy is wrong
             assert [o.attrs for o in spec.bottom()] != [o.attrs for o in spec.top] or p["category"] == "mirrored"
             assert not translation_checks(spec, *parse_panels(copy_canvas(spec, 64)))["translation"]

@@ -1,7 +1,8 @@
-"""Probe suites — attributes, variable binding, Raven's matrices, paraphrases — and their three scorers.
+"""Probe suites — attributes, variable binding, Raven's matrices, paraphrases, translation — and their scorers.
 
 suites.py makes the prompts (each with its structured spec), scoring.py is the exact parser scorer,
-paraphrase.py the paraphrase suite's consistency figures,
+paraphrase.py the paraphrase suite's consistency figures, translation.py the translation suite's checks and
+baselines (translation_probe.py completes and exports it, completion.py writes completions for it and Raven),
 foils.py builds foil captions, likelihood.py ranks by the model's own log p(codes | text), clip_mc.py is
 CLIP multiple choice for any generator, raven_probe.py completes Raven matrices, tables.py makes accuracy tables with intervals.
 Only the parser path is imported here: model code loads when a model is used.
