@@ -4,10 +4,12 @@
    post-filter -> re-shard, i.e. `build_dataset(cfg, LIST, OUT)`) against a bare `img2dataset.download`
    with the same options (pipelines/download.py) on the same url list, both served from 127.0.0.1 by
    pipelines/local_http.py (distinct 96x96 PNGs, no delay), same processes/threads, fresh output folders.
-   Runs alternate (bare, ours, bare, ours); each side reports its best run (shared machine). The issue's
-   target: overhead <= 15%. Our run's time is split by stage by timing the stage functions it calls;
-   the stages other than the download, over our own img2dataset call's time, give the overhead
-   without the run-to-run noise (+-30% here) that the two separate runs carry.
+   Runs alternate (bare, ours, bare, ours, ...); each side reports its best run (shared machine). Our run's
+   time is split by stage by timing the stage functions it calls: the per-image stages other than the
+   download (read, pre-filter, post-filter, re-shard; the dataset-stats report is a fixed cost outside it),
+   over our own img2dataset call's time, give the overhead without the run-to-run noise (+-30% here) of two
+   separate runs; issue 18's target: <= 5%, best of >= 3. The pHash of each shard img2dataset finishes runs in
+   a thread while it downloads the rest: reported apart, and also counted as if it ran after the download.
 2. dVAE encoder images/s (random weights, no downloads) at the `tiny` size (64 px) and OpenAI's size
    (256 px, DVAEConfig defaults = OpenAI's dVAE), then the tokens stage of `build_dataset(...,
    dvae=CKPT)` on rendered 64 px shapes shards with a random tiny dVAE checkpoint: its time against
@@ -39,7 +41,9 @@ from dalle_eval.config import DVAEConfig, config_to_dict, load_config
 
 N_URLS = 2000  # images on the loopback server
 N_SHAPES = 2000  # images through the tokens stage
-REPEATS = 2  # alternating runs per side of the download comparison
+REPEATS = 3  # alternating runs per side of the download comparison
+BACKGROUND = "pHash during the download (thread CPU time)"
+STATS = "dataset-stats report (tables + 4 PNG plots)"
 OVERRIDES = ["data.download_processes=1", "data.download_threads=16"]
 
 
@@ -70,17 +74,18 @@ class Timers:
         self.seconds: dict[str, float] = {}
         self._undo: list[tuple[object, str, object]] = []
 
-    def wrap(self, owner, attr: str, label: str, materialize: bool = False) -> None:
+    def wrap(self, owner, attr: str, label: str, materialize: bool = False, clock=time.perf_counter) -> None:
+        """clock=time.thread_time: the calling thread's CPU time (work in a background thread)."""
         fn = getattr(owner, attr)
 
         @functools.wraps(fn)
         def timed(*args, **kw):
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 out = fn(*args, **kw)
                 return list(out) if materialize else out
             finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+                self.seconds[label] = self.seconds.get(label, 0.0) + clock() - t0
 
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, fn))
@@ -128,9 +133,10 @@ def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dic
     timers.wrap(build, "read_pairs", "read (DuckDB)")
     timers.wrap(web, "prefilter", "pre-filter (DuckDB + py3langid)")
     timers.wrap(web, "download_images", "download (img2dataset)")
+    timers.wrap(web, "cache_shard_hashes", BACKGROUND, clock=time.thread_time)  # hashed while later ones download
     timers.wrap(web, "postfilter", "post-filter (pHash)")
     timers.wrap(web, "reshard", "re-shard kept samples")
-    timers.wrap(build, "dataset_stats", "dataset-stats report (tables + 4 PNG plots)")
+    timers.wrap(build, "dataset_stats", STATS)
     try:
         t0 = time.perf_counter()
         build.build_dataset(cfg, str(url_list), out)
@@ -141,7 +147,9 @@ def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dic
     counts = table["status"].value_counts().to_dict()
     stats = pd.concat([pd.read_parquet(p) for p in (out / "download" / "img2dataset").glob("[0-9]*.parquet")])
     downloaded = int((stats["status"] == "success").sum())
-    timers.seconds["other (fingerprints, manifests, pairs.parquet)"] = seconds - sum(timers.seconds.values())
+    timers.seconds.setdefault(BACKGROUND, 0.0)
+    timers.seconds["other (fingerprints, manifests, pairs.parquet)"] = seconds - sum(
+        v for k, v in timers.seconds.items() if k != BACKGROUND)
     return seconds, downloaded, timers.seconds, counts
 
 
@@ -175,18 +183,24 @@ def bench_download(tmp: Path) -> None:
     print(f"bare img2dataset.download: {b_rate:7.1f} images/s ({N_URLS} urls in {b[0]:.2f} s, {b[1]} downloaded)")
     print(f"build-dataset image stage: {o_rate:7.1f} images/s ({N_URLS} urls in {o[0]:.2f} s, {o[1]} downloaded)")
     print(f"  ratio ours/bare {o_rate / b_rate:.2f}x; overhead {100 * (o[0] / b[0] - 1):+.1f}% of the bare "
-          f"call's time (target <= 15%)")
-    extra = sum(v for k, v in o[2].items() if not k.startswith("download"))
-    dl = o[2]["download (img2dataset)"]
-    print(f"  our stages other than the download: {extra:.2f} s = {100 * extra / dl:.1f}% on top of our img2dataset "
-          f"call's {dl:.2f} s (the overhead without run-to-run noise)")
-    per_image = extra - o[2]["dataset-stats report (tables + 4 PNG plots)"]
-    print(f"  without the dataset-stats report (a fixed ~1 s: matplotlib import and 4 plots): {per_image:.2f} s = "
-          f"{100 * per_image / dl:.1f}%")
+          f"call's time (two separate runs: +-30% of run-to-run noise on a shared machine)")
+    # the issue's figure, from one process: our per-image stages around img2dataset over our img2dataset call
+    # (which includes the shards hashed in the background while it downloads), best of REPEATS runs
+    per_image = ("read (DuckDB)", "pre-filter (DuckDB + py3langid)", "post-filter (pHash)", "re-shard kept samples")
+    runs = [(sum(r[2][k] for k in per_image), r[2]["download (img2dataset)"], r[2][BACKGROUND]) for r in ours]
+    extra, dl, background = min(runs, key=lambda r: r[0] / r[1])
+    print(f"  per-image stages (read, pre-filter, post-filter, re-shard) after/before the download: {extra:.2f} s = "
+          f"{100 * extra / dl:.1f}% of our img2dataset call's {dl:.2f} s (target <= 5%; best of {len(runs)}: "
+          + ", ".join(f"{100 * e / d:.1f}%" for e, d, _ in runs) + ")")
+    print(f"  + pHash of the shards finished during the download (a thread overlapping it; its CPU time): "
+          f"{background:.2f} s; counted as if serial, over the call without it: "
+          f"{100 * (extra + background) / (dl - background):.1f}% (what a single core pays)")
+    print(f"  the dataset-stats report, a fixed cost outside that figure (matplotlib import and 4 plots): "
+          f"{o[2][STATS]:.2f} s")
     print(f"  statuses: {', '.join(f'{k} {v}' for k, v in o[3].items())}")
-    print("  our time by stage (best run):")
-    for label, s in o[2].items():
-        print(f"    {label:48s} {s:6.2f} s {100 * s / o[0]:5.1f}%")
+    print("  our time by stage (fastest run):")
+    for label, sec in o[2].items():
+        print(f"    {label:48s} {sec:6.2f} s {100 * sec / o[0]:5.1f}%")
 
 
 def bench_distributors(tmp: Path) -> None:

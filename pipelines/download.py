@@ -38,11 +38,12 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import unicodedata
 import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,8 +157,12 @@ def browser_url(url: str) -> str:
 # --------------------------------------------------------------------------- download
 
 
-def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
-    """-> (DataFrame[key, i2d_key, status, error, width, height], one row per pair; the image shards)."""
+def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig,
+                    on_shard: Callable[[Path], object] | None = None) -> tuple[pd.DataFrame, list[Path]]:
+    """-> (DataFrame[key, i2d_key, status, error, width, height], one row per pair; the image shards).
+
+    on_shard(tar): called in a background thread on each shard img2dataset finishes while it downloads the
+    rest, after the shard's EXIF orientation is applied (the post-filter's pHash: the shard is final then)."""
     if cfg.download_retries < 0:
         raise DalleEvalError(f"data.download_retries must be >= 0 (rounds of retries), got {cfg.download_retries}")
     if pairs.empty:  # nothing to download (the pre-filter rejected every row): img2dataset is not started
@@ -170,13 +175,53 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd
     urls = pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"})
     urls["url"] = [browser_url(u) for u in urls["url"]]
     urls.to_parquet(url_list, index=False)
-    with _cluster(cfg.download_distributor):
+    with _cluster(cfg.download_distributor), _ShardWatcher(out, on_shard):
         _download(download, url_list, out, cfg, "incremental")  # a killed run resumes: finished shards skipped
         if _main_pass_finished(out, len(urls), cfg.shard_size):
             _retry_transient(download, out, cfg)
-    apply_exif_orientation(out)
+    apply_exif_orientation(out)  # the shards the watcher did not reach (a turned sample is not turned again)
     shards = _finished_shards(out)
     return _fold_status(pairs, _read_stats(out, shards)), [out / f"{s}.tar" for s in shards]
+
+
+class _ShardWatcher:
+    """While img2dataset runs (in its own processes), a thread that finishes each shard it has finished: EXIF
+    orientation applied (apply_exif_orientation's per-shard work), then on_shard(tar). img2dataset never
+    touches a finished shard again (incremental and extend modes skip or add after it), so work done here is
+    final; leaving the block stops the thread after its current shard. A failure here only warns: whatever
+    the thread did not finish is done after the download, in the main thread, as without it."""
+
+    POLL = 0.1  # seconds between looks for newly finished shards
+
+    def __init__(self, out: Path, on_shard: Callable[[Path], object] | None):
+        self.out, self.on_shard = out, on_shard
+        self.done: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shard-watcher", daemon=True)
+
+    def __enter__(self):
+        if self.on_shard is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL):
+            for shard in _finished_shards(self.out):
+                if self._stop.is_set():
+                    return
+                if shard in self.done:
+                    continue
+                self.done.add(shard)
+                try:
+                    _orient_shard(self.out, shard)
+                    self.on_shard(self.out / f"{shard}.tar")
+                except Exception as e:  # noqa: BLE001 — redone (and raised there) after the download
+                    warnings.warn(f"{self.out / shard}.tar: not finished during the download ({e}); done after it")
 
 
 @contextmanager
@@ -323,14 +368,15 @@ def exif_orientation(exif: str | None) -> int:
 def apply_exif_orientation(out: Path) -> int:
     """Turn upright every finished shard's samples whose EXIF Orientation is 2-8 -> how many were turned.
     A shard is rewritten atomically; a sample whose json records APPLIED is left alone (a resumed run)."""
-    turned = 0
-    for shard in _finished_shards(out):
-        stats = pd.read_parquet(out / f"{shard}.parquet", columns=["key", "status", "exif"])
-        todo = {k: exif_orientation(e) for k, s, e in stats.itertuples(index=False) if s == "success"}
-        todo = {k: tag for k, tag in todo.items() if tag != 1}
-        if todo:
-            turned += _turn_shard(out / f"{shard}.tar", todo)
-    return turned
+    return sum(_orient_shard(out, shard) for shard in _finished_shards(out))
+
+
+def _orient_shard(out: Path, shard: str) -> int:
+    """apply_exif_orientation for one finished shard (its id) -> how many samples were turned."""
+    stats = pd.read_parquet(out / f"{shard}.parquet", columns=["key", "status", "exif"])
+    todo = {k: exif_orientation(e) for k, s, e in stats.itertuples(index=False) if s == "success"}
+    todo = {k: tag for k, tag in todo.items() if tag != 1}
+    return _turn_shard(out / f"{shard}.tar", todo) if todo else 0
 
 
 def _turn_shard(tar_path: Path, orientation: dict[str, int]) -> int:

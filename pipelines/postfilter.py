@@ -16,16 +16,23 @@ from dalle_eval.artifacts import atomic_path
 from dalle_eval.config import Config
 
 
-def _shard_hashes(shard: Path) -> pd.DataFrame:
+def cache_shard_hashes(shard: Path) -> Path:
+    """The pHash table of one downloaded shard, computed once into SHARD.phash.parquet (atomically) -> its path.
+    Called on each shard as soon as img2dataset finishes it (download_images' on_shard), the rest after."""
     cache = shard.with_suffix(".phash.parquet")
     if not cache.exists():
         with atomic_path(cache) as tmp:
             hash_shards([shard], progress=False).to_parquet(tmp, index=False)
-    return pd.read_parquet(cache)
+    return cache
+
+
+def _shard_hashes(shard: Path) -> pd.DataFrame:
+    return pd.read_parquet(cache_shard_hashes(shard))
 
 
 def _hashes(shards: list[Path]) -> pd.DataFrame:
-    """pHash of every downloaded sample, cached beside each shard (a re-run hashes only new shards).
+    """pHash of every downloaded sample, cached beside each shard (most were hashed during the download; a re-run
+    hashes only new shards).
 
     A thread per core: PIL's decoders and resizers release the GIL, and threads start in microseconds
     where worker processes would cost more than hashing a few thousand small images.

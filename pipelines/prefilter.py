@@ -76,6 +76,7 @@ INVALID = r"[\x{FFFD}\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}]"
 NO_LANGUAGE = "zxx"  # py3langid's label for text without linguistic content
 
 _IDENTIFIER = None
+_COLUMNS: dict[int, tuple] = {}  # id(identifier) -> (it, labels, score columns): identify_language's tables
 LANG_TYPE = pa.struct([("lang", pa.string()), ("prob", pa.float64()), ("allowed", pa.float64())])
 
 
@@ -90,10 +91,33 @@ def language_identifier():
 
 
 def identify_language(text: str, languages: tuple[str, ...]) -> tuple[str, float, float]:
-    """-> (most probable language, its probability, total probability of `languages`)."""
-    ranked = language_identifier().rank(text)
-    allowed = sum(p for lang, p in ranked if lang in languages)
-    return ranked[0][0], float(ranked[0][1]), float(allowed)
+    """-> (most probable language, its probability, total probability of `languages`).
+
+    The numbers of py3langid's rank() (labels by probability, the first column of an aliased label), taken
+    from its scores without sorting all 140 labels per caption: the best is the first label with the top score
+    (rank's sort is stable), and `languages` are summed in rank's order (tests/test_build_overhead.py compares)."""
+    ident = language_identifier()
+    labels, columns = _label_columns(ident)
+    if columns is None:  # a py3langid without the scores method: its rank() as such
+        ranked = ident.rank(text)
+        return ranked[0][0], float(ranked[0][1]), float(sum(p for lang, p in ranked if lang in languages))
+    scores = ident._decide(text)
+    probs = scores[columns].tolist()
+    best = max(range(len(probs)), key=probs.__getitem__)  # the first of equal maxima, as rank's stable sort
+    allowed = sum(sorted((p for lang, p in zip(labels, probs) if lang in languages), reverse=True))
+    return labels[best], float(probs[best]), float(allowed)
+
+
+def _label_columns(ident) -> tuple[list[str], list[int] | None]:
+    """(each label once, in model order; the score column rank() reads for it), None without _decide."""
+    cached = _COLUMNS.get(id(ident))
+    if cached is None or cached[0] is not ident:
+        first: dict[str, int] = {}
+        for i, lang in enumerate(ident.nb_classes):
+            first.setdefault(lang, i)
+        cached = _COLUMNS[id(ident)] = (ident, list(first),
+                                        list(first.values()) if callable(getattr(ident, "_decide", None)) else None)
+    return cached[1], cached[2]
 
 
 def unescape_html(text: str) -> str:

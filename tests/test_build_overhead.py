@@ -1,0 +1,228 @@
+"""Issue 18 §4, the build's own stages around img2dataset made cheaper: the optimised paths give the outputs of
+the reference paths. Shards are written by tar_reader.write_samples instead of webdataset's TarWriter (the same
+bytes for the same clock), and each downloaded shard is EXIF-turned and pHashed by a thread while img2dataset
+downloads the next ones (the same tables and shards as hashing after the download)."""
+
+import dataclasses
+import io
+import json
+import random
+import tarfile
+import threading
+import time
+import warnings
+
+import pandas as pd
+import pytest
+import webdataset
+import webdataset.writer
+from dalle_eval.pipelines import download, reshard, web
+from dalle_eval.pipelines.dedup import phash
+
+from dalle_eval import tar_reader
+from dalle_eval.shards import iter_raw_samples, iter_shards, write_shard
+from dalle_eval.tar_reader import member_header, write_samples
+
+
+class FakeTime:
+    """A clock for a module's `time`: each time() call a little later (float times, as time.time gives)."""
+
+    def __init__(self, start: float = 1764400000.123456):
+        self.t = start
+
+    def time(self) -> float:
+        self.t += 0.000317
+        return self.t
+
+
+def wds_bytes(samples, start):
+    buf = io.BytesIO()
+    real = webdataset.writer.time
+    webdataset.writer.time = FakeTime(start)
+    try:
+        with webdataset.TarWriter(buf) as sink:
+            for s in samples:
+                sink.write(s)
+    finally:
+        webdataset.writer.time = real
+    return buf.getvalue()
+
+
+def our_bytes(samples, start):
+    buf = io.BytesIO()
+    write_samples(buf, samples, FakeTime(start).time)
+    return buf.getvalue()
+
+
+def odd_samples():
+    rng = random.Random(0)
+    names = ["a", "x" * 95, "k" * 96, "y" * 120, "dir/sub/" + "z" * 110, "café", "000123", "with space"]
+    sizes = [0, 1, 511, 512, 513, 1024, 2000]
+    return [{"__key__": k, "jpg": rng.randbytes(rng.choice(sizes)), "txt": b"a caption", "json": b"{}",
+             "cls": rng.randbytes(rng.choice(sizes))} for k in names]
+
+
+@pytest.mark.parametrize("start", [1764400000.123456, 1700000000.0, 1764400000.5, 123.456, 1.5e9 + 0.999999])
+def test_write_samples_gives_webdataset_tarwriters_bytes(start):
+    """Plain names take the fast header path; long and non-ASCII names (pax path records) go through tarfile."""
+    samples = odd_samples()
+    for part in (samples, samples[:1], samples[1:2], []):
+        assert our_bytes(part, start) == wds_bytes(part, start)
+
+
+def test_member_header_is_tarfiles_pax_header():
+    for name, size, mtime in [("a.jpg", 0, 1.5), ("b" * 100, 8 ** 11 - 1, 1764400000.25), ("c.txt", 8 ** 11, 2.0),
+                              ("d.png", 10, 1764400000), ("é.png", 3, 7.75)]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, mtime, 0o444, "bigdata", "bigdata"
+        assert member_header(name, size, mtime) == info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def test_write_samples_refuses_what_webdataset_would_encode():
+    for bad in ({"__key__": "a", "txt": "a str"}, {"__key__": "a", "x.gz": b"1"}, {"__key__": "a", "_meta": b"1"}):
+        with pytest.raises(ValueError, match="use webdataset"):
+            write_samples(io.BytesIO(), [bad])
+
+
+def reference_reshard(table, shards, images, shard_size):
+    """The re-shard stage before issue 18 §4: webdataset's TarWriter through shards.write_shard."""
+    keep = dict(zip(table.loc[table["status"] == "ok", "i2d_key"], table.loc[table["status"] == "ok", "key"]))
+    order = sorted(keep.values())
+    slot = {k: i // shard_size for i, k in enumerate(order)}
+    n_out = (len(order) + shard_size - 1) // shard_size
+    buckets = {i: [] for i in range(n_out)}
+    for shard in shards:
+        for stem, files in iter_raw_samples(shard):
+            if stem in keep:
+                buckets[slot[keep[stem]]].append((keep[stem], files))
+    for i in range(n_out):
+        write_shard(images / f"shard-{i:06d}.tar", ({"__key__": k, **f} for k, f in sorted(buckets[i])))
+    return [f"shard-{i:06d}.tar" for i in range(n_out)]
+
+
+def test_reshard_writes_the_reference_shards_byte_for_byte(tmp_path, monkeypatch):
+    rng = random.Random(1)
+    raw, rows = [], []
+    for s in range(3):  # img2dataset-like shards: jpg + json + txt per sample
+        samples = [{"__key__": f"{s:05d}{i:04d}", "jpg": rng.randbytes(rng.randint(100, 3000)),
+                    "json": json.dumps({"i": i}).encode(), "txt": f"caption {s} {i}".encode()} for i in range(7)]
+        write_shard(tmp_path / f"{s:05d}.tar", samples)
+        raw.append(tmp_path / f"{s:05d}.tar")
+        rows += [{"i2d_key": x["__key__"], "key": f"pair-{rng.randint(0, 10**6):07d}",
+                  "status": rng.choice(["ok", "ok", "ok", "near_duplicate"])} for x in samples]
+    rows.append({"i2d_key": None, "key": "pair-x", "status": "http_404"})
+    table = pd.DataFrame(rows)
+    monkeypatch.setattr(webdataset.writer, "time", FakeTime())
+    want = reference_reshard(table, raw, tmp_path / "ref", 4)
+    monkeypatch.setattr(tar_reader, "time", FakeTime())
+    (tmp_path / "ours").mkdir()
+    assert reshard.reshard(table, raw, tmp_path / "ours", 4) == want
+    for name in want:
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == want  # no temp file left behind
+
+
+def test_a_failing_shard_watcher_only_warns_and_finishes_each_shard_once(tmp_path):
+    for s in ("00000", "00001"):
+        write_shard(tmp_path / f"{s}.tar", [{"__key__": f"{s}0000", "txt": b"x"}])
+        pd.DataFrame({"key": [f"{s}0000"], "status": ["success"], "exif": [None]}).to_parquet(tmp_path / f"{s}.parquet")
+        (tmp_path / f"{s}_stats.json").write_text("{}")
+    (tmp_path / "00002.tar").write_bytes(b"")  # still downloading: no stats file yet
+    seen = []
+
+    def on_shard(tar):
+        seen.append(tar.name)
+        raise RuntimeError("disk full")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with download._ShardWatcher(tmp_path, on_shard):
+            time.sleep(5 * download._ShardWatcher.POLL)
+    assert sorted(seen) == ["00000.tar", "00001.tar"]
+    assert sum("not finished during the download (disk full)" in str(w.message) for w in caught) == 2
+
+
+@pytest.mark.slow  # two img2dataset runs against a local server: ~15 s
+def test_build_with_overlapped_hashing_and_fast_shards_equals_the_reference_build(tmp_path, fast_cfg, monkeypatch):
+    """The same small web build twice: as it runs now (pHash of each shard in a thread during the download,
+    shards by write_samples) and by the reference paths (pHash after the download, webdataset's TarWriter).
+    Pair table, pHash tables, kept shards (byte for byte, same clock), manifest and report are the same; the
+    hashes are dedup.phash of the kept images, and 8 EXIF-turned photos of one picture dedup to one."""
+    from dalle_eval.pipelines.build import build_dataset
+    from dalle_eval.pipelines.local_http import serve
+
+    cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, shard_size=5, download_threads=2))
+    threads = []
+    real_hash, real_download = web.cache_shard_hashes, web.download_images
+
+    def hash_and_note(shard):
+        threads.append(threading.current_thread().name)
+        return real_hash(shard)
+
+    clock = FakeTime()  # of the kept shards only (the EXIF pass writes through webdataset too)
+
+    def reference_write(path, samples):
+        real = webdataset.writer.time
+        webdataset.writer.time = clock
+        try:
+            return write_shard(path, samples)
+        finally:
+            webdataset.writer.time = real
+
+    with serve(n_pictures=30, delay=0.05) as base:
+        urls = [f"{base}/pic/{i}.png" for i in range(30)] + [f"{base}/exif/{t}.jpg" for t in range(1, 9)]
+        src = tmp_path / "list.parquet"
+        pd.DataFrame({"url": urls, "caption": [f"a picture for case number {i}" for i in range(len(urls))]}
+                     ).to_parquet(src)
+        with monkeypatch.context() as m:
+            m.setattr(web, "cache_shard_hashes", hash_and_note)
+            m.setattr(tar_reader, "time", FakeTime())
+            build_dataset(cfg, str(src), tmp_path / "ours")
+        with monkeypatch.context() as m:
+            m.setattr(web, "download_images", lambda pairs, out, cfg, on_shard=None: real_download(pairs, out, cfg))
+            m.setattr(reshard, "write_raw_shard", reference_write)
+            build_dataset(cfg, str(src), tmp_path / "ref")
+    ours, ref = tmp_path / "ours", tmp_path / "ref"
+    assert "shard-watcher" in threads  # some shards were hashed while later ones downloaded
+
+    table = pd.read_parquet(ours / "pairs.parquet")
+    pd.testing.assert_frame_equal(table, pd.read_parquet(ref / "pairs.parquet"))
+    assert (table["status"] == "near_duplicate").sum() == 7 and (table["status"] == "ok").sum() == 31
+    caches = sorted((ref / "download" / "img2dataset").glob("*.phash.parquet"))
+    assert [c.name for c in caches] == [f"{i:05d}.phash.parquet" for i in range(8)]
+    for cache in caches:  # img2dataset's threads write a shard's samples in the order they arrive
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(ours / "download" / "img2dataset" / cache.name).sort_values("key", ignore_index=True),
+            pd.read_parquet(cache).sort_values("key", ignore_index=True))
+    manifest = json.loads((ours / "images" / "manifest.json").read_text())
+    assert manifest == json.loads((ref / "images" / "manifest.json").read_text())
+    for name in manifest["shards"]:
+        assert (ours / "images" / name).read_bytes() == (ref / "images" / name).read_bytes()
+    reports = [json.loads((d / "build_report.json").read_text()) for d in (ours, ref)]
+    for r in reports:
+        del r["out"], r["seconds"], r["stats"]["files"]
+    assert reports[0] == reports[1]
+
+    kept = list(iter_shards(ours / "images" / s for s in manifest["shards"]))
+    want = dict(zip([s["__key__"] for s in kept], phash([s["image"] for s in kept]).view("int64")))
+    got = table.set_index("key").loc[list(want), "phash"]
+    assert got.astype("int64").to_dict() == want
+
+
+def test_identify_language_gives_py3langids_rank_numbers():
+    """The pre-filter reads py3langid's scores without ranking all its labels per caption: same best label,
+    probability and total of the allowed languages as from rank(), to the bit."""
+    from dalle_eval.pipelines.prefilter import identify_language, language_identifier
+
+    def by_rank(text, languages):
+        ranked = language_identifier().rank(text)
+        return ranked[0][0], float(ranked[0][1]), float(sum(p for lang, p in ranked if lang in languages))
+
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyz éüößçñ ДЖЯ日本語 αβγ 0123456789,.!?"
+    texts = ["a dog", "sunset", "Ein Hund", "", "bmw x5", "Собака на улице", "一只狗", "كلب", "A DOG RUNS",
+             "srpski jezik je lep", "Српски језик", "Tom & Jerry!"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(400)]
+    for languages in [("en",), ("en", "de"), ("de", "fr", "es", "en"), ("sr", "hr", "bs"), ()]:
+        for text in texts:
+            assert identify_language(text, languages) == by_rank(text, languages), (text, languages)
