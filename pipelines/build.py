@@ -67,6 +67,11 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     elif source != "shapes":
         raise DalleEvalError(f"data.paraphrase.fraction={d.paraphrase.fraction} rephrases the shapes world's captions; "
                              f"--source {source} has no scene to phrase (use --source shapes)")
+    if not d.translation_fraction:  # recorded only when set: builds without two-panel scenes keep their record
+        del inputs["data"]["translation_fraction"]
+    elif source != "shapes":
+        raise DalleEvalError(f"data.translation_fraction={d.translation_fraction} adds two-panel shapes scenes; "
+                             f"--source {source} is not the shapes world (use --source shapes)")
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
@@ -83,7 +88,8 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if source != "shapes":
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
-    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble, d.paraphrase))
+    table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble, d.paraphrase,
+                                             d.translation_fraction))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)  # true captions, scrambled or not
     shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]
@@ -93,6 +99,9 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if d.paraphrase.fraction:
         extra["paraphrase"] = {"fraction": d.paraphrase.fraction, "heldout": list(d.paraphrase.heldout),
                                "coco_captions": "canonical"}
+    if d.translation_fraction:
+        extra["translation"] = {"fraction": d.translation_fraction, "transforms": ["identity", "recolour"],
+                                "coco_images": "one panel"}
     return write_image_stage(out, table, source, shards, cfg, **extra)
 
 

@@ -293,7 +293,7 @@ def test_scrambled_captions_lie_only_about_their_attribute(tmp_path, fast_cfg):
     assert hashlib.sha256("\n".join(captions).encode()).hexdigest() == \
         "f50c0ea06f7dd58cd99a34c2947241673673b6be35437640b940e004802e1c1c"
     true_fp = json.loads((tmp_path / "true" / "images" / "fingerprint.json").read_text())["fingerprint"]
-    assert "scramble" not in true_fp["data"] and "paraphrase" not in true_fp["data"]  # records of builds made before the option still match
+    assert not {"scramble", "paraphrase", "translation_fraction"} & set(true_fp["data"])  # records of builds made before the option still match
 
     cfg = apply_overrides(fast_cfg, ["data.scramble=colour"])
     build_dataset(cfg, "shapes", tmp_path / "colour", n=200)
@@ -351,3 +351,24 @@ def test_paraphrased_captions_are_recorded_and_match_the_phrasing_grammar(tmp_pa
     assert rephrased > 50
     manifest = json.loads((tmp_path / "para" / "images" / "manifest.json").read_text())
     assert manifest["paraphrase"]["fraction"] == 1 and manifest["paraphrase"]["heldout"] == ["clause", "numerals"]
+
+
+def test_translation_arm_is_recorded_by_the_build(tmp_path, fast_cfg):
+    """data.translation_fraction: the build writes that share of two-panel identity/recolour scenes, records the arm
+    in its manifest and fingerprint, and refuses a non-shapes source."""
+    from dalle_eval.config import apply_overrides
+    from dalle_eval.pipelines.build import build_dataset
+
+    cfg = apply_overrides(fast_cfg, ["data.translation_fraction=0.3"])
+    build_dataset(cfg, "shapes", tmp_path / "panels", n=100)
+    manifest = json.loads((tmp_path / "panels" / "images" / "manifest.json").read_text())
+    assert manifest["translation"] == {"fraction": 0.3, "transforms": ["identity", "recolour"], "coco_images": "one panel"}
+    fp = json.loads((tmp_path / "panels" / "images" / "fingerprint.json").read_text())["fingerprint"]
+    assert fp["data"]["translation_fraction"] == 0.3
+    captions = pd.read_parquet(tmp_path / "panels" / "pairs.parquet")["caption"].tolist()
+    panels = [c for c in captions if c.startswith("the exact same shapes on the top")]
+    assert 15 < len(panels) < 45 and all("large" not in c and "mirrored" not in c for c in panels)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("url,caption\nhttp://127.0.0.1:9/a.png,a cat\n")
+    with pytest.raises(DalleEvalError, match="translation_fraction"):
+        build_dataset(cfg, str(csv), tmp_path / "web", n=1)
