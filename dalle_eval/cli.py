@@ -91,7 +91,9 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
 
 
 @main.command()
-@click.option("--stage", type=click.Choice(["dvae", "transformer"]), required=True)
+@click.option("--stage", type=click.Choice(["dvae", "transformer", "clip"]), required=True,
+              help="dvae (stage 1), transformer (stage 2), or clip: a small open_clip CLIP on the images and captions "
+                   "(for reranking and CLIP scores; the run dir is a local open_clip checkpoint).")
 @click.option("--data", required=True, metavar="DIR|URL",
               help="Dataset dir from build-dataset, or its URL (s3://, gs://, https://, ...: any fsspec URL; streamed).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Checkpoint dir.")
@@ -104,10 +106,10 @@ def build_dataset_cmd(cfg, overrides, source, n, out, dvae, tokenizer, eval_capt
                    "(path, sha256, step). Not with --resume.")
 @click.option("--on-bad-shard", type=click.Choice(["skip", "fail"]), default=None,
               help="A truncated/corrupt shard: skip it (logged by name, counted) or fail. [default: skip]")
-@config_options(("dvae", "transformer", "train"))
+@config_options(("dvae", "transformer", "clip", "train"))
 @torchrun_worker
 def train(cfg, overrides, stage, data, out, resume, init_from, on_bad_shard):
-    """Train the dVAE (stage 1) or the transformer (stage 2), in one process or under torchrun.
+    """Train the dVAE (stage 1), the transformer (stage 2) or a CLIP, in one process or under torchrun.
 
     Streams the shards (split across ranks and workers, shuffled, endless), checkpoints every
     train.ckpt_every steps and on SIGTERM/SIGINT (then exits 0), and logs OUT/metrics.jsonl.
@@ -116,6 +118,8 @@ def train(cfg, overrides, stage, data, out, resume, init_from, on_bad_shard):
     Example:
       dalle-eval train --stage dvae --data runs/data --out runs/dvae
       dalle-eval train --stage transformer --data runs/data --out runs/transformer
+      dalle-eval train --stage clip --data runs/data --out runs/clip     # then --clip-model runs/clip/clip_model.json
+                                                                          #   --clip-pretrained runs/clip/model.safetensors
       dalle-eval train --stage transformer --data runs/data --out runs/transformer --resume \\
           --set train.transformer.steps=2000
       dalle-eval train --stage transformer --data runs/new-data --out runs/finetune \\
@@ -126,6 +130,8 @@ def train(cfg, overrides, stage, data, out, resume, init_from, on_bad_shard):
     from dalle_eval.probes.in_training import train as run_train
 
     extra = [f"train.on_bad_shard={on_bad_shard}"] if on_bad_shard else []
+    if stage == "clip":
+        extra.append("train.probe_every=0")  # no probe suite scores a CLIP
     s = run_train(stage, data, apply_overrides(cfg, extra), out, resume=resume, overrides=[*overrides, *extra],
                   use_saved_config=True, init_from=init_from)
     if other_rank():  # under torchrun only rank 0 reports

@@ -81,6 +81,9 @@ class DataConfig:
     # two-panel scenes (shapes/panels.py) of the identity and recolour transforms only; resize, reshape,
     # mirrored and colour-swap never appear. 0 = off: the data byte for byte as without the arm.
     translation_fraction: float = 0.0
+    # shapes world, a stage-1 image set: scenes may show the HELDOUT colour-shape pairs, so a dVAE trained on it has
+    # seen them (never with a caption: such a build has no token stage). False = the training scenes of the recipe.
+    heldout_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,9 +207,46 @@ class TransformerTrainConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    """`train --stage clip`: a small open_clip CLIP (Radford et al. 2021), ViT image tower + text transformer,
+    random init, for reranking and CLIP scores on data no released CLIP has seen (the shapes world). Written
+    as an open_clip model config (RUN/clip_model.json): open_clip's tokenizer, vocabulary and preprocessing."""
+
+    embed_dim: int = 64  # the joint embedding
+    image_size: int = 64  # px; images of another size are resized (the shapes world is data.resolution = 64 px)
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 2
+    vision_head_width: int = 32  # heads = vision_width / vision_head_width
+    text_width: int = 64
+    text_heads: int = 2
+    text_layers: int = 2
+    context_length: int = 32  # BPE tokens (open_clip's 49,408-token vocabulary); longer captions are cut
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    """`train --stage clip`: symmetric InfoNCE with a learned temperature (Radford et al. 2021); AdamW with the
+    paper's betas/eps, warm-up then cosine."""
+
+    steps: int = 400  # ~1.5 min on 2 CPU cores; held-out pairs: true caption above another's 99% of the time
+    batch_size: int = 64  # the contrastive batch: each image against every caption of its micro-batch
+    micro_batch: int = 0  # per rank per forward; 0 = batch_size / ranks (a smaller one shrinks the contrastive set)
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    warmup: int = 50
+    betas: tuple[float, float] = (0.9, 0.98)  # CLIP paper
+    eps: float = 1e-6  # CLIP paper
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    precision: StagePrecision = ""  # "" = train.precision
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     dvae: DVAETrainConfig = field(default_factory=DVAETrainConfig)
     transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     seed: int = 0
     device: str = "cpu"
     precision: Precision = "fp32"  # or "bf16": autocast matmuls to bfloat16 (weights and optimizer stay fp32)
@@ -277,6 +317,7 @@ class Config:
     dvae: DVAEConfig = field(default_factory=DVAEConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -358,6 +399,12 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.transformer.warmup": _AT_LEAST_0, "train.transformer.halve_every": _AT_LEAST_0,
     "train.transformer.plateau_patience": _AT_LEAST_1, "train.transformer.plateau_threshold": _AT_LEAST_0,
     "train.transformer.bpe_dropout": _FRACTION, "train.transformer.grad_clip": _POSITIVE,
+    **{f"clip.{k}": _AT_LEAST_1 for k in ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers",
+                                          "vision_head_width", "text_width", "text_heads", "text_layers", "context_length")},
+    **{f"train.clip.{k}": r for k, r in (
+        ("steps", _AT_LEAST_0), ("batch_size", _AT_LEAST_1), ("micro_batch", _AT_LEAST_0), ("lr", _AT_LEAST_0),
+        ("lr_min", _AT_LEAST_0), ("warmup", _AT_LEAST_0), ("eps", _POSITIVE), ("weight_decay", _AT_LEAST_0),
+        ("grad_clip", _POSITIVE))},
     **{f"train.{k}": _AT_LEAST_1 for k in ("log_every", "ckpt_every", "shuffle_shards")},
     **{f"train.{k}": _AT_LEAST_0 for k in ("keep_last", "keep_every", "data_streams", "num_workers", "val_shards",
                                            "val_samples", "probe_every", "probe_prompts", "probe_samples", "val_every", "sample_every", "max_bad_steps", "peak_tflops")},

@@ -40,7 +40,7 @@ from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shards import data_location, read_location_manifest
 
-STAGES = ("dvae", "transformer")
+STAGES = ("dvae", "transformer", "clip")
 # (stage, config, data folder, the model being trained) -> a pass: () -> metrics records (split "probe")
 ProbeFactory = Callable[[str, Config, Path, torch.nn.Module], Callable[[], list[dict]]]
 
@@ -81,6 +81,10 @@ def make_task(stage: str, cfg: Config, folder: Path, manifest: dict, out: Path, 
         from dalle_eval.model.stage2 import TransformerTask
 
         return TransformerTask(cfg, folder, manifest, out, copy_assets=main)
+    if stage == "clip":
+        from dalle_eval.model.stage_clip import ClipTask
+
+        return ClipTask(cfg, out, write_config=main)
     raise DalleEvalError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
 
@@ -208,7 +212,7 @@ def _setup(stage: str, data: Path, cfg: Config, out: Path, resume: bool, d: dist
     state = latest_state(out)
     if state is not None and not resume:
         raise DalleEvalError(f"{out} already holds a checkpoint ({state.name}); pass --resume to continue it or pick a new --out")
-    kind = "images" if stage == "dvae" else "tokens"
+    kind = "tokens" if stage == "transformer" else "images"
     folder = resolve_data_dir(data, kind)
     manifest = read_location_manifest(folder, f"{kind} shards")
     torch.manual_seed(tc.seed)  # same initial weights on every rank
