@@ -41,12 +41,33 @@ from dalle_eval.artifacts import (
 )
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.shapes import HELDOUT
 from dalle_eval.outputs import on_rank0, prepare_stage, recorded_differences
 
 # [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
 # processes download (img2dataset's distributors and process counts give the same table, tests/test_data.py).
 NOT_IMAGE_INPUTS = ("bpe_vocab", "encode_batch", "device", "download_processes", "download_threads",
                     "download_distributor")
+
+
+# [data] keys of the shapes world's arms: each changes its scenes or captions, and is recorded only when set
+SHAPES_ARM_KEYS = {"scramble", "paraphrase", "translation_fraction", "heldout_images"}
+
+
+def shapes_arms(d) -> dict[str, tuple[str, dict]]:
+    """The arms `d` sets: data key -> (manifest key, the record at the top of images/manifest.json)."""
+    arms = {}
+    if d.scramble:
+        arms["scramble"] = ("scramble", {"attribute": d.scramble, "coco_captions": "true"})
+    if d.paraphrase.fraction:
+        arms["paraphrase"] = ("paraphrase", {"fraction": d.paraphrase.fraction, "heldout": list(d.paraphrase.heldout),
+                                             "coco_captions": "canonical"})
+    if d.translation_fraction:
+        arms["translation_fraction"] = ("translation", {"fraction": d.translation_fraction,
+                                                        "transforms": ["identity", "recolour"], "coco_images": "one panel"})
+    if d.heldout_images:
+        arms["heldout_images"] = ("heldout_images", {"pairs": sorted(map(list, HELDOUT)), "use": "stage 1 only"})
+    return arms
 
 
 def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captions: Path | None = None,
@@ -57,20 +78,12 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
     if source == "shapes" and not n:
         raise DalleEvalError("--source shapes needs --n (how many training scenes to render)")
     inputs = {"source": source, "n": n, "data": {k: v for k, v in config_to_dict(d).items() if k not in NOT_IMAGE_INPUTS}}
-    if not d.scramble:  # recorded only when set: builds with true captions keep the record they had before it
-        del inputs["data"]["scramble"]
-    elif source != "shapes":
-        raise DalleEvalError(f"data.scramble={d.scramble} scrambles the shapes world's captions; "
-                             f"--source {source} has no scene to scramble from (use --source shapes)")
-    if not d.paraphrase.fraction:  # recorded only when set: builds with canonical captions keep their record
-        del inputs["data"]["paraphrase"]
-    elif source != "shapes":
-        raise DalleEvalError(f"data.paraphrase.fraction={d.paraphrase.fraction} rephrases the shapes world's captions; "
-                             f"--source {source} has no scene to phrase (use --source shapes)")
-    if not d.translation_fraction:  # recorded only when set: builds without two-panel scenes keep their record
-        del inputs["data"]["translation_fraction"]
-    elif source != "shapes":
-        raise DalleEvalError(f"data.translation_fraction={d.translation_fraction} adds two-panel shapes scenes; "
+    arms = shapes_arms(d)
+    for key in SHAPES_ARM_KEYS - arms.keys():  # recorded only when set: builds without an arm keep their old record
+        del inputs["data"][key]
+    if arms and source != "shapes":
+        key = next(iter(arms))
+        raise DalleEvalError(f"data.{key} is an arm of the shapes world's data (its scenes and captions); "
                              f"--source {source} is not the shapes world (use --source shapes)")
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
@@ -89,19 +102,13 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
     table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble, d.paraphrase,
-                                             d.translation_fraction))
+                                             d.translation_fraction, d.heldout_images))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)  # true captions, scrambled or not
     shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]
-    # a scrambled build says so at the top of its manifest (also in config.data, and so in the token stage's
-    # fingerprint of this manifest): tokens and runs made from it are not mistaken for true-caption data
-    extra = {"scramble": {"attribute": d.scramble, "coco_captions": "true"}} if d.scramble else {}
-    if d.paraphrase.fraction:
-        extra["paraphrase"] = {"fraction": d.paraphrase.fraction, "heldout": list(d.paraphrase.heldout),
-                               "coco_captions": "canonical"}
-    if d.translation_fraction:
-        extra["translation"] = {"fraction": d.translation_fraction, "transforms": ["identity", "recolour"],
-                                "coco_images": "one panel"}
+    # an arm says so at the top of its manifest (also in config.data, and so in the token stage's fingerprint of this
+    # manifest): tokens and runs made from it are not mistaken for data of the plain recipe
+    extra = {record_key: record for record_key, record in arms.values()}
     return write_image_stage(out, table, source, shards, cfg, **extra)
 
 
@@ -182,6 +189,10 @@ def build_dataset(
     recorded inputs differ (else refused, naming them)."""
     out = Path(out)
     dvae = None if dvae is None else parse_image_tokenizer(dvae)  # a bad spec fails before any work
+    if dvae is not None and cfg.data.heldout_images:
+        raise DalleEvalError("data.heldout_images=true: these images show the colour-shape pairs the probes hold out; "
+                             "they are for stage 1 only (train --stage dvae --data OUT). Give --dvae to a build "
+                             "without data.heldout_images: the transformer's captions must never pair them")
     t0 = time.time()
     d = distributed.setup(cfg.data.device)
     try:

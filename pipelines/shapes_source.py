@@ -23,6 +23,10 @@ samples, decided by the sample's own stream `random.Random(f"{seed}-{i}-translat
 paraphrase leave it alone); resize, reshape, mirrored and colour-swap never appear, so the probes ask whether
 they emerge, as the DALL·E blog's zero-shot translations did. fraction 0 (the default) draws nothing from that
 stream: images and captions byte for byte as without the arm. The COCO-format split has no two-panel scenes.
+
+Stage-1 image set (`data.heldout_images`): the scenes may show the HELDOUT colour-shape pairs (sample_scene's
+allow_heldout), so a dVAE trained on it has seen those pairs' pixels; build-dataset refuses to make tokens from
+it, so no caption ever pairs them for the transformer.
 """
 
 from __future__ import annotations
@@ -44,14 +48,14 @@ from dalle_eval.shards import shard_name, write_shard
 COCO_ANNOTATIONS = "captions_val.json"
 
 
-def _scene(seed: int, index: int, translation_fraction: float = 0.0) -> Scene | Translation:
+def _scene(seed: int, index: int, translation_fraction: float = 0.0, heldout_images: bool = False) -> Scene | Translation:
     """Training sample `index`'s scene: a two-panel scene with probability `translation_fraction`, else a
-    shapes scene (neither holds a HELDOUT pair)."""
+    shapes scene (neither holds a HELDOUT pair unless `heldout_images`: a stage-1 image set)."""
     if translation_fraction:
         rng = random.Random(f"{seed}-{index}-translation")
         if rng.random() < translation_fraction:
             return training_translation(rng)
-    return sample_scene(random.Random(f"{seed}-{index}"))
+    return sample_scene(random.Random(f"{seed}-{index}"), allow_heldout=heldout_images)
 
 
 CANONICAL = ParaphraseConfig()  # data.paraphrase off
@@ -89,10 +93,10 @@ def _sample(seed: int, index: int, scene, resolution: int, scramble: str, paraph
 
 def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int,
                         scramble: str = "", paraphrase: ParaphraseConfig = CANONICAL,
-                        translation_fraction: float = 0.0) -> list[dict]:
+                        translation_fraction: float = 0.0, heldout_images: bool = False) -> list[dict]:
     """Render n training scenes into out/shard-*.tar (skipping whole shards already there), captions
-    scrambled by `scramble` and rephrased by `paraphrase`, a `translation_fraction` of two-panel scenes (see the
-    module doc).
+    scrambled by `scramble` and rephrased by `paraphrase`, a `translation_fraction` of two-panel scenes, HELDOUT
+    colour-shape pairs allowed with `heldout_images` (see the module doc).
 
     Returns one pair-table row per sample.
     """
@@ -100,7 +104,7 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
     rows = []
     n_shards = (n + shard_size - 1) // shard_size
     for s in tqdm(range(n_shards), desc="render shapes shards", unit="shard"):
-        scenes = [(i, _scene(seed, i, translation_fraction)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
+        scenes = [(i, _scene(seed, i, translation_fraction, heldout_images)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
         path = out / shard_name(s)
         if not path.exists():
             write_shard(path, (_sample(seed, i, scene, resolution, scramble, paraphrase) for i, scene in scenes))

@@ -372,3 +372,23 @@ def test_translation_arm_is_recorded_by_the_build(tmp_path, fast_cfg):
     csv.write_text("url,caption\nhttp://127.0.0.1:9/a.png,a cat\n")
     with pytest.raises(DalleEvalError, match="translation_fraction"):
         build_dataset(cfg, str(csv), tmp_path / "web", n=1)
+
+
+def test_heldout_images_is_a_stage1_image_set(tmp_path, fast_cfg, dvae_ckpt):
+    """data.heldout_images: the images show held-out colour-shape pairs (recorded in the manifest and fingerprint),
+    a dVAE may train on them, and no token stage (so no caption the transformer learns) is built from them."""
+    from dalle_eval.config import apply_overrides
+    from dalle_eval.pipelines.build import build_dataset
+    from dalle_eval.shapes import Scene
+
+    cfg = apply_overrides(fast_cfg, ["data.heldout_images=true"])
+    build_dataset(cfg, "shapes", tmp_path / "stage1", n=200)
+    scenes = [Scene.from_json(json.loads(s["json"])["scene"]) for s in _raw(tmp_path / "stage1")]
+    assert sum(s.heldout for s in scenes) > 20
+    manifest = json.loads((tmp_path / "stage1" / "images" / "manifest.json").read_text())
+    assert manifest["heldout_images"]["use"] == "stage 1 only"
+    assert json.loads((tmp_path / "stage1" / "images" / "fingerprint.json").read_text())["fingerprint"]["data"][
+        "heldout_images"] is True
+    with pytest.raises(DalleEvalError, match="stage 1 only"):
+        build_dataset(cfg, "shapes", tmp_path / "stage1", n=200, dvae=dvae_ckpt)
+    assert not (tmp_path / "stage1" / "tokens").exists()
