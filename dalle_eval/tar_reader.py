@@ -165,6 +165,10 @@ def member_header(name: str, size: int, mtime: float, mode: int = _WDS_MODE, use
                      raw, b"\0" * (100 - len(raw)), _HEAD, sizes, times, b"%06o\0 " % chksum, _TAIL))
 
 
+class NotPlainSample(ValueError):
+    """A sample webdataset's TarWriter would encode (str values, .gz names, metadata keys): write it with it."""
+
+
 def _plain_bytes(sample: dict) -> bool:
     """Whether webdataset's TarWriter would write every file of `sample` as is: bytes values, no metadata
     keys (other than __key__) and no .gz names (it would compress those)."""
@@ -176,12 +180,12 @@ def write_samples(f: BinaryIO, samples: Iterable[dict], clock: Callable[[], floa
     """Write webdataset samples ({"__key__": str, ext: bytes, ...}) to the open binary file `f`: the bytes
     webdataset.TarWriter(f) writes for them when its clock gives the same times (one clock() per file, files in
     sorted extension order; end-of-archive blocks padded to a 10 KiB record; clock: time.time). -> samples written. A sample with
-    other values (str, arrays, .gz names, metadata keys) is refused: write it with webdataset."""
+    other values (str, arrays, .gz names, metadata keys) is refused (NotPlainSample): write it with webdataset."""
     clock = clock or time.time
     offset = n = 0
     for sample in samples:
         if not _plain_bytes(sample):
-            raise ValueError(f"write_samples: sample {sample.get('__key__')!r} is not all bytes; use webdataset")
+            raise NotPlainSample(f"write_samples: sample {sample.get('__key__')!r} is not all bytes; use webdataset")
         key = sample["__key__"]
         for ext in sorted(sample):
             if ext == "__key__":

@@ -12,14 +12,19 @@ import pandas as pd
 from tqdm import tqdm
 
 from dalle_eval.artifacts import atomic_path
-from dalle_eval.shards import iter_raw_samples, shard_name
-from dalle_eval.tar_reader import write_samples
+from dalle_eval.shards import iter_raw_samples, shard_name, write_shard
+from dalle_eval.tar_reader import NotPlainSample, write_samples
 
 
 def write_raw_shard(path: Path, samples) -> int:
-    """Write samples ({"__key__", ext: bytes}) to one tar, atomically (shards.write_shard's bytes)."""
-    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
-        return write_samples(f, samples)
+    """Write samples ({"__key__", ext: bytes}) to one tar, atomically: shards.write_shard's bytes. A sample it
+    would encode (a .gz or _-prefixed file name in a downloaded shard) sends the whole shard through it."""
+    samples = list(samples)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+            return write_samples(f, samples)
+    except NotPlainSample:
+        return write_shard(path, samples)
 
 
 def reshard(table: pd.DataFrame, shards: list[Path], images: Path, shard_size: int) -> list[str]:

@@ -122,6 +122,16 @@ def test_reshard_writes_the_reference_shards_byte_for_byte(tmp_path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == want  # no temp file left behind
 
 
+def test_a_sample_webdataset_would_encode_goes_through_it(tmp_path, monkeypatch):
+    samples = [{"__key__": "a", "jpg": b"1"}, {"__key__": "b", "txt": "a str, encoded by webdataset"}]
+    monkeypatch.setattr(webdataset.writer, "time", FakeTime())
+    write_shard(tmp_path / "ref.tar", samples)
+    monkeypatch.setattr(webdataset.writer, "time", FakeTime())
+    assert reshard.write_raw_shard(tmp_path / "ours.tar", iter(samples)) == 2
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.tar", "ref.tar"]
+
+
 def test_a_failing_shard_watcher_only_warns_and_finishes_each_shard_once(tmp_path):
     for s in ("00000", "00001"):
         write_shard(tmp_path / f"{s}.tar", [{"__key__": f"{s}0000", "txt": b"x"}])
