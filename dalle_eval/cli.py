@@ -239,6 +239,11 @@ def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained:
               help="Run dir: subset.json, samples/, report.")
 @click.option("--rerank", type=click.IntRange(min=1), default=None,
               help="Draw N images per caption, keep the best by CLIP (paper: 512).")
+@click.option("--rerank-curve", default=None, metavar="K1,K2,...",
+              help="What reranking buys: draw one pool of max(K) images per caption (OUT/pool), score it by CLIP once, "
+                   "and report FID / IS / CLIP score of the best-of-k set for every k (the top-scored of the first k "
+                   "draws; no resampling), e.g. 1,2,4,8,16,32 (the DALL·E blog: 32 of 512). Needs CLIP weights; "
+                   "OUT/report.{json,md} + rerank_curve.png. With --images: a samples dir of max(K) per caption.")
 @clip_options("reranking and CLIP score")
 @_RANDOM_CLIP
 @click.option("--inception-weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -253,8 +258,8 @@ def _with_clip(cfg, rerank: int | None, clip_model: str | None, clip_pretrained:
 @overwrite_option("OUT/samples")
 @config_options(("sample", "eval"))
 @torchrun_worker
-def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_pretrained, random_clip, inception_weights,
-             random_inception, subset, export_captions, verify_cache, overwrite):
+def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, rerank_curve, clip_model, clip_pretrained, random_clip,
+             inception_weights, random_inception, subset, export_captions, verify_cache, overwrite):
     """Zero-shot MS-COCO FID / IS / CLIP score with the blur sweep (the DALL·E paper's protocol).
 
     30,000 seeded captions (eval.n_captions), one per image; one image each, best of --rerank by CLIP;
@@ -270,10 +275,16 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
       dalle-eval coco-fid --coco /data/coco2014 --images other_model_samples/ --out runs/other \\
           --inception-weights pt_inception-2015-12-05-6726825d.pth
       dalle-eval coco-fid --coco runs/data/coco --ckpt runs/transformer --out runs/fid --random-inception
+      dalle-eval coco-fid --coco runs/data/coco --ckpt runs/transformer --out runs/curve --rerank-curve 1,2,4,8,16,32 \
+          --clip-model runs/clip/clip_model.json --clip-pretrained runs/clip/model.safetensors --random-inception
     """
     from dalle_eval.coco_fid import run_coco_fid
 
     cfg = _with_clip(cfg, rerank, clip_model, clip_pretrained, random_clip)
+    if rerank_curve is not None:
+        _coco_fid_curve(cfg, coco, ckpt, images, out, rerank, rerank_curve, inception_weights, random_inception, subset,
+                        export_captions, verify_cache, overwrite)
+        return
     r = run_coco_fid(coco, out, cfg, ckpt, images, inception_weights, random_inception, subset, export_captions,
                      verify_cache=verify_cache, overwrite=overwrite)
     if r is None or other_rank():  # torchrun rank > 0: rank 0 reports
@@ -290,6 +301,31 @@ def coco_fid(cfg, overrides, coco, ckpt, images, out, rerank, clip_model, clip_p
     if p.get("random_clip"):
         lines["CLIP"] = RANDOM_CLIP
     summary("coco-fid", lines, Path(out) / "report.md")
+
+
+def _coco_fid_curve(cfg, coco, ckpt, images, out, rerank, ks, inception_weights, random_inception, subset, export,
+                    verify_cache, overwrite) -> None:
+    """coco-fid --rerank-curve: the library call and its summary (a line per k)."""
+    from dalle_eval.coco_curve import run_rerank_curve
+    from dalle_eval.rerank_curve import parse_ks
+
+    if rerank is not None or export is not None:
+        raise click.ClickException(f"--rerank-curve reranks one pool for every k: give it without "
+                                   f"{'--rerank' if rerank is not None else '--export-captions'}")
+    r = run_rerank_curve(coco, out, cfg, parse_ks(ks), ckpt, images, inception_weights, random_inception, subset,
+                         verify_cache=verify_cache, overwrite=overwrite)
+    if r is None or other_rank():
+        return
+    lines = {f"best of {c['k']}": f"FID {c['fid']:.3f}   IS {c['is_mean']:.3f}   CLIP score {c['clip_score']:.2f}"
+             for c in r["rerank_curve"]}
+    p = r["protocol"]
+    lines["pool"] = f"{p['pool']} per caption x {p['n_captions']} captions"
+    if r["sampling"]:
+        lines["sampling"] = f"{r['sampling']['seconds']:.1f} s for {r['sampling']['images_drawn']} images"
+    lines["inception"] = p["inception_weights"]
+    if p["random_clip"]:
+        lines["CLIP"] = RANDOM_CLIP
+    summary("coco-fid --rerank-curve", lines, Path(out) / "report.md")
 
 
 @main.command()

@@ -38,16 +38,16 @@ from dalle_eval.samples import SAMPLES, claim_samples
 
 
 def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, progress: bool,
-                     overwrite: bool = False) -> tuple[Path, bool]:
-    """One image per caption (best of sample.rerank by CLIP when > 1) into OUT/samples; under torchrun each
+                     overwrite: bool = False, n: int = 1, name: str = "samples") -> tuple[Path, bool]:
+    """n images per caption (best of sample.rerank by CLIP when > 1) into OUT/`name`; under torchrun each
     rank draws prompts[rank::world] into its own row file, merged by rank 0. -> (samples dir, is rank 0).
-    Rank 0 alone claims OUT/samples for this checkpoint, subset and sampling settings (hashing the weights once);
+    Rank 0 alone claims the folder for this checkpoint, subset and sampling settings (hashing the weights once);
     another run's folder stops every rank, or with `overwrite` is cleared by rank 0 before any rank samples."""
     from dalle_eval.generate import merge_rank_rows, prompts_id, run_sample, sample_fingerprint
     from dalle_eval.model import distributed
 
     d = distributed.setup(cfg.sample.device)
-    folder = Path(out) / "samples"
+    folder = Path(out) / name
 
     def claim() -> bool:
         fp = {**sample_fingerprint(ckpt, cfg.sample), "prompts": prompts_id(prompts)}
@@ -60,7 +60,7 @@ def generate_sharded(ckpt: Path, prompts: list[dict], out: Path, cfg: Config, pr
         raise
     sample_cfg = dataclasses.replace(cfg.sample, device=str(d.device))
     rows = SAMPLES if d.world == 1 else f"samples.rank{d.rank}.jsonl"
-    run_sample(ckpt, prompts[d.rank :: d.world], 1, folder, sample_cfg, progress and d.is_main, rows_file=rows,
+    run_sample(ckpt, prompts[d.rank :: d.world], n, folder, sample_cfg, progress and d.is_main, rows_file=rows,
                claim=False)
     distributed.barrier(d)
     if d.is_main:

@@ -308,6 +308,7 @@ class EvalConfig:
     fid_batch: int = 32
     probe_samples: int = 4  # images generated per probe prompt
     seed: int = 0
+    rerank_bootstrap: int = 100  # coco-fid --rerank-curve: bootstrap replicates of FID per k (0 = values only)
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
                                            "val_samples", "probe_every", "probe_prompts", "probe_samples", "val_every", "sample_every", "max_bad_steps", "peak_tflops")},
     "sample.temperature": _POSITIVE, "sample.top_k": _AT_LEAST_0, "sample.top_p": (0, 1, True),
     "sample.batch_size": _AT_LEAST_1, "sample.rerank": _AT_LEAST_0,
+    "eval.rerank_bootstrap": _AT_LEAST_0,
     **{f"eval.{k}": _AT_LEAST_1 for k in ("n_captions", "captions_per_image", "resolution", "is_splits",
                                           "kid_subsets", "kid_subset_size", "fid_batch", "probe_samples")},
 }

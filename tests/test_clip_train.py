@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dalle_eval.model.clip import ClipScorer
 from dalle_eval.model.stage_clip import MODEL_CONFIG, contrastive_loss
 from dalle_eval.model.train import train
 
@@ -15,7 +16,6 @@ from dalle_eval.cli import main
 from dalle_eval.coco import choose_subset, find_coco
 from dalle_eval.config import load_config
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.model.clip import ClipScorer
 from tests.conftest import FAST
 
 CLIP = ["train.clip.steps=60", "train.clip.batch_size=32", "train.clip.warmup=5", "train.val_samples=32",

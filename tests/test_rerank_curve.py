@@ -1,4 +1,7 @@
-"""Best of k from one pool (dalle_eval/rerank_curve.py), exactly, on hand-made pools."""
+"""Best of k from one pool (dalle_eval/rerank_curve.py), exactly, on hand-made pools; coco-fid --rerank-curve."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +80,107 @@ def test_parse_ks():
     for bad in ("", "0,2", "1,two", "-1"):
         with pytest.raises(DalleEvalError, match="--rerank-curve"):
             parse_ks(bad)
+
+
+# --- coco-fid --rerank-curve, end to end: the tiny transformer, a tiny CLIP, random Inception weights ---
+
+
+@pytest.fixture(scope="module")
+def inception(tmp_path_factory):
+    from dalle_eval.fid import save_random_inception
+
+    return save_random_inception(tmp_path_factory.mktemp("inc") / "inception.pth")
+
+
+def _coco_fid(shapes_data, ckpt, out, inception, cache, tiny_clip, *extra):
+    from click.testing import CliRunner
+
+    from dalle_eval.cli import main
+
+    model_cfg, weights = tiny_clip
+    args = ["coco-fid", "--coco", str(shapes_data / "coco"), "--ckpt", str(ckpt), "--out", str(out),
+            "--clip-model", model_cfg, "--clip-pretrained", weights, "--inception-weights", str(inception),
+            "--set", "eval.n_captions=6", "--set", "eval.blur_radii=[0]", "--set", "eval.resolution=32",
+            "--set", f"eval.cache_dir={cache}", "--set", "sample.batch_size=8", "--set", "eval.rerank_bootstrap=20",
+            "--set", "eval.clip_score=on", *extra]
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.slow  # five coco-fid runs of the tiny transformer: ~16 s
+def test_coco_fid_rerank_curve_reuses_one_pool(shapes_data, transformer_ckpt, tmp_path, inception, tiny_clip):
+    """k = 1 is plain sampling (the first draw), k = N is `--rerank N` (the same draws, the same CLIP): both
+    measured by separate coco-fid runs agree with the curve's end points."""
+    from PIL import Image
+
+    from dalle_eval.coco_report import CURVE_PLOT, curve_figure
+
+    run = lambda out, *extra: _coco_fid(shapes_data, transformer_ckpt, tmp_path / out, inception, tmp_path / "c",
+                                        tiny_clip, *extra)
+    r = run("curve", "--rerank-curve", "4,1,2")
+    assert r.exit_code == 0, r.output
+    assert "best of 1" in r.output and "best of 4" in r.output and "4 per caption x 6 captions" in r.output
+    report = json.loads((tmp_path / "curve" / "report.json").read_text())
+    rows = report["rerank_curve"]
+    assert [c["k"] for c in rows] == [1, 2, 4] and report["protocol"]["pool"] == 4
+    assert len(list((tmp_path / "curve" / "pool").glob("*.png"))) == 24 and report["sampling"]["images_drawn"] == 24
+    assert [c["draws_per_caption"] for c in rows] == [1, 2, 4] and {c["pool_per_caption"] for c in rows} == {4}
+    per_image = report["sampling"]["seconds_per_image"]
+    assert [c["sampling_seconds_for_k"] for c in rows] == pytest.approx([per_image * k * 6 for k in (1, 2, 4)])
+    assert all(c["ci95"][0] <= c["fid"] <= c["ci95"][1] for c in rows)
+    assert rows[-1]["clip_score"] >= rows[0]["clip_score"]  # the CLIP that picks scores its pick at least as high
+    # k = 1: the first draw of every caption is plain coco-fid's image, byte for byte
+    assert run("plain").exit_code == 0
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    for f in (tmp_path / "plain" / "samples").glob("*_0.png"):
+        assert f.read_bytes() == (tmp_path / "curve" / "pool" / f.name).read_bytes()
+    assert rows[0]["fid"] == pytest.approx(plain["fid"], rel=1e-6, abs=1e-9)
+    assert rows[0]["clip_score"] == pytest.approx(plain["clip_score"], rel=1e-5)
+    # k = N: what --rerank 4 keeps
+    assert run("reranked", "--rerank", "4").exit_code == 0
+    reranked = json.loads((tmp_path / "reranked" / "report.json").read_text())
+    assert rows[-1]["fid"] == pytest.approx(reranked["fid"], rel=1e-6, abs=1e-9)
+    assert rows[-1]["clip_score"] == pytest.approx(reranked["clip_score"], rel=1e-5)
+    # again: the pool is reused (nothing drawn, its timing kept); a larger k extends it by the missing draws
+    assert run("curve", "--rerank-curve", "1,2,4").exit_code == 0
+    again = json.loads((tmp_path / "curve" / "report.json").read_text())
+    assert again["sampling"]["images_drawn"] == 24 and [c["fid"] for c in again["rerank_curve"]] == [c["fid"] for c in rows]
+    assert run("curve", "--rerank-curve", "1,6").exit_code == 0
+    extended = json.loads((tmp_path / "curve" / "report.json").read_text())
+    assert extended["sampling"]["images_drawn"] == 36 and len(list((tmp_path / "curve" / "pool").glob("*.png"))) == 36
+    assert extended["rerank_curve"][0]["fid"] == rows[0]["fid"]
+    # the report: a row per k with what it costs, and the figure (log-2 k axis, titles, legends)
+    md = (tmp_path / "curve" / "report.md").read_text()
+    assert "| k | draws per caption | sampling time for k | FID |" in md and "(no resampling)" in md
+    assert md.count("\n| ") == 1 + 2 and "32 of 512" in md and "| 6 | 6 |" in md
+    with Image.open(tmp_path / "curve" / CURVE_PLOT) as im:
+        assert "rerank-curve" in im.text["Title"]
+    fig = curve_figure(rows)
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log" and ax.get_title() and ax.get_xlabel() and ax.get_legend() is not None
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4"]
+
+
+def test_coco_fid_rerank_curve_bad_input(shapes_data, transformer_ckpt, tmp_path, inception, tiny_clip):
+    run = lambda *extra: _coco_fid(shapes_data, transformer_ckpt, tmp_path / "out", inception, tmp_path / "c",
+                                   tiny_clip, *extra)
+    for extra, message in ((["--rerank-curve", "0,2"], "--rerank-curve '0,2': expected a comma-separated list"),
+                           (["--rerank-curve", "1,2", "--rerank", "2"], "give it without --rerank"),
+                           (["--rerank-curve", "1,2", "--clip-pretrained", ""], "no CLIP weights")):
+        r = run(*extra)
+        assert r.exit_code != 0 and message in r.output, r.output
+    assert not (tmp_path / "out" / "pool").exists()  # refused before drawing anything
+    # another generator's samples dir with one image per caption is no pool of 2
+    from dalle_eval.coco import load_or_choose_subset
+    from dalle_eval.coco_curve import pool_rows
+
+    prompts = load_or_choose_subset(shapes_data / "coco", tmp_path / "sub", 3, 0)
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    rows = []
+    for p in prompts:
+        (folder / f"{p['prompt_id']}_0.png").write_bytes(Path(p["image"]).read_bytes())
+        rows.append({"prompt_id": p["prompt_id"], "index": 0, "caption": p["caption"], "file": f"{p['prompt_id']}_0.png"})
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [pool[0]["index"] for pool in pool_rows(folder, prompts, 1)] == [0, 0, 0]
+    with pytest.raises(DalleEvalError, match="3 of the 3 subset prompts have fewer than 2 images"):
+        pool_rows(folder, prompts, 2)
