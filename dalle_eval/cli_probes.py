@@ -102,18 +102,47 @@ def probes(ctx, configs, overrides, **kwargs):
 
 @probes.command("run")
 @_probe_options
+@click.option("--rerank-curve", default=None, metavar="K1,K2,...",
+              help="What reranking buys: draw max(K) samples per shapes prompt once, rank them by CLIP (--clip-model, "
+                   "--clip-pretrained) and report parser accuracy of the best of k for every k (the top-scored of the "
+                   "first k draws; no resampling), e.g. 1,2,4,8,16,32: OUT/rerank_curve.{json,md,png}.")
 @config_options(("sample", "eval"))
 def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
-               require_complete, overwrite):
+               require_complete, overwrite, rerank_curve):
     """Score a suite: generate with --ckpt (and/or rank by likelihood), or score --images.
 
     \b
     Example:
       dalle-eval probes run --suite all --ckpt runs/transformer --out runs/probes
       dalle-eval probes run --suite raven --ckpt runs/transformer --scorer likelihood --out runs/raven
+      dalle-eval probes run --suite binding --ckpt runs/transformer --out runs/curve --rerank-curve 1,2,4,8,16 \\
+          --clip-model runs/clip/clip_model.json --clip-pretrained runs/clip/model.safetensors
     """
+    if rerank_curve is not None:
+        _probe_curve_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, rerank_curve, overwrite)
+        return
     _run_probes_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
                     require_complete, overwrite)
+
+
+def _probe_curve_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, ks, overwrite) -> None:
+    from dalle_eval.probe_curve import ALL_CHECKS, run_probe_curve
+    from dalle_eval.report import pct
+    from dalle_eval.rerank_curve import parse_ks
+
+    if out is None:
+        raise DalleEvalError("--out is required (the report dir)")
+    if images is not None or scorers:
+        raise DalleEvalError("--rerank-curve draws its pool with --ckpt and scores it with the parser: give it without "
+                             + ("--images" if images is not None else "--scorer"))
+    r = run_probe_curve(suite, out, cfg, ckpt, parse_ks(ks), clip_model, clip_pretrained, overwrite=overwrite)
+    lines = {}
+    for row in r["rows"]:
+        if row["check"] == ALL_CHECKS:
+            lines[f"{row['suite']} best of {row['k']}"] = (f"{pct(row['accuracy'])} of {row['n']} prompts pass every "
+                                                           f"check [{pct(row['ci95'][0])}, {pct(row['ci95'][1])}]")
+    lines["pool"] = f"{r['pool']} per prompt x {r['n_prompts']} prompts"
+    summary(f"probes {suite} --rerank-curve", lines, Path(out) / "rerank_curve.md")
 
 
 @probes.command("export")

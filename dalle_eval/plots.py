@@ -325,3 +325,51 @@ def plot_capabilities(run_dir_or_metrics: Path, out: Path | None = None) -> Path
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out
+
+
+# --- probes --rerank-curve: accuracy of the best of k by CLIP, against k ---
+
+
+def plot_probe_rerank_curve(report: dict, out: Path) -> Path:
+    """One panel per suite: a line per check (accuracy of the best-of-k image, Wilson band, chance dashed) against
+    k on a log-2 axis; written atomically. `report` is probe_curve.run_probe_curve's."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    suites = list(dict.fromkeys(r["suite"] for r in report["rows"]))
+    if not suites:
+        raise DalleEvalError("no probe rows to plot")
+    fig = Figure(figsize=(11, 0.8 + 3.4 * len(suites)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ks = report["ks"]
+    for ax, suite in zip(fig.subplots(len(suites), 1, squeeze=False)[:, 0], suites):
+        rows = [r for r in report["rows"] if r["suite"] == suite]
+        checks = list(dict.fromkeys(r["check"] for r in rows))
+        cmap = colormaps["tab10" if len(checks) <= 10 else "tab20"]
+        for j, check in enumerate(checks):
+            pts = sorted((r for r in rows if r["check"] == check), key=lambda r: r["k"])
+            colour = cmap(j % cmap.N)
+            x = [r["k"] for r in pts]
+            ax.plot(x, [r["accuracy"] for r in pts], marker="o", markersize=4, color=colour, label=check,
+                    linewidth=2.2 if j == 0 else 1.4)
+            ax.fill_between(x, [r["ci95"][0] for r in pts], [r["ci95"][1] for r in pts], color=colour, alpha=0.12,
+                            linewidth=0)
+            if pts[0]["chance"] is not None:
+                ax.axhline(pts[0]["chance"], color=colour, linestyle="--", linewidth=1, alpha=0.7)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(ks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.set_ylim(-0.02, 1.02)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_xlabel(f"k: samples drawn per prompt, the best kept by CLIP (the first k of a pool of {report['pool']})")
+        ax.set_ylabel("parser accuracy of the pick")
+        ax.set_title(f"{suite}", loc="left")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="check (band: 95% Wilson; dashed: chance)",
+                  title_fontsize=8)
+    title = "What reranking buys: probe accuracy of the best of k by CLIP"
+    fig.suptitle(title + (f"\n{report['clip_model']}" if report["random_clip"] else ""),
+                 color="tab:red" if report["random_clip"] else "black")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Title": title, "Description": report["clip_model"]})
+    return out

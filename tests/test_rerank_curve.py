@@ -184,3 +184,64 @@ def test_coco_fid_rerank_curve_bad_input(shapes_data, transformer_ckpt, tmp_path
     assert [pool[0]["index"] for pool in pool_rows(folder, prompts, 1)] == [0, 0, 0]
     with pytest.raises(DalleEvalError, match="3 of the 3 subset prompts have fewer than 2 images"):
         pool_rows(folder, prompts, 2)
+
+
+# --- probes run --rerank-curve ---
+
+
+def test_probe_outcomes_units_and_all_checks():
+    """A unit per check of a prompt (object_i are units of "object") and per prompt for "all checks"."""
+    from dalle_eval.probe_curve import ALL_CHECKS, _outcomes
+
+    def res(pid, check, file, passed, suite="binding", chance=0.5):
+        return {"suite": suite, "prompt_id": pid, "check": check, "file": file, "passed": passed, "chance": chance}
+
+    index = {"a_0.png": 0, "a_1.png": 1, "b_0.png": 0, "b_1.png": 1}
+    results = [res("a", "object_0", "a_0.png", True), res("a", "object_1", "a_0.png", False),
+               res("a", "object_0", "a_1.png", True), res("a", "object_1", "a_1.png", True),
+               res("b", "count", "b_0.png", True, "attributes", 0.25), res("b", "count", "b_1.png", False, "attributes", 0.25)]
+    units = _outcomes(results, index, 2)
+    assert sorted(units) == [("attributes", ALL_CHECKS), ("attributes", "count"), ("binding", ALL_CHECKS),
+                             ("binding", "object")]
+    assert [(pid, p.tolist(), c) for pid, p, c in units[("binding", "object")]] == [
+        ("a", [True, True], 0.5), ("a", [False, True], 0.5)]
+    assert [(pid, p.tolist()) for pid, p, _ in units[("binding", ALL_CHECKS)]] == [("a", [False, True])]
+    assert [(pid, p.tolist(), c) for pid, p, c in units[("attributes", "count")]] == [("b", [True, False], 0.25)]
+
+
+def test_probes_rerank_curve_cli(transformer_ckpt, tmp_path, tiny_clip):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from dalle_eval.artifacts import read_jsonl
+    from dalle_eval.cli import main
+    from dalle_eval.model.clip import ClipScorer
+    from dalle_eval.probe_curve import ALL_CHECKS
+
+    model_cfg, weights = tiny_clip
+    args = ["probes", "run", "--suite", "attributes", "--ckpt", str(transformer_ckpt), "--out", str(tmp_path / "pc"),
+            "--clip-model", model_cfg, "--clip-pretrained", weights, "--set", "sample.batch_size=32"]
+    r = CliRunner().invoke(main, [*args, "--rerank-curve", "1,2,4"])
+    assert r.exit_code == 0, r.output
+    assert "attributes best of 4" in r.output and "4 per prompt x 60 prompts" in r.output
+    report = json.loads((tmp_path / "pc" / "rerank_curve.json").read_text())
+    rows = report["rows"]
+    assert {(x["check"], x["k"]) for x in rows} >= {(ALL_CHECKS, k) for k in (1, 2, 4)}
+    assert all(x["n"] == 60 for x in rows if x["check"] in (ALL_CHECKS, "colour", "shape", "size"))
+    samples = read_jsonl(tmp_path / "pc" / "samples" / "samples.jsonl")
+    assert sorted({s["index"] for s in samples}) == [0, 1, 2, 3] and len(samples) == 240
+    # k = 1 is each prompt's first draw: its CLIP score, recomputed here
+    first = [s for s in samples if s["index"] == 0]
+    scorer = ClipScorer(model_cfg, weights)
+    want = 100 * scorer.scores([Image.open(tmp_path / "pc" / "samples" / s["file"]) for s in first],
+                               [s["caption"] for s in first]).mean().item()
+    assert report["clip_score"]["attributes"][0]["mean"] == pytest.approx(want, rel=1e-5)
+    md = (tmp_path / "pc" / "rerank_curve.md").read_text()
+    assert "| suite | check | units | chance | k=1 | k=2 | k=4 |" in md and (tmp_path / "pc" / "rerank_curve.png").exists()
+    # bad input is named, before anything is drawn
+    for extra, message in ((["--suite", "raven"], "no prompts drawn from a caption alone"),
+                           (["--scorer", "likelihood"], "give it without --scorer"),
+                           (["--clip-pretrained", ""], "no CLIP weights")):
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--rerank-curve", "1,2", *extra])
+        assert r.exit_code != 0 and message in r.output, r.output
+    assert not (tmp_path / "bad").exists()
