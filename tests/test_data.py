@@ -329,9 +329,10 @@ def test_scrambled_captions_lie_only_about_their_attribute(tmp_path, fast_cfg):
 def test_paraphrased_captions_are_recorded_and_match_the_phrasing_grammar(tmp_path, fast_cfg):
     """data.paraphrase.fraction=1: every multi/relation/stack caption is a phrasing of its own scene (read back by
     spec_from_phrasing), never a held-out family; the manifest records the arm; non-shapes sources are refused."""
-    from dalle_eval.config import apply_overrides
     from dalle_eval.pipelines.build import build_dataset
     from dalle_eval.pipelines.shapes_source import training_caption
+
+    from dalle_eval.config import apply_overrides
     from dalle_eval.shapes import Scene
     from dalle_eval.shapes.phrasing import normalise, spec_from_phrasing
 
@@ -356,8 +357,9 @@ def test_paraphrased_captions_are_recorded_and_match_the_phrasing_grammar(tmp_pa
 def test_translation_arm_is_recorded_by_the_build(tmp_path, fast_cfg):
     """data.translation_fraction: the build writes that share of two-panel identity/recolour scenes, records the arm
     in its manifest and fingerprint, and refuses a non-shapes source."""
-    from dalle_eval.config import apply_overrides
     from dalle_eval.pipelines.build import build_dataset
+
+    from dalle_eval.config import apply_overrides
 
     cfg = apply_overrides(fast_cfg, ["data.translation_fraction=0.3"])
     build_dataset(cfg, "shapes", tmp_path / "panels", n=100)
@@ -377,8 +379,9 @@ def test_translation_arm_is_recorded_by_the_build(tmp_path, fast_cfg):
 def test_heldout_images_is_a_stage1_image_set(tmp_path, fast_cfg, dvae_ckpt):
     """data.heldout_images: the images show held-out colour-shape pairs (recorded in the manifest and fingerprint),
     a dVAE may train on them, and no token stage (so no caption the transformer learns) is built from them."""
-    from dalle_eval.config import apply_overrides
     from dalle_eval.pipelines.build import build_dataset
+
+    from dalle_eval.config import apply_overrides
     from dalle_eval.shapes import Scene
 
     cfg = apply_overrides(fast_cfg, ["data.heldout_images=true"])

@@ -460,7 +460,13 @@ def test_score_sums_over_a_region(fast_cfg):
 def test_dvae_losses_and_paper_schedules(shapes_data):
     import math as m
 
-    from dalle_eval.model.dvae import code_usage_loss, kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+    from dalle_eval.model.dvae import (
+        code_usage_loss,
+        kl_to_uniform,
+        logit_laplace_nll,
+        map_pixels,
+        unmap_pixels,
+    )
     from dalle_eval.model.stage1 import DVAETask
 
     x = torch.rand(2, 3, 4, 4)

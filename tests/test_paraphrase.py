@@ -8,7 +8,6 @@ import json
 import random
 import typing
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -33,6 +32,7 @@ from dalle_eval.shapes.phrasing import (
     phrase,
     spec_from_phrasing,
 )
+from tests.samples_dir import samples_dir
 
 
 def _specs() -> list[Scene]:
@@ -124,19 +124,6 @@ def test_suite_prompts_share_a_spec_across_phrasings():
     assert not binding_ids & {p["prompt_id"] for p in prompts}
 
 
-def _samples_dir(folder: Path, images) -> Path:
-    """A samples dir of (prompt, image) pairs, as any generator writes it."""
-    folder.mkdir(parents=True)
-    rows, index = [], Counter()
-    for p, image in images:
-        name = f"{p['prompt_id']}_{index[p['prompt_id']]}.png"
-        image.save(folder / name)
-        rows.append({"prompt_id": p["prompt_id"], "index": index[p["prompt_id"]], "caption": p["caption"], "file": name})
-        index[p["prompt_id"]] += 1
-    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
-
-
 def _figures(report: dict, scorer: str = "parser") -> dict:
     return {(r["metric"], r["phrasing"]): r for r in report["paraphrase"] if r["scorer"] == scorer}
 
@@ -144,7 +131,7 @@ def _figures(report: dict, scorer: str = "parser") -> dict:
 def test_oracle_passes_every_phrasing(tmp_path, fast_cfg):
     prompts = make_prompts("paraphrase")
     oracle = ((p, render(place(Scene.from_json(p["spec"]), random.Random(p["prompt_id"])), 64)) for p in prompts)
-    r = run_probes("paraphrase", tmp_path / "o", fast_cfg, images=_samples_dir(tmp_path / "s", oracle), progress=False)
+    r = run_probes("paraphrase", tmp_path / "o", fast_cfg, images=samples_dir(tmp_path / "s", oracle), progress=False)
     assert r["n_images"] == len(prompts) and r["suites"] == ["paraphrase"]
     rows = [x for x in r["table"] if x["split"] == "all"]
     assert all(x["accuracy"] == 1.0 for x in rows), [x for x in rows if x["accuracy"] < 1]
@@ -166,7 +153,7 @@ def test_random_generator_at_chance(tmp_path, fast_cfg):
     """Images of the suite's random generator (text ignored), rendered and parsed, score at the stated chance on
     every check and every phrasing, and no phrasing of almost any spec is right."""
     prompts = make_prompts("paraphrase")
-    folder = _samples_dir(tmp_path / "s", random_images(prompts, per_prompt=2, resolution=64, seed=7))
+    folder = samples_dir(tmp_path / "s", random_images(prompts, per_prompt=2, resolution=64, seed=7))
     r = run_probes("paraphrase", tmp_path / "o", fast_cfg, images=folder, progress=False)
     rows = [x for x in r["table"] if x["split"] == "all" and (x["category"] == "all" or x["check"] == "image")]
     assert len(rows) > 15
@@ -209,7 +196,7 @@ def test_export_and_score_another_generator(tmp_path):
     key = {k["prompt_id"]: k for k in map(json.loads, (out.parent / "prompts_key" / "prompts.jsonl").read_text().splitlines())}
     assert all(k["foils"] and k["phrasing"] in k["prompt_id"] for k in key.values())
     images = ((g, render(place(Scene.from_json(key[g["prompt_id"]]["spec"]), random.Random(1)), 128)) for g in given)
-    theirs = _samples_dir(tmp_path / "theirs", images)
+    theirs = samples_dir(tmp_path / "theirs", images)
     res = CliRunner().invoke(main, ["probes", "score", "--suite", "paraphrase", "--images", str(theirs),
                                     "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output

@@ -77,6 +77,7 @@ def test_transformer_trains_from_http_and_memory_urls_as_from_the_folder(tmp_pat
 def test_train_cli_takes_a_url(tmp_path, shapes_data, local_dvae_run):
     """`dalle-eval train --data URL`: the option keeps the URL as given (a Path would fold https:// to https:/)."""
     from click.testing import CliRunner
+
     from dalle_eval.cli import main
 
     sets = [a for f in FAST for a in ("--set", f)]

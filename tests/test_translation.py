@@ -42,21 +42,9 @@ from dalle_eval.shapes.panels import (
 )
 from dalle_eval.shapes.scene import BACKGROUND
 from dalle_eval.shards import iter_raw_samples
+from tests.samples_dir import samples_dir
 
 PROMPTS = make_prompts("translation")
-
-
-def _samples_dir(folder: Path, images) -> Path:
-    """A samples dir of (prompt, image) pairs, as any generator writes it."""
-    folder.mkdir(parents=True)
-    rows, index = [], Counter()
-    for p, image in images:
-        name = f"{p['prompt_id']}_{index[p['prompt_id']]}.png"
-        image.save(folder / name)
-        rows.append({"prompt_id": p["prompt_id"], "index": index[p["prompt_id"]], "caption": p["caption"], "file": name})
-        index[p["prompt_id"]] += 1
-    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def _spec(p: dict) -> Translation:
@@ -156,7 +144,7 @@ def validity(tmp_path_factory, fast_cfg) -> dict:
         "random": random_images(PROMPTS, per_prompt=4, resolution=64, seed=7),
         "ignore": ((p, _ignore_the_top(p, rng)) for p in PROMPTS for _ in range(4)),
     }
-    return {name: run_probes("translation", tmp / name, fast_cfg, images=_samples_dir(tmp / f"s-{name}", images),
+    return {name: run_probes("translation", tmp / name, fast_cfg, images=samples_dir(tmp / f"s-{name}", images),
                              progress=False) for name, images in draws.items()}
 
 
@@ -260,7 +248,7 @@ def test_export_and_score_another_generator(tmp_path):
         assert (context[64:] == BACKGROUND).all() and (context[:64] != BACKGROUND).any()
     key = {k["prompt_id"]: k for k in map(json.loads, (out.parent / "prompts_key" / "prompts.jsonl").read_text().splitlines())}
     assert "foils" not in next(iter(key.values()))
-    theirs = _samples_dir(tmp_path / "theirs", ((g, render_panels(_spec(key[g["prompt_id"]]), 128)) for g in given))
+    theirs = samples_dir(tmp_path / "theirs", ((g, render_panels(_spec(key[g["prompt_id"]]), 128)) for g in given))
     res = CliRunner().invoke(main, ["probes", "score", "--suite", "translation", "--images", str(theirs),
                                     "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
