@@ -2,7 +2,8 @@
 
 `model` is an open_clip model name (ViT-B-32, ...) or a path to a model-config JSON (registered
 under its file stem); `pretrained` is an open_clip tag (downloads unless HF_HUB_OFFLINE) or a local
-checkpoint path. Offline, a tag fails fast with a message saying to pass a local file.
+checkpoint path. Offline, a tag fails fast with a message saying to pass a local file. A `train --stage clip` run
+(model/stage_clip.py) is such a pair: --clip-model RUN/clip_model.json --clip-pretrained RUN/model.safetensors.
 """
 
 from __future__ import annotations
