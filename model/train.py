@@ -190,6 +190,7 @@ class _Run:
     probe: Callable[[], list[dict]] | None = None
     init_from: dict | None = None  # the weights it started from (checkpoint.init_weights), None: random init
     probe_seconds: list[float] = dataclasses.field(default_factory=list)
+    mfu_peak: dict | None = None  # the MFU denominator and where it came from (summary.json)
 
     def checkpoint(self, at: int) -> None:
         d, tc = self.d, self.cfg.train
@@ -340,6 +341,9 @@ def _loop(run: _Run, progress: bool, stop_at: int | None) -> dict:
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     peak = tc.peak_tflops * 1e12 or measure_peak_flops(d.device, torch.bfloat16 if precision == "bf16" else torch.float32)
     log = _Log(run, peak)
+    run.mfu_peak = {"flops_per_s": round(peak), "source": "train.peak_tflops" if tc.peak_tflops else
+                    f"measured at start: a 1024x1024 {precision or 'fp32'} matmul for 0.5 s (benchmarks/peak.py "
+                    "measures the models' own shapes, single- and multi-threaded)"}
     stop = _StopOnSignal()
     steps = task.tc.steps
     bar = tqdm(range(run.start, steps), desc=f"train {run.stage}", unit="step", disable=not (progress and d.is_main),
@@ -470,7 +474,7 @@ def _finish(run: _Run, log: _Log, step: int, last: dict, wall: float) -> dict:
     evaluation = run.task.evaluate(run.val, run.d.device, final=True) if run.val else {}
     summary = {"stage": run.stage, "steps": run.task.tc.steps, "final_train": last, "eval": evaluation,
                "ckpt": str(run.out), "data": run.data_info, "bad_shards": sorted(run.loader.bad_shards),
-               **({"init_from": run.init_from} if run.init_from else {})}
+               "mfu_peak": run.mfu_peak, **({"init_from": run.init_from} if run.init_from else {})}
     cost = _probe_cost(run, wall)
     if cost:
         summary["probes"] = cost

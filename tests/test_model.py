@@ -168,6 +168,8 @@ def test_transformer_loss_goes_down(tmp_path, token_data, fast_cfg):
     rec = [r for r in map(json.loads, (tmp_path / "tf" / "metrics.jsonl").read_text().splitlines()) if "mfu" in r][-1]
     flops = rec["mfu"] * cfg.train.peak_tflops * 1e12 / rec["samples_per_s"]  # the MFU's FLOPs per sample
     assert flops == pytest.approx(train_flops(cfg.transformer)["per_sample"], rel=1e-9)
+    peak = json.loads((tmp_path / "tf" / "summary.json").read_text())["mfu_peak"]  # the MFU's denominator, named
+    assert peak == {"flops_per_s": round(cfg.train.peak_tflops * 1e12), "source": "train.peak_tflops"}
     assert (tmp_path / "tf" / "tokenizer.json").exists() and (tmp_path / "tf" / "dvae" / "model.safetensors").exists()
 
 

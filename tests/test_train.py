@@ -177,11 +177,14 @@ def test_paper_schedules():
 def test_metrics_validation_samples_and_tensorboard(tmp_path, token_data):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"
-    train("transformer", token_data, cfg_with("train.sample_every=3", "train.tensorboard=true"), run, progress=False)
+    train("transformer", token_data, cfg_with("train.sample_every=3", "train.tensorboard=true", "train.peak_tflops=0"),
+          run, progress=False)  # peak 0: the MFU's denominator measured at start
     rec = records(run)[-1]
     for key in ("loss", "text_loss", "image_loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu"):
         assert key in rec and rec[key] == rec[key], key
     assert 0 < rec["mfu"] < 1 and rec["tokens_per_s"] == pytest.approx(rec["samples_per_s"] * (24 + 64))
+    peak = read_json(run / "summary.json")["mfu_peak"]
+    assert peak["flops_per_s"] > 1e9 and peak["source"].startswith("measured at start")
     val = records(run, "val")
     assert [r["step"] for r in val] == [4, 6] and all(r["val_loss"] > 0 for r in val)
     from PIL import Image
