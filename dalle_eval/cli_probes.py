@@ -139,8 +139,10 @@ def _probe_curve_cmd(cfg, suite, ckpt, images, out, scorers, clip_model, clip_pr
     lines = {}
     for row in r["rows"]:
         if row["check"] == ALL_CHECKS:
+            change = (f", {100 * row['vs_first']:+.1f} points vs best of {r['ks'][0]} [{100 * row['vs_first_ci95'][0]:+.1f}, "
+                      f"{100 * row['vs_first_ci95'][1]:+.1f}]" if "vs_first" in row else "")
             lines[f"{row['suite']} best of {row['k']}"] = (f"{pct(row['accuracy'])} of {row['n']} prompts pass every "
-                                                           f"check [{pct(row['ci95'][0])}, {pct(row['ci95'][1])}]")
+                                                           f"check [{pct(row['ci95'][0])}, {pct(row['ci95'][1])}]{change}")
     lines["pool"] = f"{r['pool']} per prompt x {r['n_prompts']} prompts"
     summary(f"probes {suite} --rerank-curve", lines, Path(out) / "rerank_curve.md")
 

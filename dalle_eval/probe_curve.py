@@ -123,6 +123,14 @@ def _write_md(report: dict, path: Path) -> None:
           f"{report['clip_model']}; at each k the top-scored of the first k draws is parser-scored, so every k reuses "
           f"the same draws (cost: k draws per prompt; the pool: {report['pool']}). Intervals: {report['intervals']}.\n\n")
     md += md_table(table, ["suite", "check", "units", "chance", *[f"k={k}" for k in ks]])
+    paired = [{"suite": r["suite"], "k": str(r["k"]), "prompts gained": str(r["gained"]), "prompts lost": str(r["lost"]),
+               f"change vs k={ks[0]}": f"{100 * r['vs_first']:+.1f} points [{100 * r['vs_first_ci95'][0]:+.1f}, "
+                                      f"{100 * r['vs_first_ci95'][1]:+.1f}]"}
+              for r in report["rows"] if r["check"] == ALL_CHECKS and "vs_first" in r]
+    if paired:
+        md += (f"\n## All checks: best of k against best of {ks[0]}, paired (the same prompts and draws)\n\n"
+               "Prompts that pass at k but failed at the smallest k (gained) and the reverse (lost); the interval is "
+               "Newcombe's (1998) for paired proportions.\n\n" + md_table(paired, list(paired[0])))
     md += f"\n![probe accuracy vs k]({PLOT})\n"
     with atomic_path(path) as tmp:
         tmp.write_text(md)

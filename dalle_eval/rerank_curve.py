@@ -5,7 +5,8 @@ prompt's N candidates are drawn once, in a fixed order (their seeds), and best-o
 first k: the pools are nested, nothing is resampled, k = 1 is the first candidate and k = N reranks them all.
 Every k then shares the same draws, so differences between k are paired, not noise between samplings.
 
-Intervals (95%): Wilson for an accuracy (one outcome per prompt at each k); mean ± 1.96 standard errors for a
+Intervals (95%): Wilson for an accuracy (one outcome per prompt at each k), Newcombe's paired interval for its
+change against the smallest k (the same prompts, the same draws); mean ± 1.96 standard errors for a
 per-image score (CLIP score); for FID, the value on the best-of-k set ± 1.96 × its bootstrap standard deviation
 over prompts (the same resampled prompt sets at every k, so FID(k) - FID(1) gets a paired interval too).
 """
@@ -54,15 +55,41 @@ def picked(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.asarray(values)[np.arange(len(index)), index]
 
 
-def accuracy_curve(scores: np.ndarray, passed: np.ndarray, ks: Sequence[int]) -> list[dict]:
-    """Per k: how many prompts' best-of-k candidate passed (passed: (P, N) bool), with its Wilson interval."""
+def paired_difference(both: int, gained: int, lost: int, neither: int) -> tuple[float, tuple[float, float]]:
+    """Difference of two paired proportions, p_new - p_old = (gained - lost) / n, with Newcombe's (1998, method 10)
+    95% interval: the two Wilson intervals combined with the pairs' phi correlation."""
     from dalle_eval.probes.tables import wilson
 
+    n = both + gained + lost + neither
+    p1, p2 = (both + gained) / n, (both + lost) / n  # new, old
+    (l1, u1), (l2, u2) = wilson(both + gained, n), wilson(both + lost, n)
+    margins = (both + gained) * (lost + neither) * (both + lost) * (gained + neither)
+    phi = (both * neither - gained * lost) / math.sqrt(margins) if margins else 0.0
+    lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    d = p1 - p2
+    return d, (max(-1.0, d - lower), min(1.0, d + upper))
+
+
+def accuracy_curve(scores: np.ndarray, passed: np.ndarray, ks: Sequence[int]) -> list[dict]:
+    """Per k: how many prompts' best-of-k candidate passed (passed: (P, N) bool), with its Wilson interval, and
+    (k above the smallest) the paired change against the smallest k: prompts gained and lost, the difference and
+    its Newcombe interval."""
+    from dalle_eval.probes.tables import wilson
+
+    passed = np.asarray(passed, dtype=bool)
+    picks = best_of_k(scores, ks)
+    base = picked(passed, picks[min(ks)])
     rows = []
-    for k, index in best_of_k(scores, ks).items():
-        ok = int(picked(np.asarray(passed, dtype=bool), index).sum())
-        n = len(index)
-        rows.append({"k": k, "n": n, "passed": ok, "accuracy": ok / n, "ci95": list(wilson(ok, n))})
+    for k, index in picks.items():
+        now = picked(passed, index)
+        ok, n = int(now.sum()), len(index)
+        row = {"k": k, "n": n, "passed": ok, "accuracy": ok / n, "ci95": list(wilson(ok, n))}
+        if k != min(ks):
+            gained, lost = int((now & ~base).sum()), int((~now & base).sum())
+            d, ci = paired_difference(int((now & base).sum()), gained, lost, int((~now & ~base).sum()))
+            row.update(gained=gained, lost=lost, vs_first=d, vs_first_ci95=list(ci))
+        rows.append(row)
     return rows
 
 

@@ -9,7 +9,15 @@ import pytest
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.fid import frechet_distance_to_features, gaussian_stats
 from dalle_eval.probes.tables import wilson
-from dalle_eval.rerank_curve import accuracy_curve, best_of_k, fid_curve, mean_curve, parse_ks, picked
+from dalle_eval.rerank_curve import (
+    accuracy_curve,
+    best_of_k,
+    fid_curve,
+    mean_curve,
+    paired_difference,
+    parse_ks,
+    picked,
+)
 
 # 3 prompts x 4 candidates in pool order (their seeds); prompt 2 ties at its maximum
 SCORES = np.array([[0.1, 0.5, 0.2, 0.9],
@@ -45,6 +53,22 @@ def test_accuracy_curve_counts_the_picks_with_wilson_intervals():
     assert [r["accuracy"] for r in rows] == pytest.approx([1 / 3, 1 / 3, 0])
     assert [r["ci95"] for r in rows] == [list(wilson(1, 3)), list(wilson(1, 3)), list(wilson(0, 3))]
     assert accuracy_curve(SCORES, ~PASSED, [4])[0]["passed"] == 3
+    # paired against k=1: k=2 gains prompt 0 and loses prompt 2; k=4 loses prompt 2
+    assert [(r.get("gained"), r.get("lost")) for r in rows] == [(None, None), (1, 1), (0, 1)]
+    assert rows[1]["vs_first"] == 0 and rows[2]["vs_first"] == pytest.approx(-1 / 3)
+    assert rows[2]["vs_first_ci95"][0] < -1 / 3 < rows[2]["vs_first_ci95"][1]
+
+
+def test_paired_difference_newcombe():
+    d, (lo, hi) = paired_difference(both=30, gained=12, lost=3, neither=15)
+    assert d == pytest.approx(9 / 60) and lo < d < hi and 0 < lo  # 12 gained vs 3 lost of 60: a real gain
+    d2, (lo2, hi2) = paired_difference(both=30, gained=3, lost=12, neither=15)
+    assert d2 == -d and (lo2, hi2) == pytest.approx((-hi, -lo))  # swapping gained and lost mirrors it
+    assert paired_difference(30, 1, 1, 28)[1][0] < 0 < paired_difference(30, 1, 1, 28)[1][1]
+    d0, ci0 = paired_difference(60, 0, 0, 0)  # all pass before and after: 0, within the Wilson margin of 60 at 100%
+    assert d0 == 0 and ci0 == pytest.approx((-0.0602, 0.0602), abs=1e-4)
+    wide, narrow = paired_difference(3, 2, 0, 1)[1], paired_difference(300, 200, 0, 100)[1]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
 
 
 def test_mean_curve_is_the_mean_of_the_picked_values():
@@ -211,11 +235,11 @@ def test_probe_outcomes_units_and_all_checks():
 
 def test_probes_rerank_curve_cli(transformer_ckpt, tmp_path, tiny_clip):
     from click.testing import CliRunner
+    from dalle_eval.model.clip import ClipScorer
     from PIL import Image
 
     from dalle_eval.artifacts import read_jsonl
     from dalle_eval.cli import main
-    from dalle_eval.model.clip import ClipScorer
     from dalle_eval.probe_curve import ALL_CHECKS
 
     model_cfg, weights = tiny_clip
@@ -238,6 +262,7 @@ def test_probes_rerank_curve_cli(transformer_ckpt, tmp_path, tiny_clip):
     assert report["clip_score"]["attributes"][0]["mean"] == pytest.approx(want, rel=1e-5)
     md = (tmp_path / "pc" / "rerank_curve.md").read_text()
     assert "| suite | check | units | chance | k=1 | k=2 | k=4 |" in md and (tmp_path / "pc" / "rerank_curve.png").exists()
+    assert "| suite | k | prompts gained | prompts lost | change vs k=1 |" in md
     # bad input is named, before anything is drawn
     for extra, message in ((["--suite", "raven"], "no prompts drawn from a caption alone"),
                            (["--scorer", "likelihood"], "give it without --scorer"),
