@@ -38,6 +38,11 @@ def _probe_options(fn):
                      help="Your own prompts JSONL (caption + foils; e.g. real-world) for --scorer clip."),
         _REQUIRE_COMPLETE,
         overwrite_option("OUT/samples"),
+        click.option("--rerank-curve", default=None, metavar="K1,K2,...",
+                     help="What reranking buys: draw max(K) samples per shapes prompt once, rank them by CLIP "
+                          "(--clip-model, --clip-pretrained) and report parser accuracy of the best of k for every k "
+                          "(the top-scored of the first k draws; no resampling), e.g. 1,2,4,8,16,32: "
+                          "OUT/rerank_curve.{json,md,png}."),
     ]):
         fn = opt(fn)
     return fn
@@ -102,10 +107,6 @@ def probes(ctx, configs, overrides, **kwargs):
 
 @probes.command("run")
 @_probe_options
-@click.option("--rerank-curve", default=None, metavar="K1,K2,...",
-              help="What reranking buys: draw max(K) samples per shapes prompt once, rank them by CLIP (--clip-model, "
-                   "--clip-pretrained) and report parser accuracy of the best of k for every k (the top-scored of the "
-                   "first k draws; no resampling), e.g. 1,2,4,8,16,32: OUT/rerank_curve.{json,md,png}.")
 @config_options(("sample", "eval"))
 def probes_run(cfg, overrides, suite, ckpt, images, out, scorers, clip_model, clip_pretrained, raven_items, prompts_file,
                require_complete, overwrite, rerank_curve):

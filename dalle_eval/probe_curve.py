@@ -10,6 +10,7 @@ suite's check ("all checks": the image passes every check of its prompt) with it
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,8 +69,12 @@ def run_probe_curve(suite: str, out: Path, cfg: Config, ckpt: Path, ks: list[int
                              "translation complete a panel); use attributes, binding, paraphrase or all")
     n = max(ks)
     pool_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, probe_samples=n))
+    before = Path(out) / "samples" / SAMPLES
+    before = len(read_jsonl(before)) if before.exists() and not overwrite else 0
+    t = time.time()
     folder = _generate(Path(ckpt), prompts, Path(out), pool_cfg, None, progress,
                        make_prompts("all", cfg.eval.seed, RAVEN_ITEMS), overwrite)
+    seconds, drawn = time.time() - t, max(0, len(read_jsonl(folder / SAMPLES)) - before)
     wanted = {p["prompt_id"] for p in prompts}
     rows = [r for r in read_jsonl(folder / SAMPLES) if str(r["prompt_id"]) in wanted and r["index"] < n]
     by_prompt = {(str(r["prompt_id"]), r["index"]): r for r in rows}
@@ -93,6 +98,8 @@ def run_probe_curve(suite: str, out: Path, cfg: Config, ckpt: Path, ks: list[int
     report = {"suite": suite, "ckpt": str(ckpt), "samples_dir": str(folder), "pool": n, "ks": list(ks),
               "n_prompts": len(prompts), "clip_model": f"{clip_model} ({clip_pretrained or RANDOM_CLIP})",
               "random_clip": scorer.random, "rows": curves, "clip_score": clip,
+              "sampling": {"seconds": round(seconds, 2), "images_drawn": drawn, "device": s.device,
+                           "seconds_per_image": seconds / drawn if drawn else None},
               "intervals": "Wilson 95% over units (a check of a prompt; a prompt for 'all checks')",
               "config": config_to_dict(cfg)}
     out = Path(out)
@@ -122,6 +129,12 @@ def _write_md(report: dict, path: Path) -> None:
           f"a pool of {report['pool']} samples each drawn once into `{report['samples_dir']}` and ranked by CLIP "
           f"{report['clip_model']}; at each k the top-scored of the first k draws is parser-scored, so every k reuses "
           f"the same draws (cost: k draws per prompt; the pool: {report['pool']}). Intervals: {report['intervals']}.\n\n")
+    per_image = report["sampling"]["seconds_per_image"]
+    if per_image:  # what best of k costs a user who draws only k: k x this per prompt
+        md += (f"Sampling cost measured by this run: {report['sampling']['images_drawn']:,} images in "
+               f"{report['sampling']['seconds']:.1f} s on {report['sampling']['device']} ({per_image:.3f} s per image): "
+               + ", ".join(f"best of {k} costs {k * per_image * report['n_prompts']:.1f} s for these prompts" for k in ks)
+               + ".\n\n")
     md += md_table(table, ["suite", "check", "units", "chance", *[f"k={k}" for k in ks]])
     paired = [{"suite": r["suite"], "k": str(r["k"]), "prompts gained": str(r["gained"]), "prompts lost": str(r["lost"]),
                f"change vs k={ks[0]}": f"{100 * r['vs_first']:+.1f} points [{100 * r['vs_first_ci95'][0]:+.1f}, "

@@ -245,7 +245,7 @@ def test_probes_rerank_curve_cli(transformer_ckpt, tmp_path, tiny_clip):
     model_cfg, weights = tiny_clip
     args = ["probes", "run", "--suite", "attributes", "--ckpt", str(transformer_ckpt), "--out", str(tmp_path / "pc"),
             "--clip-model", model_cfg, "--clip-pretrained", weights, "--set", "sample.batch_size=32"]
-    r = CliRunner().invoke(main, [*args, "--rerank-curve", "1,2,4"])
+    r = CliRunner().invoke(main, [*args, "--rerank-curve", "1,2,4"])  # `probes run`; bare `probes` below
     assert r.exit_code == 0, r.output
     assert "attributes best of 4" in r.output and "4 per prompt x 60 prompts" in r.output
     report = json.loads((tmp_path / "pc" / "rerank_curve.json").read_text())
@@ -263,10 +263,12 @@ def test_probes_rerank_curve_cli(transformer_ckpt, tmp_path, tiny_clip):
     md = (tmp_path / "pc" / "rerank_curve.md").read_text()
     assert "| suite | check | units | chance | k=1 | k=2 | k=4 |" in md and (tmp_path / "pc" / "rerank_curve.png").exists()
     assert "| suite | k | prompts gained | prompts lost | change vs k=1 |" in md
+    assert report["sampling"]["images_drawn"] == 240 and "best of 4 costs" in md
     # bad input is named, before anything is drawn
     for extra, message in ((["--suite", "raven"], "no prompts drawn from a caption alone"),
                            (["--scorer", "likelihood"], "give it without --scorer"),
                            (["--clip-pretrained", ""], "no CLIP weights")):
-        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--rerank-curve", "1,2", *extra])
+        bare = [a for a in args if a != "run"]  # `probes --rerank-curve` runs `probes run --rerank-curve`
+        r = CliRunner().invoke(main, [*bare, "--out", str(tmp_path / "bad"), "--rerank-curve", "1,2", *extra])
         assert r.exit_code != 0 and message in r.output, r.output
     assert not (tmp_path / "bad").exists()
