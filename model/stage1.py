@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from dalle_eval.model.dvae import DVAE, code_usage_loss, kl_to_uniform, logit_laplace_nll, pixels_to_pil
 from dalle_eval.model.schedule import LRSchedule
+from dalle_eval.model.task import TaskHooks
 
 from dalle_eval.config import Config
 from dalle_eval.errors import DalleEvalError
@@ -28,7 +29,7 @@ def decode_image(sample: dict) -> tuple[torch.Tensor]:
     raise KeyError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_EXTS)})")
 
 
-class DVAETask:
+class DVAETask(TaskHooks):
     def __init__(self, cfg: Config):
         self.cfg, self.tc = cfg, cfg.train.dvae
         # channels_last: ~2x faster convolutions on CPU (oneDNN) for these narrow layers

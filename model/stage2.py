@@ -19,6 +19,7 @@ from dalle_eval.model.dvae import pixels_to_pil
 from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.schedule import LRSchedule
 from dalle_eval.model.stream import mix_seed
+from dalle_eval.model.task import TaskHooks
 from dalle_eval.model.tokenizer import BPEDropout, encode_captions, load_tokenizer, pad_batch
 from dalle_eval.model.transformer import DalleTransformer, train_flops
 
@@ -88,7 +89,7 @@ def decode_tokens(sample: dict, text_len: int, dropout: BPEDropout | None = None
     return pad_batch([ids], text_len)[0], torch.from_numpy(codes.astype(np.int64))
 
 
-class TransformerTask:
+class TransformerTask(TaskHooks):
     def __init__(self, cfg: Config, folder: Path, manifest: dict, out: Path, copy_assets: bool = True):
         self.cfg, self.tc = cfg, cfg.train.transformer
         self.assets = local_files(folder, (TOKENIZER, DVAE_DIR), out)  # from a URL: fetched into OUT
@@ -145,21 +146,6 @@ class TransformerTask:
     def clip_gradients(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-    def extra_metrics(self, step: int) -> dict:
-        return {}
-
-    def after_step(self) -> None:
-        pass
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
-
-    def export_weights(self) -> dict | None:
-        return None
 
     @torch.no_grad()
     def evaluate(self, val: list[tuple], device: torch.device, final: bool = False) -> dict:

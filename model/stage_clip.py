@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from dalle_eval.model.schedule import LRSchedule
+from dalle_eval.model.task import TaskHooks
 
 from dalle_eval.artifacts import atomic_path
 from dalle_eval.config import ClipConfig, Config
@@ -71,7 +72,7 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-class ClipTask:
+class ClipTask(TaskHooks):
     def __init__(self, cfg: Config, out: Path, write_config: bool = True):
         import open_clip
 
@@ -126,21 +127,9 @@ class ClipTask:
     def clip_gradients(self) -> float:
         return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip))
 
-    def extra_metrics(self, step: int) -> dict:
-        return {}
-
     def after_step(self) -> None:
         with torch.no_grad():  # Radford et al. 2021: the temperature is clipped to keep logits scaled by <= 100
             self.model.logit_scale.clamp_(0, np.log(100))
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
-
-    def export_weights(self) -> dict | None:
-        return None
 
     @torch.no_grad()
     def _features(self, val: list[tuple], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
