@@ -41,8 +41,8 @@ from dalle_eval.artifacts import (
 )
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.shapes import HELDOUT
 from dalle_eval.outputs import on_rank0, prepare_stage, recorded_differences
+from dalle_eval.shapes import HELDOUT
 
 # [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
 # processes download (img2dataset's distributors and process counts give the same table, tests/test_data.py).
