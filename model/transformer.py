@@ -229,7 +229,7 @@ class DecodeStep:
         self.pos_cols = model.col_emb.weight.detach()[pos % cfg.grid]  # (N, d)
         self.layers = [(_ln(b.ln_1), _linear(b.attn.qkv), _linear(b.attn.proj), _ln(b.ln_2), _linear(b.mlp[0]),
                         _linear(b.mlp[2])) for b in model.blocks]
-        self.ln_f, self.head = _ln(model.ln_f), model.head.weight.t()
+        self.ln_f, self.head = _ln(model.ln_f), model.head.weight[self.Vt :].t()  # image rows only: no text logits
         T = cfg.text_len + cfg.image_len - 1
         rows = {k: _additive(getattr(model, f"mask_{k}"), self.image_w.dtype) for k in set(model.kinds)}
         rows = {k: [m[p : p + 1, : p + 1] for p in range(T)] for k, m in rows.items()}
@@ -250,7 +250,7 @@ class DecodeStep:
             x = x + torch.addmm(bo, y.view(B, -1), wo)
             x = x + torch.addmm(b2, F.gelu(torch.addmm(b1, F.layer_norm(x, *ln_2), w1)), w2)
         cache.length += 1
-        return torch.mm(F.layer_norm(x, *self.ln_f), self.head)[:, self.Vt :]  # (B, V_image)
+        return torch.mm(F.layer_norm(x, *self.ln_f), self.head)  # (B, V_image)
 
 
 def _ln(m: nn.LayerNorm) -> tuple:
