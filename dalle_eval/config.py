@@ -81,6 +81,10 @@ class DataConfig:
     # two-panel scenes (shapes/panels.py) of the identity and recolour transforms only; resize, reshape,
     # mirrored and colour-swap never appear. 0 = off: the data byte for byte as without the arm.
     translation_fraction: float = 0.0
+    # shapes world, the training arm of the Raven probes: this share of the training samples become Raven matrices
+    # (raven/) drawn whole with their answer, captioned raven.CAPTION, from a stream the probe items never use.
+    # 0 = off: the data byte for byte as without the arm.
+    raven_fraction: float = 0.0
     # shapes world, a stage-1 image set: scenes may show the HELDOUT colour-shape pairs, so a dVAE trained on it has
     # seen them (never with a caption: such a build has no token stage). False = the training scenes of the recipe.
     heldout_images: bool = False
@@ -379,7 +383,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
                                           "download_threads", "download_timeout", "encode_batch")},
     "data.n_val": _AT_LEAST_0, "data.download_retries": _AT_LEAST_0, "data.min_image_size": _AT_LEAST_0,
     "data.max_aspect_ratio": (1, None, False), "data.max_image_area": _POSITIVE, "data.paraphrase.fraction": _FRACTION,
-    "data.translation_fraction": _FRACTION,
+    "data.translation_fraction": _FRACTION, "data.raven_fraction": _FRACTION,
     **{f"filter.{k}": _AT_LEAST_0 for k in ("min_chars", "min_words", "lang_min_words")},
     "filter.max_chars": _AT_LEAST_1, "filter.max_words": _AT_LEAST_1,
     "filter.lang_min_confidence": _FRACTION, "filter.lang_floor": _FRACTION,

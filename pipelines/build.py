@@ -42,6 +42,8 @@ from dalle_eval.artifacts import (
 from dalle_eval.config import Config, config_to_dict
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.outputs import on_rank0, prepare_stage, recorded_differences
+from dalle_eval.raven import CAPTION as RAVEN_CAPTION
+from dalle_eval.raven import MIN_RESOLUTION as RAVEN_MIN_RESOLUTION
 from dalle_eval.shapes import HELDOUT
 
 # [data] settings that do not change the image stage's output: how a later stage encodes tokens, and how many
@@ -51,7 +53,7 @@ NOT_IMAGE_INPUTS = ("bpe_vocab", "encode_batch", "device", "download_processes",
 
 
 # [data] keys of the shapes world's arms: each changes its scenes or captions, and is recorded only when set
-SHAPES_ARM_KEYS = {"scramble", "paraphrase", "translation_fraction", "heldout_images"}
+SHAPES_ARM_KEYS = {"scramble", "paraphrase", "translation_fraction", "raven_fraction", "heldout_images"}
 
 
 def shapes_arms(d) -> dict[str, tuple[str, dict]]:
@@ -65,6 +67,9 @@ def shapes_arms(d) -> dict[str, tuple[str, dict]]:
     if d.translation_fraction:
         arms["translation_fraction"] = ("translation", {"fraction": d.translation_fraction,
                                                         "transforms": ["identity", "recolour"], "coco_images": "one panel"})
+    if d.raven_fraction:
+        arms["raven_fraction"] = ("raven", {"fraction": d.raven_fraction, "caption": RAVEN_CAPTION,
+                                            "items": "stream raven-train-<seed>, never a probe item"})
     if d.heldout_images:
         arms["heldout_images"] = ("heldout_images", {"pairs": sorted(map(list, HELDOUT)), "use": "stage 1 only"})
     return arms
@@ -85,6 +90,9 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         key = next(iter(arms))
         raise DalleEvalError(f"data.{key} is an arm of the shapes world's data (its scenes and captions); "
                              f"--source {source} is not the shapes world (use --source shapes)")
+    if d.raven_fraction and d.resolution < RAVEN_MIN_RESOLUTION:
+        raise DalleEvalError(f"data.raven_fraction needs data.resolution >= {RAVEN_MIN_RESOLUTION} (got {d.resolution}): "
+                             "smaller Raven matrices draw some candidates alike")
     if source != "shapes":
         pairs = read_pairs(source, d.url_col, d.caption_col, d.header)  # validate the source before touching OUT
         pairs = pairs.head(n) if n else pairs
@@ -102,7 +110,7 @@ def build_images(cfg: Config, source: str, out: Path, n: int | None, eval_captio
         return build_web_images(cfg, source, pairs, out, eval_captions, eval_images)
 
     table = pd.DataFrame(write_shapes_shards(images, n, d.resolution, d.shard_size, d.seed, d.scramble, d.paraphrase,
-                                             d.translation_fraction, d.heldout_images))
+                                             d.translation_fraction, d.heldout_images, d.raven_fraction))
     shutil.rmtree(out / "coco", ignore_errors=True)  # derived from the same inputs
     write_coco_split(out / "coco", d.n_val, d.resolution, d.seed)  # true captions, scrambled or not
     shards = [str(p.relative_to(images)) for p in sorted(images.glob("shard-*.tar"))]

@@ -24,6 +24,12 @@ paraphrase leave it alone); resize, reshape, mirrored and colour-swap never appe
 they emerge, as the DALL·E blog's zero-shot translations did. fraction 0 (the default) draws nothing from that
 stream: images and captions byte for byte as without the arm. The COCO-format split has no two-panel scenes.
 
+Raven arm (`data.raven_fraction`, the training side of the Raven probes): that share of the samples, decided
+by the sample's own stream `random.Random(f"{seed}-{index}-raven")` (after the translation arm's draw), is a Raven
+matrix drawn whole with its answer, captioned raven.CAPTION as the probes ask. Its items come from the stream
+`raven-train-<seed>` (configuration from the same draw), which the probe items' `raven-<eval.seed>` never is;
+scramble and paraphrase leave its caption alone. 0 (the default) draws nothing: the data byte for byte as before.
+
 Stage-1 image set (`data.heldout_images`): the scenes may show the HELDOUT colour-shape pairs (sample_scene's
 allow_heldout), so a dVAE trained on it has seen those pairs' pixels; build-dataset refuses to make tokens from
 it, so no caption ever pairs them for the transformer.
@@ -40,6 +46,9 @@ from tqdm import tqdm
 from dalle_eval.artifacts import write_json
 from dalle_eval.config import ParaphraseConfig
 from dalle_eval.images import png_bytes
+from dalle_eval.raven import CAPTION as RAVEN_CAPTION
+from dalle_eval.raven import CONFIGS as RAVEN_CONFIGS
+from dalle_eval.raven import RavenItem, generate_item, render_matrix
 from dalle_eval.shapes import COLOURS, SHAPES, SIZES, Scene, caption, render, sample_scene
 from dalle_eval.shapes.panels import Translation, render_panels, training_translation
 from dalle_eval.shapes.phrasing import KIND_FAMILIES, phrase
@@ -48,13 +57,19 @@ from dalle_eval.shards import shard_name, write_shard
 COCO_ANNOTATIONS = "captions_val.json"
 
 
-def _scene(seed: int, index: int, translation_fraction: float = 0.0, heldout_images: bool = False) -> Scene | Translation:
-    """Training sample `index`'s scene: a two-panel scene with probability `translation_fraction`, else a
-    shapes scene (neither holds a HELDOUT pair unless `heldout_images`: a stage-1 image set)."""
+def _scene(seed: int, index: int, translation_fraction: float = 0.0, heldout_images: bool = False,
+           raven_fraction: float = 0.0) -> Scene | Translation | RavenItem:
+    """Training sample `index`'s scene: a two-panel scene with probability `translation_fraction`, a Raven
+    matrix with probability `raven_fraction`, else a shapes scene (none holds a HELDOUT pair unless
+    `heldout_images`: a stage-1 image set)."""
     if translation_fraction:
         rng = random.Random(f"{seed}-{index}-translation")
         if rng.random() < translation_fraction:
             return training_translation(rng)
+    if raven_fraction:
+        rng = random.Random(f"{seed}-{index}-raven")
+        if rng.random() < raven_fraction:
+            return generate_item(f"train-{seed}", index, rng.choice(sorted(RAVEN_CONFIGS)))
     return sample_scene(random.Random(f"{seed}-{index}"), allow_heldout=heldout_images)
 
 
@@ -69,6 +84,8 @@ def training_caption(scene: Scene | Translation, seed: int, index: int, scramble
     sample: reproducible). A two-panel scene keeps its panel caption."""
     if isinstance(scene, Translation):
         return scene.caption()
+    if isinstance(scene, RavenItem):
+        return RAVEN_CAPTION
     if scramble:
         rng, values = random.Random(f"{seed}-{index}-scramble-{scramble}"), SCRAMBLE_VALUES[scramble]
         said = tuple(dataclasses.replace(o, **{scramble: rng.choice(values)}) for o in scene.objects)
@@ -82,7 +99,12 @@ def training_caption(scene: Scene | Translation, seed: int, index: int, scramble
 
 
 def _sample(seed: int, index: int, scene, resolution: int, scramble: str, paraphrase: ParaphraseConfig) -> dict:
-    image = render_panels(scene, resolution) if isinstance(scene, Translation) else render(scene, resolution)
+    if isinstance(scene, Translation):
+        image = render_panels(scene, resolution)
+    elif isinstance(scene, RavenItem):
+        image = render_matrix(scene, resolution, scene.candidates[scene.answer])
+    else:
+        image = render(scene, resolution)
     return {
         "__key__": f"{index:09d}",
         "png": png_bytes(image),
@@ -93,10 +115,11 @@ def _sample(seed: int, index: int, scene, resolution: int, scramble: str, paraph
 
 def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, seed: int,
                         scramble: str = "", paraphrase: ParaphraseConfig = CANONICAL,
-                        translation_fraction: float = 0.0, heldout_images: bool = False) -> list[dict]:
+                        translation_fraction: float = 0.0, heldout_images: bool = False,
+                        raven_fraction: float = 0.0) -> list[dict]:
     """Render n training scenes into out/shard-*.tar (skipping whole shards already there), captions
     scrambled by `scramble` and rephrased by `paraphrase`, a `translation_fraction` of two-panel scenes, HELDOUT
-    colour-shape pairs allowed with `heldout_images` (see the module doc).
+    colour-shape pairs allowed with `heldout_images`, a `raven_fraction` of Raven matrices (see the module doc).
 
     Returns one pair-table row per sample.
     """
@@ -104,7 +127,8 @@ def write_shapes_shards(out: Path, n: int, resolution: int, shard_size: int, see
     rows = []
     n_shards = (n + shard_size - 1) // shard_size
     for s in tqdm(range(n_shards), desc="render shapes shards", unit="shard"):
-        scenes = [(i, _scene(seed, i, translation_fraction, heldout_images)) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
+        scenes = [(i, _scene(seed, i, translation_fraction, heldout_images, raven_fraction))
+                  for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
         path = out / shard_name(s)
         if not path.exists():
             write_shard(path, (_sample(seed, i, scene, resolution, scramble, paraphrase) for i, scene in scenes))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dalle_eval.artifacts import iter_jsonl
 from dalle_eval.errors import DalleEvalError
+from dalle_eval.raven import CAPTION as RAVEN_CAPTION
 from dalle_eval.raven import RavenItem, generate_items
 from dalle_eval.shapes import COLOURS, RELATIONS, SHAPES, SIZES, Obj, Scene, caption
 from dalle_eval.shapes.panels import TRAINED, TRANSFORMS, sample_translation
@@ -26,7 +27,6 @@ from dalle_eval.shapes.phrasing import families, phrase
 SUITES = ("attributes", "binding", "raven", "paraphrase", "translation")
 ALL = ("attributes", "binding", "raven")  # --suite all; paraphrase and translation run when asked for by name
 COMPLETION_SUITES = ("raven", "translation")  # prompts that come with an image to complete: no caption foils
-RAVEN_CAPTION = "a 3x3 matrix of shapes following a pattern"  # the text a model is conditioned on for Raven
 RAVEN_ITEMS = 60  # default items (20 per configuration): ±13 points of Wilson half-width at chance
 BINDING_KINDS = {  # table category -> (scene kind, number of objects, prompts)
     "two": ("multi", 2, 10),

@@ -24,6 +24,7 @@ from dalle_eval.raven.render import (
     render_panel,
 )
 from dalle_eval.raven.schema import (
+    CAPTION,
     COLOURS,
     CONFIGS,
     MANIFEST_SCHEMA,
@@ -37,6 +38,7 @@ from dalle_eval.raven.schema import (
 )
 
 __all__ = [
+    "CAPTION",
     "COLOURS",
     "CONFIGS",
     "EXACT_FROM",

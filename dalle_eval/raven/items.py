@@ -205,7 +205,7 @@ def bisection_candidates(answer: Panel, changes: Sequence[dict]) -> list[Panel]:
     return panels
 
 
-def generate_item(seed: int, index: int, config: str) -> RavenItem:
+def generate_item(seed: int | str, index: int, config: str) -> RavenItem:
     """Item `index` of the stream `seed`; seeded by both, so it can be regenerated alone from its id.
 
     An item whose candidates would draw the same pixels in a supported matrix is redrawn from the same

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 from dalle_eval.errors import DalleEvalError
 
+CAPTION = "a 3x3 matrix of shapes following a pattern"  # the text a model is conditioned on for Raven (probes, training arm)
+
 CONFIGS = {"center": 1, "grid2x2": 4, "grid3x3": 9}  # configuration -> number of slots
 GRID_SIDE = {"center": 1, "grid2x2": 2, "grid3x3": 3}
 TYPES = ("triangle", "square", "pentagon", "hexagon", "circle")  # ordered: more sides = higher index
