@@ -50,8 +50,9 @@ demo-long: install
 	$(VENV)/bin/dalle-eval demo --config shapes-long --n 20000 --out $(DEMO_OUT)-long
 
 # Everything, as CI runs it (.ci/run): torchrun, SIGKILL/SIGTERM runs, pyspark and ray, the full demo twice.
+# Verbose: each test is named as it starts, so a run killed from outside shows which one was running.
 test: install-dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -v --durations=20 tests
 
 # The unit tests of every module without the tests marked slow (no subprocess launches, clusters or demo).
 test-fast: install-dev

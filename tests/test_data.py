@@ -230,33 +230,47 @@ def test_torchrun_shards_the_encoding_and_gives_the_same_tokens(tmp_path, token_
 @pytest.mark.parametrize("distributor", ["pyspark", "ray"])
 def test_cluster_distributors_give_the_same_table_and_leave_no_cluster_running(tmp_path, fast_cfg, distributor):
     """img2dataset's pyspark and ray distributors, each on a local cluster it starts itself (as on one
-    machine without a cluster): the same statuses and shards as multiprocessing, and the implicitly started
-    Spark session / Ray instance is stopped afterwards."""
+    machine without a cluster), from the CLI in a session of its own: the same statuses and shards as
+    multiprocessing, and once the command has returned no process of its session is left (Spark's JVM, Ray's
+    workers). The test process never hosts the cluster, so nothing the cluster does can reach it."""
+    import os
+    import subprocess
+    import time
+
     pytest.importorskip("pyspark.sql" if distributor == "pyspark" else "ray")
     from dalle_eval.pipelines.build import build_dataset
     from dalle_eval.pipelines.local_http import serve
 
     tables = {}
+    data = ["data.download_processes=2", "data.shard_size=3", "data.n_val=16", "data.download_retries=0"]
     with serve(n_pictures=6) as base:
         rows = [(f"{base}/pic/{i}.png", f"a small picture with the number {i}") for i in range(6)]
         rows.append((f"{base}/404", "a picture that is not there"))
         pd.DataFrame(rows, columns=["url", "caption"]).to_csv(tmp_path / "list.csv", index=False)
-        for name in ("multiprocessing", distributor):
-            data = dataclasses.replace(fast_cfg.data, download_distributor=name, download_processes=2, shard_size=3)
-            build_dataset(dataclasses.replace(fast_cfg, data=data), str(tmp_path / "list.csv"), tmp_path / name)
-            tables[name] = pd.read_parquet(tmp_path / name / "pairs.parquet").set_index("caption")["status"]
+        ref = dataclasses.replace(fast_cfg.data, download_distributor="multiprocessing", download_processes=2, shard_size=3)
+        build_dataset(dataclasses.replace(fast_cfg, data=ref), str(tmp_path / "list.csv"), tmp_path / "multiprocessing")
+        sets = [x for item in [*data, f"data.download_distributor={distributor}"] for x in ("--set", item)]
+        cmd = [sys.executable, "-m", "dalle_eval.cli", "build-dataset", "--source", str(tmp_path / "list.csv"),
+               "--out", str(tmp_path / distributor), "--config", "tiny", *sets]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+
+    def left() -> list[str]:  # processes still in the command's session
+        ps = subprocess.run(["ps", "-eo", "sid=,pid=,comm="], capture_output=True, text=True, check=True).stdout
+        return [line for line in ps.splitlines() if line.split()[0] == str(proc.pid)]
+
+    deadline = time.monotonic() + 30
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left(), left()
+    for name in ("multiprocessing", distributor):
+        tables[name] = pd.read_parquet(tmp_path / name / "pairs.parquet").set_index("caption")["status"]
     assert tables[distributor].sort_index().to_dict() == tables["multiprocessing"].sort_index().to_dict()
     assert tables[distributor].value_counts().to_dict() == {"ok": 6, "http_404": 1}
     shards = sorted((tmp_path / distributor / "images").glob("*.tar"))
     assert sorted(s["txt"] for s in iter_shards(shards)) == sorted(c for _, c in rows[:6])
-    if distributor == "ray":
-        import ray
-
-        assert not ray.is_initialized()
-    else:
-        from pyspark.sql import SparkSession
-
-        assert SparkSession.getActiveSession() is None
 
 
 def test_missing_distributor_package_is_named(tmp_path, fast_cfg, monkeypatch):
