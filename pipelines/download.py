@@ -44,7 +44,7 @@ import unicodedata
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pandas as pd
@@ -175,28 +175,40 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig,
     urls = pairs[["key", "url", "caption"]].rename(columns={"key": "pair_key"})
     urls["url"] = [browser_url(u) for u in urls["url"]]
     urls.to_parquet(url_list, index=False)
-    with _cluster(cfg.download_distributor), _ShardWatcher(out, on_shard):
+    stats = None
+    with _cluster(cfg.download_distributor), _ShardWatcher(out, on_shard) as watcher:
         _download(download, url_list, out, cfg, "incremental")  # a killed run resumes: finished shards skipped
         if _main_pass_finished(out, len(urls), cfg.shard_size):
-            _retry_transient(download, out, cfg)
-    apply_exif_orientation(out)  # the shards the watcher did not reach (a turned sample is not turned again)
+            stats = _retry_transient(download, out, cfg)
     shards = _finished_shards(out)
-    return _fold_status(pairs, _read_stats(out, shards)), [out / f"{s}.tar" for s in shards]
+    for shard in shards:  # the shards the watcher did not orient (a turned sample is not turned again)
+        if shard not in watcher.oriented:
+            _orient_shard(out, shard)
+    if stats is None:
+        stats = _read_stats(out, shards)
+    return _fold_status(pairs, stats), [out / f"{s}.tar" for s in shards]
 
 
 class _ShardWatcher:
     """While img2dataset runs (in its own processes), a thread that finishes each shard it has finished: EXIF
     orientation applied (apply_exif_orientation's per-shard work), then on_shard(tar). img2dataset never
     touches a finished shard again (incremental and extend modes skip or add after it), so work done here is
-    final; leaving the block stops the thread after its current shard. A failure here only warns: whatever
-    the thread did not finish is done after the download, in the main thread, as without it."""
+    final. The thread runs at the lowest CPU priority (a Linux thread's own nice value): it gets only the CPU
+    time the download leaves idle, where at normal priority on 2 cores it slowed img2dataset by about what it
+    saved (benchmarks/README.md). Leaving the block normally, the main thread finishes the shards left, the
+    thread too until none is left; leaving it by an exception stops the thread after its current shard. A
+    failure in the thread only warns: that shard is oriented after the download and hashed by the post-filter,
+    in the main thread, as without the watcher."""
 
     POLL = 0.1  # seconds between looks for newly finished shards
 
     def __init__(self, out: Path, on_shard: Callable[[Path], object] | None):
         self.out, self.on_shard = out, on_shard
-        self.done: set[str] = set()
-        self._stop = threading.Event()
+        self.done: set[str] = set()  # shards taken by either thread
+        self.oriented: set[str] = set()  # shards whose EXIF orientation is applied
+        self._lock = threading.Lock()
+        self._over = threading.Event()  # the block was left
+        self._stop = threading.Event()  # ... by an exception, or the main thread finished the rest
         self._thread = threading.Thread(target=self._run, name="shard-watcher", daemon=True)
 
     def __enter__(self):
@@ -204,24 +216,50 @@ class _ShardWatcher:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._over.set()
+        try:
+            while exc_type is None and self.on_shard is not None and (shard := self._take()) is not None:
+                self._finish(shard)  # raises: a failure after the download is the build's
+        finally:
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join()
+
+    def _take(self) -> str | None:
+        """The first finished shard neither thread has taken, now taken; None if there is none."""
+        with self._lock:
+            shard = next((s for s in _finished_shards(self.out) if s not in self.done), None)
+            if shard is not None:
+                self.done.add(shard)
+            return shard
+
+    def _finish(self, shard: str) -> None:
+        _orient_shard(self.out, shard)
+        self.oriented.add(shard)
+        self.on_shard(self.out / f"{shard}.tar")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.POLL):
-            for shard in _finished_shards(self.out):
-                if self._stop.is_set():
+        _lowest_priority()
+        while not self._stop.is_set():
+            shard = self._take()
+            if shard is None:
+                if self._over.is_set():
                     return
-                if shard in self.done:
-                    continue
-                self.done.add(shard)
-                try:
-                    _orient_shard(self.out, shard)
-                    self.on_shard(self.out / f"{shard}.tar")
-                except Exception as e:  # noqa: BLE001 — redone (and raised there) after the download
-                    warnings.warn(f"{self.out / shard}.tar: not finished during the download ({e}); done after it")
+                self._over.wait(self.POLL)
+                continue
+            try:
+                self._finish(shard)
+            except Exception as e:  # noqa: BLE001 — redone (and raised there) after the download
+                warnings.warn(f"{self.out / shard}.tar: not finished during the download ({e}); done after it")
+
+
+def _lowest_priority() -> None:
+    """Lower the calling thread to nice 19. On Linux nice is per thread; elsewhere it is the whole process's,
+    which would slow the build itself, so it is left alone."""
+    if sys.platform.startswith("linux"):
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 @contextmanager
@@ -285,15 +323,17 @@ def _download(download, url_list: Path, out: Path, cfg: DataConfig, mode: str) -
     )
 
 
-def _retry_transient(download, out: Path, cfg: DataConfig) -> None:
+def _retry_transient(download, out: Path, cfg: DataConfig) -> pd.DataFrame | None:
     """Rounds of img2dataset over the rows whose latest status is transient, each after a backoff, until
     none is left or each has had 1 + data.download_retries attempts (counted from the shards, so a resumed
-    run does not start the count again)."""
+    run does not start the count again) -> the stats of every finished shard if no round ran last (read once,
+    not again by the caller), else None."""
     for _ in range(cfg.download_retries):
-        latest = _latest(_read_stats(out, _finished_shards(out)))
+        stats = _read_stats(out, _finished_shards(out))
+        latest = _latest(stats)
         todo = latest[latest["class"].isin(TRANSIENT) & (latest["attempts"] <= cfg.download_retries)]
         if todo.empty:
-            return
+            return stats
         wait = RETRY_BACKOFF * 2 ** (int(todo["attempts"].min()) - 1)
         reasons = ", ".join(f"{k} {v}" for k, v in todo["class"].value_counts().items())
         print(f"download: {len(todo)} transient failure(s) ({reasons}); retrying in {wait:.0f} s")
@@ -301,6 +341,7 @@ def _retry_transient(download, out: Path, cfg: DataConfig) -> None:
         retry_list = out / "_retry_list.parquet"
         todo[["pair_key", "url", "caption"]].to_parquet(retry_list, index=False)
         _download(download, retry_list, out, cfg, "extend")
+    return None
 
 
 def _main_pass_finished(out: Path, n_rows: int, shard_size: int) -> bool:

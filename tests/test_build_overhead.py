@@ -6,7 +6,9 @@ downloads the next ones (the same tables and shards as hashing after the downloa
 import dataclasses
 import io
 import json
+import os
 import random
+import sys
 import tarfile
 import threading
 import time
@@ -132,11 +134,16 @@ def test_a_sample_webdataset_would_encode_goes_through_it(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.tar", "ref.tar"]
 
 
+def finished_shards(folder, n):
+    """n shards as img2dataset leaves them finished: tar, parquet, then the stats file."""
+    for s in (f"{i:05d}" for i in range(n)):
+        write_shard(folder / f"{s}.tar", [{"__key__": f"{s}0000", "txt": b"x"}])
+        pd.DataFrame({"key": [f"{s}0000"], "status": ["success"], "exif": [None]}).to_parquet(folder / f"{s}.parquet")
+        (folder / f"{s}_stats.json").write_text("{}")
+
+
 def test_a_failing_shard_watcher_only_warns_and_finishes_each_shard_once(tmp_path):
-    for s in ("00000", "00001"):
-        write_shard(tmp_path / f"{s}.tar", [{"__key__": f"{s}0000", "txt": b"x"}])
-        pd.DataFrame({"key": [f"{s}0000"], "status": ["success"], "exif": [None]}).to_parquet(tmp_path / f"{s}.parquet")
-        (tmp_path / f"{s}_stats.json").write_text("{}")
+    finished_shards(tmp_path, 2)
     (tmp_path / "00002.tar").write_bytes(b"")  # still downloading: no stats file yet
     seen = []
 
@@ -150,6 +157,58 @@ def test_a_failing_shard_watcher_only_warns_and_finishes_each_shard_once(tmp_pat
             time.sleep(5 * download._ShardWatcher.POLL)
     assert sorted(seen) == ["00000.tar", "00001.tar"]
     assert sum("not finished during the download (disk full)" in str(w.message) for w in caught) == 2
+
+
+def test_leaving_the_watcher_block_the_main_thread_and_the_watcher_finish_the_rest_once_each(tmp_path):
+    """The download is over: the shards left are finished by both threads, each shard once, the main thread at
+    its own priority and the watcher at the lowest (Linux: nice is per thread)."""
+    finished_shards(tmp_path, 6)
+    seen, nice = [], {}
+
+    def on_shard(tar):
+        seen.append(tar.name)
+        nice[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        time.sleep(0.05)
+
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with download._ShardWatcher(tmp_path, on_shard) as watcher:
+        time.sleep(0.08)  # the download: the watcher takes the first shards
+    assert sorted(seen) == [f"{i:05d}.tar" for i in range(6)]
+    assert watcher.oriented == {f"{i:05d}" for i in range(6)}
+    assert set(nice) == {"MainThread", "shard-watcher"}
+    assert nice["MainThread"] == main_nice
+    assert nice["shard-watcher"] == (19 if sys.platform.startswith("linux") else main_nice)
+
+
+def test_a_failure_in_the_main_threads_share_is_raised(tmp_path):
+    finished_shards(tmp_path, 2)
+
+    def on_shard(tar):
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("disk full")
+        time.sleep(1)  # the watcher holds its shard: the main thread takes the other
+
+    with pytest.raises(RuntimeError, match="disk full"), download._ShardWatcher(tmp_path, on_shard):
+        time.sleep(0.2)
+
+
+@pytest.mark.slow  # img2dataset runs against a local server: ~20 s
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_download_images_table_equals_one_read_of_the_stats_after_the_download(tmp_path, fast_cfg, retries):
+    """The stats the retry check read (no round after it) are used for the table, not read again: the same
+    table as folding a fresh read of every finished shard, with and without a retry round before."""
+    from dalle_eval.pipelines.local_http import serve
+
+    cfg = dataclasses.replace(fast_cfg.data, shard_size=4, download_threads=2, download_retries=retries)
+    with serve(n_pictures=6) as base:
+        urls = [f"{base}/pic/{i}.png" for i in range(6)] + [f"{base}/flaky/503.jpg", f"{base}/missing.jpg"]
+        pairs = pd.DataFrame({"key": [f"k{i}" for i in range(len(urls))], "url": urls,
+                              "caption": [f"caption {i}" for i in range(len(urls))]})
+        table, shards = download.download_images(pairs, tmp_path, cfg)
+    finished = download._finished_shards(tmp_path)
+    assert shards == [tmp_path / f"{s}.tar" for s in finished]
+    pd.testing.assert_frame_equal(table, download._fold_status(pairs, download._read_stats(tmp_path, finished)))
+    assert table.set_index("key")["status"]["k6"] == ("ok" if retries else "http_503")
 
 
 @pytest.mark.slow  # two img2dataset runs against a local server: ~15 s
