@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from dalle_eval.cli import main
 from dalle_eval.errors import DalleEvalError
 from dalle_eval.shapes import HELDOUT
-from dalle_eval.shards import iter_shards
+from dalle_eval.shards import count_samples, iter_shards
 
 
 def test_shapes_build_round_trip(shapes_data):
@@ -98,6 +98,7 @@ def test_web_bad_inputs_each_end_with_one_status(tmp_path, fast_cfg):
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
     ok = [r["caption"] for r, want in zip(rows, EXPECTED.values()) if want == "ok"]
     assert sorted(s["txt"] for s in samples) == sorted(ok) and sum(manifest["shard_sizes"]) == len(ok)
+    assert manifest["shard_sizes"] == [count_samples(tmp_path / "out" / "images" / s) for s in manifest["shards"]]
     assert all(s["image"].size == (64, 64) and s["image"].mode == "RGB" for s in samples)
 
 
@@ -194,7 +195,8 @@ def test_glob_of_lists_two_processes_filters_and_eval_sets(tmp_path, fast_cfg):
     manifest = json.loads((tmp_path / "out" / "images" / "manifest.json").read_text())
     samples = list(iter_shards(tmp_path / "out" / "images" / s for s in manifest["shards"]))
     assert sorted(s["txt"] for s in samples) == sorted(table.index[table["status"] == "ok"])
-    assert manifest["shard_sizes"] == [3, 3]
+    assert manifest["shard_sizes"] == [3, 3] == [count_samples(tmp_path / "out" / "images" / s)
+                                                 for s in manifest["shards"]]
 
 
 @pytest.mark.slow  # torchrun: 2 processes
@@ -409,3 +411,13 @@ def test_heldout_images_is_a_stage1_image_set(tmp_path, fast_cfg, dvae_ckpt):
     with pytest.raises(DalleEvalError, match="stage 1 only"):
         build_dataset(cfg, "shapes", tmp_path / "stage1", n=200, dvae=dvae_ckpt)
     assert not (tmp_path / "stage1" / "tokens").exists()
+
+
+def test_the_image_manifest_holds_the_shards_true_sizes(tmp_path, fast_cfg):
+    """The manifest's shard sizes are worked out from the kept rows, not recounted: they must be what is on disk."""
+    from dalle_eval.pipelines.build import build_dataset
+
+    cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, shard_size=8, n_val=4))
+    build_dataset(cfg, "shapes", tmp_path, n=21)
+    manifest = json.loads((tmp_path / "images" / "manifest.json").read_text())
+    assert manifest["shard_sizes"] == [8, 8, 5] == [count_samples(tmp_path / "images" / s) for s in manifest["shards"]]
