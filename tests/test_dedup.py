@@ -139,10 +139,11 @@ def brute_force_pairs(h: np.ndarray, threshold: int) -> set[tuple[int, int]]:
     return set(zip(i[d <= threshold].tolist(), j[d <= threshold].tolist()))
 
 
+@pytest.mark.parametrize("all_pairs_below", [0, 10_000], ids=["band join", "all pairs"])
 @pytest.mark.parametrize("threshold,radius", [(0, 0), (4, 0), (8, 0), (8, 1), (10, 2), (6, 1)])
-def test_band_join_finds_exactly_the_brute_force_pairs(threshold, radius):
+def test_band_join_finds_exactly_the_brute_force_pairs(threshold, radius, all_pairs_below):
     h = planted(2000, seed=threshold)
-    pairs = near_pairs(h, threshold, radius=radius)
+    pairs = near_pairs(h, threshold, radius=radius, all_pairs_below=all_pairs_below)
     want = brute_force_pairs(h, threshold)
     assert len(want) > 50
     assert set(zip(pairs.i.tolist(), pairs.j.tolist())) == want and len(pairs) == len(want)
