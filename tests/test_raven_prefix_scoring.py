@@ -15,6 +15,7 @@ from dalle_eval.model.transformer import DalleTransformer
 
 from dalle_eval.config import load_config
 from dalle_eval.probes import make_prompts
+from dalle_eval.probes.checks import ranked_first
 from dalle_eval.probes.likelihood import ProbeModel, RavenLikelihood, answer_region
 
 C = 8  # candidates per item
@@ -93,3 +94,29 @@ def test_raven_likelihood_equals_full_forward(tmp_path, group_count):
     new = torch.tensor([r["logp"] for r in results])
     _assert_same_scores(new, ref, region)
     assert [r["chosen"] for r in results] == ref.argmax(-1).tolist()
+
+
+def test_ties_at_the_top_score_chance_not_zero():
+    """A candidate set the scorer cannot tell apart earns 1/k on average (a seeded draw), the same every time."""
+    draws = [ranked_first([0.0] * 8, i % 8, f"item-{i}") for i in range(8000)]
+    assert abs(sum(passed for passed, _, _ in draws) / len(draws) - 1 / 8) < 0.012
+    assert {tied for _, _, tied in draws} == {8} and draws[5] == ranked_first([0.0] * 8, 5, "item-5")
+    assert ranked_first([-3.0, -1.0, -1.0, -2.0], 1, "k")[2] == 2  # only the top ties count
+    for key in ("a", "b", "c"):
+        assert ranked_first([-2.0, -1.0, -5.0], 1, key) == (True, 1, 1)  # strictly highest: always passed
+        assert not ranked_first([-1.0, -1.0, -0.5], 0, key)[0]  # below the top: never
+
+
+def test_raven_likelihood_breaks_ties_between_candidates_with_the_same_codes(tmp_path):
+    """The tiny dVAE gives many Raven candidates the same codes: those items are scored at chance, not as failures."""
+    cfg = load_config(["tiny"])
+    prompts = make_prompts("raven", raven_items=24)
+    tok = train_bpe([p["caption"] for p in prompts] * 4, cfg.transformer.text_vocab, tmp_path / "tokenizer.json")
+    torch.manual_seed(3)
+    pm = ProbeModel(DalleTransformer(cfg.transformer).eval(), DVAE(cfg.dvae).eval(), tok)
+    probe = RavenLikelihood(prompts, pm, batch=16)
+    probe.codes[:] = probe.codes[:, :1].clone()  # every candidate of an item encodes the same
+    results = probe()
+    assert [r["tied"] for r in results] == [8] * len(prompts)
+    want = [ranked_first([0.0] * 8, p["spec"]["answer"], f"{p['prompt_id']}/likelihood/answer")[0] for p in prompts]
+    assert [r["passed"] for r in results] == want and 0 < sum(want) < len(want)

@@ -9,6 +9,7 @@ scorer reports it; `as_parsed` is what the parser reads from a clean render (cha
 from __future__ import annotations
 
 import itertools
+import random
 
 from dalle_eval.shapes import SIZES, ParsedObj, Scene, relation_holds
 from dalle_eval.shapes.scene import CELLS
@@ -83,3 +84,27 @@ def result(prompt: dict, check: str, passed: bool, chance: float, scorer: str, *
     return {"suite": prompt["suite"], "category": prompt["category"], "groups": prompt["groups"], "check": check,
             "heldout": prompt["heldout"], "passed": bool(passed), "chance": chance, "prompt_id": prompt["prompt_id"],
             "scorer": scorer, **extra}
+
+
+def ranked_first(scores: list[float], truth: int, key: str) -> tuple[bool, int, int]:
+    """Is scores[truth] the highest? -> (passed, chosen index, candidates tied at the top). A tie at the top is
+    broken by a draw seeded by `key` (the same every time): a scorer that cannot tell k tied candidates apart
+    earns 1/k on average, so chance stays 1/len(scores). Counting a tie as wrong would put such a scorer below
+    chance (e.g. a coarse tokenizer that gives two Raven candidates the same codes)."""
+    top = max(scores)
+    tied = [i for i, s in enumerate(scores) if s == top]
+    chosen = tied[0] if len(tied) == 1 else random.Random(key).choice(tied)
+    return chosen == truth, chosen, len(tied)
+
+
+def ranked_checks(prompt: dict, truth: float, others: list[tuple[str, float]], scorer: str, detail: dict | None = None,
+                  **common) -> list[dict]:
+    """The ranking checks of one prompt against (kind, score) alternatives: "ranked_first" (truth above all,
+    chance 1/(1+k); `detail` goes into its record) and "vs_<kind>" per alternative (chance 1/2), ties broken by
+    ranked_first's seeded draw. `common` goes into every record."""
+    key = f"{prompt['prompt_id']}/{scorer}"
+    passed, _, tied = ranked_first([truth, *(o for _, o in others)], 0, f"{key}/ranked_first")
+    out = [result(prompt, "ranked_first", passed, 1 / (1 + len(others)), scorer, tied=tied, **(detail or {}), **common)]
+    for j, (kind, o) in enumerate(others):
+        out.append(result(prompt, f"vs_{kind}", ranked_first([truth, o], 0, f"{key}/{j}")[0], 0.5, scorer, **common))
+    return out

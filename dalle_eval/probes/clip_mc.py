@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dalle_eval.artifacts import read_rgb
-from dalle_eval.probes.checks import result
+from dalle_eval.probes.checks import ranked_checks
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.suites import COMPLETION_SUITES
 
@@ -34,7 +34,6 @@ def clip_multiple_choice(prompts: list[dict], samples: list[dict], images_dir: P
         image = read_rgb(Path(images_dir) / s["file"])
         sims = scorer.scores([image] * len(captions), captions).tolist()
         truth, others = sims[0], sims[1:]
-        results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / len(captions), "clip",
-                              file=s["file"], similarity=truth))
-        results += [result(p, f"vs_{f['kind']}", truth > o, 0.5, "clip", file=s["file"]) for f, o in zip(foils, others)]
+        results += ranked_checks(p, truth, [(f["kind"], o) for f, o in zip(foils, others)], "clip",
+                                 {"similarity": truth}, file=s["file"])
     return results

@@ -1,7 +1,8 @@
 """The likelihood scorer: rank by the model's own log p(image codes | text). Cheap and sampling-free.
 
 Shapes prompts: the oracle image of the true spec (rendered, then dVAE-encoded) is scored under the true
-caption and under each foil (foils.py); the truth must score strictly highest (a tie counts as wrong).
+caption and under each foil (foils.py); the truth must score highest (checks.ranked_first: a tie at the top is broken
+by a seeded draw, so a model that cannot tell tied candidates apart scores chance, not zero).
 Raven: the full matrix is rendered with each of the 8 candidates in the bottom-right cell, encoded, and
 the candidates are ranked by the summed log-prob of the image tokens covering the answer cell; the caption
 and the rows above the cell, the same for all 8, run through the transformer once (sampling.score_candidates).
@@ -25,7 +26,7 @@ from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
 from dalle_eval.model.sampling import completion_keep, score, score_candidates
 from dalle_eval.model.tokenizer import encode_captions, load_tokenizer, pad_batch
 from dalle_eval.probes.chance import N_CANDIDATES
-from dalle_eval.probes.checks import result
+from dalle_eval.probes.checks import ranked_checks, ranked_first, result
 from dalle_eval.probes.foils import foils_for
 from dalle_eval.probes.scoring import oracle_image
 from dalle_eval.probes.suites import COMPLETION_SUITES
@@ -116,10 +117,9 @@ class ShapesLikelihood:
         for p, fs in zip(self.prompts, self.foils):
             truth, others = lp[at], lp[at + 1 : at + 1 + len(fs)]
             at += 1 + len(fs)
-            results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / (1 + len(fs)), "likelihood",
-                                  logp=truth, foils=[{"kind": f["kind"], "caption": f["caption"], "logp": o}
-                                                     for f, o in zip(fs, others)]))
-            results += [result(p, f"vs_{f['kind']}", truth > o, 0.5, "likelihood") for f, o in zip(fs, others)]
+            results += ranked_checks(p, truth, [(f["kind"], o) for f, o in zip(fs, others)], "likelihood",
+                                     {"logp": truth, "foils": [{"kind": f["kind"], "caption": f["caption"], "logp": o}
+                                                               for f, o in zip(fs, others)]})
         return results
 
 
@@ -149,9 +149,8 @@ class RavenLikelihood:
             lp_all[at] = score_candidates(self.pm.model, self.text[at], self.codes[at], self.region).cpu()
         results = []
         for p, item, lp in zip(self.prompts, self.items, lp_all.tolist()):
-            chosen = int(np.argmax(lp))
-            results.append(result(p, "answer", chosen == item.answer and lp.count(lp[chosen]) == 1, 1 / N_CANDIDATES,
-                                  "likelihood", chosen=chosen, logp=lp))
+            passed, chosen, tied = ranked_first(lp, item.answer, f"{p['prompt_id']}/likelihood/answer")
+            results.append(result(p, "answer", passed, 1 / N_CANDIDATES, "likelihood", chosen=chosen, tied=tied, logp=lp))
         return results
 
 
@@ -198,9 +197,8 @@ class TranslationLikelihood:
         results = []
         for p, kinds, lp in zip(self.prompts, self.kinds, lp_all.tolist()):
             truth, others = lp[0], lp[1 : len(kinds)]
-            results.append(result(p, "ranked_first", all(truth > o for o in others), 1 / len(kinds), "likelihood",
-                                  logp=truth, alternatives=dict(zip(kinds[1:], others))))
-            results += [result(p, f"vs_{k}", truth > o, 0.5, "likelihood") for k, o in zip(kinds[1:], others)]
+            results += ranked_checks(p, truth, list(zip(kinds[1:], others)), "likelihood",
+                                     {"logp": truth, "alternatives": dict(zip(kinds[1:], others))})
         return results
 
 
