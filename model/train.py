@@ -433,13 +433,29 @@ def _validate(run: _Run, log: _Log, step: int, steps: int) -> None:
         _tb_write(log.tb, {"step": step + 1, **rec})
 
 
+@contextlib.contextmanager
+def _exported_weights(task, final: bool):
+    """At the last step the probes score the weights the run exports (the dVAE's parameter EMA, if any) rather
+    than the trained ones, which are put back afterwards (the checkpoint and a resumed run keep them)."""
+    weights = task.export_weights() if final else None
+    if weights is None:
+        yield
+        return
+    trained = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+    task.model.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        task.model.load_state_dict(trained)
+
+
 def _probe(run: _Run, log: _Log, at: int, bar) -> None:
     """One probe pass on the weights after `at` steps -> metrics records (split "probe"), timed. Every rank
     runs it (a sharded model's forward needs them all); rank 0 writes."""
     if run.probe is None:
         return
     t = time.time()
-    with torch.no_grad():
+    with torch.no_grad(), _exported_weights(run.task, at == run.task.tc.steps):
         recs = run.probe()
     seconds = time.time() - t
     run.probe_seconds.append(seconds)

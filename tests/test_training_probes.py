@@ -1,13 +1,16 @@
 """Probes inside training: records in metrics.jsonl, the same training with them on or off, their cost."""
 
 import json
+import types
 
 import pytest
+import torch
+from dalle_eval.model.train import _exported_weights
 from dalle_eval.model.train import train as train_stage
 
 from dalle_eval.config import apply_overrides
 from dalle_eval.errors import DalleEvalError
-from dalle_eval.probes.in_training import probe_subset, train
+from dalle_eval.probes.in_training import DVAEProbe, probe_subset, train
 
 
 def _records(run, split):
@@ -53,6 +56,33 @@ def test_dvae_runs_log_their_ceiling(tmp_path, fast_cfg, shapes_data):
     assert {"colour", "shape", "size", "object"} <= {r["check"] for r in recs if r["suite"] == "attributes"}
     assert {("raven", "answer"), ("binding", "image")} <= {(r["suite"], r["check"]) for r in recs}
     assert sorted({r["step"] for r in recs}) == [0, 3, 6]
+
+
+def test_the_last_dvae_probe_scores_the_exported_ema_weights(tmp_path, fast_cfg, shapes_data):
+    """With train.dvae.ema the run exports the average: the last probe pass scores it, and training is unchanged."""
+    from dalle_eval.model.image_tokenizer import load_image_tokenizer_dir
+
+    cfg = apply_overrides(fast_cfg, ["train.log_every=1", "train.dvae.ema=0.5", "train.probe_prompts=4"])
+    plain = train("dvae", shapes_data, cfg, tmp_path / "plain", progress=False)
+    probed = train("dvae", shapes_data, apply_overrides(cfg, ["train.probe_every=3"]), tmp_path / "dvae", progress=False)
+    loss = lambda run: [(r["step"], r["loss"]) for r in _records(run, "train")]
+    assert loss(tmp_path / "dvae") == loss(tmp_path / "plain") and probed["eval"] == plain["eval"]
+    last = sorted((r["suite"], r["check"], r["accuracy"]) for r in _records(tmp_path / "dvae", "probe") if r["step"] == 6)
+    exported = load_image_tokenizer_dir(tmp_path / "dvae").eval()
+    again = DVAEProbe(cfg, exported)()
+    assert last == sorted((r["suite"], r["check"], r["accuracy"]) for r in again)
+
+
+def test_exported_weights_are_swapped_in_for_the_pass_and_back_out():
+    model = torch.nn.Linear(2, 2)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    average = {k: torch.full_like(v, 0.5) for k, v in trained.items()}
+    task = types.SimpleNamespace(model=model, export_weights=lambda: average)
+    with _exported_weights(task, final=True):
+        assert (model.weight == 0.5).all() and (model.bias == 0.5).all()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+    with _exported_weights(task, final=False):  # not the last step: the trained weights
+        assert torch.equal(model.weight, trained["weight"])
 
 
 def test_probe_subset_is_fixed_and_sized(fast_cfg):
