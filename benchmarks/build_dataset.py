@@ -147,7 +147,7 @@ def bare_download(url_list: Path, out: Path, cfg) -> tuple[float, int]:
 
 def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dict]:
     """build_dataset's image stage -> (seconds, successes, exclusive seconds per part, status counts)."""
-    from dalle_eval.pipelines import build, download, image_manifest, postfilter, web
+    from dalle_eval.pipelines import build, download, postfilter, web
 
     timers = Timers()
     timers.wrap(build, "read_pairs", "read (DuckDB)")
@@ -163,7 +163,6 @@ def ours_download(url_list: Path, out: Path, cfg) -> tuple[float, int, dict, dic
     timers.wrap(web, "postfilter", "post-filter (dedup, marks)")
     timers.wrap(web, "reshard", "re-shard kept samples")
     timers.wrap(web, "write_image_stage", "pairs.parquet + manifest")
-    timers.wrap(image_manifest, "count_samples", "manifest: samples counted in the written shards")
     timers.wrap(build, "dataset_stats", STATS)
     try:
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from dalle_eval.errors import DalleEvalError
 from dalle_eval.probes.completion import complete_prompts
 from dalle_eval.shapes.panels import Translation, bottom_box, render_panels
 
-MIN_RESOLUTION = 64  # the shapes parser reads the smallest objects (0.18 of the side) from 64 px up
+MIN_RESOLUTION = 64  # the shapes parser reads the smallest objects (0.22 of the side) from 64 px up
 
 
 def complete_translation(prompts: list[dict], pm, out: Path, n: int, sample_cfg, progress: bool = False) -> Path:

@@ -20,7 +20,9 @@ COLOURS = {  # name -> RGB; far apart so a parser can tell them under noise
     "orange": (245, 130, 20),
 }
 BACKGROUND = (128, 128, 128)
-SIZES = {"small": 0.22, "large": 0.29}  # side / diameter as a fraction of the image side
+# side / diameter as a fraction of the image side: as large as the 3x3 layout allows (at 0.30 the parser merges
+# adjacent same-colour objects under noise), so an 8x8 code grid at 64 px still sees a small object's shape
+SIZES = {"small": 0.22, "large": 0.29}
 RELATIONS = ("above", "below", "left of", "right of")
 RELATION_WORDS = {"above": "above", "below": "below", "left of": "to the left of", "right of": "to the right of"}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
