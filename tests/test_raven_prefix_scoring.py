@@ -93,7 +93,8 @@ def test_raven_likelihood_equals_full_forward(tmp_path, group_count):
     ref = _reference(pm.model, probe.text, probe.codes, region)
     new = torch.tensor([r["logp"] for r in results])
     _assert_same_scores(new, ref, region)
-    assert [r["chosen"] for r in results] == ref.argmax(-1).tolist()
+    chosen = torch.tensor([r["chosen"] for r in results])  # the top candidate (a seeded draw among tied ones)
+    assert ((ref.max(-1).values - ref.gather(1, chosen[:, None])[:, 0]) <= 1e-5 * int(region.sum())).all()
 
 
 def test_ties_at_the_top_score_chance_not_zero():
