@@ -38,13 +38,12 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import unicodedata
 import urllib.parse
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -157,12 +156,11 @@ def browser_url(url: str) -> str:
 # --------------------------------------------------------------------------- download
 
 
-def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig,
-                    on_shard: Callable[[Path], object] | None = None) -> tuple[pd.DataFrame, list[Path]]:
+def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig) -> tuple[pd.DataFrame, list[Path]]:
     """-> (DataFrame[key, i2d_key, status, error, width, height], one row per pair; the image shards).
 
-    on_shard(tar): called in a background thread on each shard img2dataset finishes while it downloads the
-    rest, after the shard's EXIF orientation is applied (the post-filter's pHash: the shard is final then)."""
+    Nothing of ours runs beside img2dataset: on 2 cores a thread hashing finished shards during the download,
+    even at the lowest CPU priority, slowed the download by about twice what it saved (benchmarks/README.md)."""
     if cfg.download_retries < 0:
         raise DalleEvalError(f"data.download_retries must be >= 0 (rounds of retries), got {cfg.download_retries}")
     if pairs.empty:  # nothing to download (the pre-filter rejected every row): img2dataset is not started
@@ -176,90 +174,16 @@ def download_images(pairs: pd.DataFrame, out: Path, cfg: DataConfig,
     urls["url"] = [browser_url(u) for u in urls["url"]]
     urls.to_parquet(url_list, index=False)
     stats = None
-    with _cluster(cfg.download_distributor), _ShardWatcher(out, on_shard) as watcher:
+    with _cluster(cfg.download_distributor):
         _download(download, url_list, out, cfg, "incremental")  # a killed run resumes: finished shards skipped
         if _main_pass_finished(out, len(urls), cfg.shard_size):
             stats = _retry_transient(download, out, cfg)
     shards = _finished_shards(out)
-    for shard in shards:  # the shards the watcher did not orient (a turned sample is not turned again)
-        if shard not in watcher.oriented:
-            _orient_shard(out, shard)
+    for shard in shards:  # a turned sample is not turned again (a resumed run)
+        _orient_shard(out, shard)
     if stats is None:
         stats = _read_stats(out, shards)
     return _fold_status(pairs, stats), [out / f"{s}.tar" for s in shards]
-
-
-class _ShardWatcher:
-    """While img2dataset runs (in its own processes), a thread that finishes each shard it has finished: EXIF
-    orientation applied (apply_exif_orientation's per-shard work), then on_shard(tar). img2dataset never
-    touches a finished shard again (incremental and extend modes skip or add after it), so work done here is
-    final. The thread runs at the lowest CPU priority (a Linux thread's own nice value): it gets only the CPU
-    time the download leaves idle, where at normal priority on 2 cores it slowed img2dataset by about what it
-    saved (benchmarks/README.md). Leaving the block normally, the main thread finishes the shards left, the
-    thread too until none is left; leaving it by an exception stops the thread after its current shard. A
-    failure in the thread only warns: that shard is oriented after the download and hashed by the post-filter,
-    in the main thread, as without the watcher."""
-
-    POLL = 0.1  # seconds between looks for newly finished shards
-
-    def __init__(self, out: Path, on_shard: Callable[[Path], object] | None):
-        self.out, self.on_shard = out, on_shard
-        self.done: set[str] = set()  # shards taken by either thread
-        self.oriented: set[str] = set()  # shards whose EXIF orientation is applied
-        self._lock = threading.Lock()
-        self._over = threading.Event()  # the block was left
-        self._stop = threading.Event()  # ... by an exception, or the main thread finished the rest
-        self._thread = threading.Thread(target=self._run, name="shard-watcher", daemon=True)
-
-    def __enter__(self):
-        if self.on_shard is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self._over.set()
-        try:
-            while exc_type is None and self.on_shard is not None and (shard := self._take()) is not None:
-                self._finish(shard)  # raises: a failure after the download is the build's
-        finally:
-            self._stop.set()
-            if self._thread.is_alive():
-                self._thread.join()
-
-    def _take(self) -> str | None:
-        """The first finished shard neither thread has taken, now taken; None if there is none."""
-        with self._lock:
-            shard = next((s for s in _finished_shards(self.out) if s not in self.done), None)
-            if shard is not None:
-                self.done.add(shard)
-            return shard
-
-    def _finish(self, shard: str) -> None:
-        _orient_shard(self.out, shard)
-        self.oriented.add(shard)
-        self.on_shard(self.out / f"{shard}.tar")
-
-    def _run(self) -> None:
-        _lowest_priority()
-        while not self._stop.is_set():
-            shard = self._take()
-            if shard is None:
-                if self._over.is_set():
-                    return
-                self._over.wait(self.POLL)
-                continue
-            try:
-                self._finish(shard)
-            except Exception as e:  # noqa: BLE001 — redone (and raised there) after the download
-                warnings.warn(f"{self.out / shard}.tar: not finished during the download ({e}); done after it")
-
-
-def _lowest_priority() -> None:
-    """Lower the calling thread to nice 19. On Linux nice is per thread; elsewhere it is the whole process's,
-    which would slow the build itself, so it is left alone."""
-    if sys.platform.startswith("linux"):
-        with suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from dalle_eval.pipelines.download import download_images
 from dalle_eval.pipelines.image_manifest import write_image_stage
-from dalle_eval.pipelines.postfilter import cache_shard_hashes, postfilter
+from dalle_eval.pipelines.postfilter import postfilter
 from dalle_eval.pipelines.prefilter import filter_counts, prefilter
 from dalle_eval.pipelines.reshard import reshard
 
@@ -39,8 +39,7 @@ def build_web_images(cfg: Config, source: str, pairs: pd.DataFrame, out: Path, e
     urls = hashlib.sha256("\n".join(todo["key"] + "\t" + todo["url"]).encode()).hexdigest()
     dl_keys = ("resolution", "shard_size", "min_image_size", "max_aspect_ratio", "max_image_area")
     prepare_stage(download, {"urls_sha256": urls, **{k: getattr(d, k) for k in dl_keys}})  # new urls: wipe
-    # it owns its folder (reads every *.json); each shard is hashed for the post-filter as soon as it is finished
-    got, raw = download_images(todo, download / "img2dataset", d, on_shard=cache_shard_hashes)
+    got, raw = download_images(todo, download / "img2dataset", d)  # it owns its folder (reads every *.json)
     table = table.merge(got[["key", "i2d_key", "status", "error", "width", "height"]].rename(
         columns={"status": "download_status"}), on="key", how="left")
     table["status"] = table["download_status"].where(table["status"] == "ok", table["status"])

@@ -6,19 +6,14 @@ downloads the next ones (the same tables and shards as hashing after the downloa
 import dataclasses
 import io
 import json
-import os
 import random
-import sys
 import tarfile
-import threading
-import time
-import warnings
 
 import pandas as pd
 import pytest
 import webdataset
 import webdataset.writer
-from dalle_eval.pipelines import download, reshard, web
+from dalle_eval.pipelines import download, reshard
 from dalle_eval.pipelines.dedup import phash
 
 from dalle_eval import tar_reader
@@ -134,64 +129,6 @@ def test_a_sample_webdataset_would_encode_goes_through_it(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.tar", "ref.tar"]
 
 
-def finished_shards(folder, n):
-    """n shards as img2dataset leaves them finished: tar, parquet, then the stats file."""
-    for s in (f"{i:05d}" for i in range(n)):
-        write_shard(folder / f"{s}.tar", [{"__key__": f"{s}0000", "txt": b"x"}])
-        pd.DataFrame({"key": [f"{s}0000"], "status": ["success"], "exif": [None]}).to_parquet(folder / f"{s}.parquet")
-        (folder / f"{s}_stats.json").write_text("{}")
-
-
-def test_a_failing_shard_watcher_only_warns_and_finishes_each_shard_once(tmp_path):
-    finished_shards(tmp_path, 2)
-    (tmp_path / "00002.tar").write_bytes(b"")  # still downloading: no stats file yet
-    seen = []
-
-    def on_shard(tar):
-        seen.append(tar.name)
-        raise RuntimeError("disk full")
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with download._ShardWatcher(tmp_path, on_shard):
-            time.sleep(5 * download._ShardWatcher.POLL)
-    assert sorted(seen) == ["00000.tar", "00001.tar"]
-    assert sum("not finished during the download (disk full)" in str(w.message) for w in caught) == 2
-
-
-def test_leaving_the_watcher_block_the_main_thread_and_the_watcher_finish_the_rest_once_each(tmp_path):
-    """The download is over: the shards left are finished by both threads, each shard once, the main thread at
-    its own priority and the watcher at the lowest (Linux: nice is per thread)."""
-    finished_shards(tmp_path, 6)
-    seen, nice = [], {}
-
-    def on_shard(tar):
-        seen.append(tar.name)
-        nice[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        time.sleep(0.05)
-
-    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with download._ShardWatcher(tmp_path, on_shard) as watcher:
-        time.sleep(0.08)  # the download: the watcher takes the first shards
-    assert sorted(seen) == [f"{i:05d}.tar" for i in range(6)]
-    assert watcher.oriented == {f"{i:05d}" for i in range(6)}
-    assert set(nice) == {"MainThread", "shard-watcher"}
-    assert nice["MainThread"] == main_nice
-    assert nice["shard-watcher"] == (19 if sys.platform.startswith("linux") else main_nice)
-
-
-def test_a_failure_in_the_main_threads_share_is_raised(tmp_path):
-    finished_shards(tmp_path, 2)
-
-    def on_shard(tar):
-        if threading.current_thread() is threading.main_thread():
-            raise RuntimeError("disk full")
-        time.sleep(1)  # the watcher holds its shard: the main thread takes the other
-
-    with pytest.raises(RuntimeError, match="disk full"), download._ShardWatcher(tmp_path, on_shard):
-        time.sleep(0.2)
-
-
 @pytest.mark.slow  # img2dataset runs against a local server: ~20 s
 @pytest.mark.parametrize("retries", [0, 1, 2])
 def test_download_images_table_equals_one_read_of_the_stats_after_the_download(tmp_path, fast_cfg, retries):
@@ -212,22 +149,15 @@ def test_download_images_table_equals_one_read_of_the_stats_after_the_download(t
 
 
 @pytest.mark.slow  # two img2dataset runs against a local server: ~15 s
-def test_build_with_overlapped_hashing_and_fast_shards_equals_the_reference_build(tmp_path, fast_cfg, monkeypatch):
-    """The same small web build twice: as it runs now (pHash of each shard in a thread during the download,
-    shards by write_samples) and by the reference paths (pHash after the download, webdataset's TarWriter).
-    Pair table, pHash tables, kept shards (byte for byte, same clock), manifest and report are the same; the
-    hashes are dedup.phash of the kept images, and 8 EXIF-turned photos of one picture dedup to one."""
+def test_build_with_fast_shards_equals_the_reference_build(tmp_path, fast_cfg, monkeypatch):
+    """The same small web build twice: as it runs now (shards by write_samples) and by the reference path
+    (webdataset's TarWriter). Pair table, pHash tables, kept shards (byte for byte, same clock), manifest and
+    report are the same; the hashes are dedup.phash of the kept images, and 8 EXIF-turned photos of one picture
+    dedup to one."""
     from dalle_eval.pipelines.build import build_dataset
     from dalle_eval.pipelines.local_http import serve
 
     cfg = dataclasses.replace(fast_cfg, data=dataclasses.replace(fast_cfg.data, shard_size=5, download_threads=2))
-    threads = []
-    real_hash, real_download = web.cache_shard_hashes, web.download_images
-
-    def hash_and_note(shard):
-        threads.append(threading.current_thread().name)
-        return real_hash(shard)
-
     clock = FakeTime()  # of the kept shards only (the EXIF pass writes through webdataset too)
 
     def reference_write(path, samples):
@@ -244,15 +174,12 @@ def test_build_with_overlapped_hashing_and_fast_shards_equals_the_reference_buil
         pd.DataFrame({"url": urls, "caption": [f"a picture for case number {i}" for i in range(len(urls))]}
                      ).to_parquet(src)
         with monkeypatch.context() as m:
-            m.setattr(web, "cache_shard_hashes", hash_and_note)
             m.setattr(tar_reader, "time", FakeTime())
             build_dataset(cfg, str(src), tmp_path / "ours")
         with monkeypatch.context() as m:
-            m.setattr(web, "download_images", lambda pairs, out, cfg, on_shard=None: real_download(pairs, out, cfg))
             m.setattr(reshard, "write_raw_shard", reference_write)
             build_dataset(cfg, str(src), tmp_path / "ref")
     ours, ref = tmp_path / "ours", tmp_path / "ref"
-    assert "shard-watcher" in threads  # some shards were hashed while later ones downloaded
 
     table = pd.read_parquet(ours / "pairs.parquet")
     pd.testing.assert_frame_equal(table, pd.read_parquet(ref / "pairs.parquet"))
