@@ -4,7 +4,8 @@
 
 tiny: the samplers run in full: the KV-cached sampler (one `DecodeStep` per token), the same cache driven
 through `DalleTransformer.forward` per token (the decode step before issue 18, same codes), and full recompute;
-ms per decode step (at batch 1: per token, the Python/dispatch-bound figure).
+ms per decode step (at batch 1: per token, the Python/dispatch-bound figure), then the DecodeStep call alone
+(the per-token cost) and the rest of a sampling call (set-up, prompt, draws: paid once per image).
 mid (12 layers, d_model 512, 64 text + 32x32 = 1024 image tokens): both cached samplers run in full; full recompute would take ~half an hour, so its per-step time is
 measured at prefix lengths 0, 256, 512, 768, 1023 and integrated (trapezoid) over the 1024 steps.
 Prints image tokens/s, the speed-up, and the fraction of this machine's fp32 matmul peak the cached sampler
@@ -20,7 +21,7 @@ import time
 
 import torch
 from dalle_eval.model.sampling import _draw, sample_codes, uniforms_for
-from dalle_eval.model.transformer import DalleTransformer
+from dalle_eval.model.transformer import DalleTransformer, DecodeStep
 from peak import peak_gflops
 
 from dalle_eval.config import load_config
@@ -51,6 +52,34 @@ def sample_through_forward(model, text: torch.Tensor, seeds: list[int]) -> torch
     return codes
 
 
+def decode_step_ms(model, batch: int, repeats: int = 5) -> tuple[float, float]:
+    """(ms per DecodeStep call, ms per image of the rest: cache set-up, prompt prefill, the draws), best run of
+    `repeats`: the step is the per-token cost; the rest is paid once per image and spread over its tokens."""
+    text = model.pad_text(torch.randint(0, model.cfg.text_vocab, (batch, model.cfg.text_len)))
+    real, spent = DecodeStep.__call__, [0.0, 0]
+
+    def timed(self, codes, cache):
+        t0 = time.perf_counter()
+        out = real(self, codes, cache)
+        spent[0] += time.perf_counter() - t0
+        spent[1] += 1
+        return out
+
+    best = (float("inf"), float("inf"))
+    DecodeStep.__call__ = timed
+    try:
+        sample_codes(model, text[:1], [0])  # warm-up
+        for _ in range(repeats):
+            spent[:] = [0.0, 0]
+            t0 = time.perf_counter()
+            sample_codes(model, text, list(range(batch)))
+            total = time.perf_counter() - t0
+            best = min(best, (1e3 * spent[0] / spent[1], 1e3 * (total - spent[0])))
+    finally:
+        DecodeStep.__call__ = real
+    return best
+
+
 def tiny(peak: tuple[float, str]) -> None:
     cfg = load_config(["tiny"]).transformer
     torch.manual_seed(0)
@@ -65,6 +94,10 @@ def tiny(peak: tuple[float, str]) -> None:
               f"KV cache {cached:8.0f} tok/s = {1e3 * batch / cached:.3f} ms/step | cached forward per token (before "
               f"DecodeStep) {forward:8.0f} tok/s = {1e3 * batch / forward:.3f} ms/step, {cached / forward:4.2f}x | "
               f"full recompute {full:8.0f} tok/s, {cached / full:5.2f}x | {100 * gflops / peak[0]:.1f}% of the {peak[1]}")
+        step, rest = decode_step_ms(model, batch)
+        print(f"  of which one DecodeStep call (one token of each row through {cfg.n_layer} layers): {step:.3f} ms; "
+              f"per sampling call {rest:.2f} ms more (cache and step set-up, the {cfg.text_len}-token prompt, "
+              f"the draws) = {rest / cfg.image_len:.3f} ms per step of {cfg.image_len}")
 
 
 
