@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -298,6 +297,7 @@ def bench_distributors(tmp: Path) -> None:
 
 def encoder_rate(cfg: DVAEConfig, batch: int, batches: int, repeats: int, warmup: int) -> tuple[float, int]:
     """-> (images/s, best of `repeats` runs of `batches` batches; encoder parameters)."""
+    import torch
     from dalle_eval.model.dvae import DVAE
 
     torch.manual_seed(0)
@@ -316,6 +316,7 @@ def encoder_rate(cfg: DVAEConfig, batch: int, batches: int, repeats: int, warmup
 
 def random_dvae_ckpt(cfg, out: Path) -> Path:
     """A checkpoint dir (config.json + model.safetensors, model/checkpoint.py's format) of random weights."""
+    import torch
     from dalle_eval.model.dvae import DVAE
     from safetensors.torch import save_file
 
@@ -329,6 +330,7 @@ def random_dvae_ckpt(cfg, out: Path) -> Path:
 
 
 def bench_encode(tmp: Path) -> None:
+    import torch
     from dalle_eval.model import dvae as dvae_module
     from dalle_eval.pipelines import build, encode
 
@@ -397,17 +399,72 @@ def bench_encode(tmp: Path) -> None:
         print(f"    {label:56s} {sec:6.2f} s {100 * sec / stage:5.1f}%")
 
 
+def jpeg_shards(folder: Path, n_shards: int, per_shard: int) -> list[Path]:
+    """Shards as img2dataset writes them (key.jpg, .txt, .json): distinct 64 px JPEGs of random blocks."""
+    import io
+
+    from PIL import Image
+
+    from dalle_eval.shards import write_shard
+
+    rng, shards = np.random.default_rng(0), []
+    for s in range(n_shards):
+        samples = []
+        for i in range(per_shard):
+            buf = io.BytesIO()
+            blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+            Image.fromarray(blocks).save(buf, "JPEG", quality=95)
+            key = f"{s:05d}{i:04d}"
+            samples.append({"__key__": key, "jpg": buf.getvalue(), "txt": f"picture {key}", "json": b"{}"})
+        shards.append(folder / f"{s:05d}.tar")
+        write_shard(shards[-1], samples)
+    return shards
+
+
+def bench_hash(tmp: Path, n_shards: int = 24, per_shard: int = 1000) -> None:
+    """The post-filter's pHash of downloaded shards: one shard after the other vs a spawned process per core
+    (start-up included), on the same shards, caches removed before each run; best of 2 each."""
+    from dalle_eval.pipelines import postfilter
+
+    shards = jpeg_shards(tmp, n_shards, per_shard)
+    mb = sum(s.stat().st_size for s in shards) / 2**20
+    times, default = {}, postfilter.PROCESSES_FROM_BYTES
+    try:
+        for label, threshold in (("one shard after the other", float("inf")), (f"{os.cpu_count()} processes", 0)):
+            postfilter.PROCESSES_FROM_BYTES = threshold
+            for _ in range(2):
+                for s in shards:
+                    s.with_suffix(".phash.parquet").unlink(missing_ok=True)
+                t0 = time.perf_counter()
+                with quiet(tmp / "hash.log"):
+                    table = postfilter._hashes(shards)
+                times[label] = min(times.get(label, float("inf")), time.perf_counter() - t0)
+            assert len(table) == n_shards * per_shard
+    finally:
+        postfilter.PROCESSES_FROM_BYTES = default
+    (serial, s_t), (procs, p_t) = times.items()
+    print(f"pHash of {n_shards * per_shard} 64 px JPEGs in {n_shards} shards ({mb:.0f} MB): {serial} {s_t:.2f} s "
+          f"({1e3 * s_t / (n_shards * per_shard):.3f} ms/image); {procs} {p_t:.2f} s: {s_t / p_t:.2f}x "
+          f"(the build uses processes from {default / 2**20:.0f} MB of shards)")
+
+
 def main() -> None:
-    """`python benchmarks/build_dataset.py [download] [distributors] [encode]` (default: download, encode)."""
-    parts = sys.argv[1:] or ["download", "encode"]
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    """`python benchmarks/build_dataset.py [download] [hash] [distributors] [encode]` (default: download, hash,
+    encode)."""
+    parts = sys.argv[1:] or ["download", "hash", "encode"]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         if "download" in parts:
             bench_download(Path(tmp))
+        if "hash" in parts:
+            (Path(tmp) / "hash").mkdir()
+            bench_hash(Path(tmp) / "hash")
         if "distributors" in parts:
             bench_distributors(Path(tmp))
         if "encode" in parts:
+            import torch  # here: the pHash workers re-import this script (spawn) and need no torch
+
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
             bench_encode(Path(tmp))
     print(f"(benchmark wall time {time.perf_counter() - t0:.0f} s)")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from dalle_eval.artifacts import MANIFEST, atomic_path, read_manifest
@@ -187,6 +186,8 @@ def shard_name(index: int) -> str:
 
 def write_shard(path: Path, samples: Iterable[dict]) -> int:
     """Write samples ({"__key__", "png"/"txt"/"json"/"x.npy": value}) to one tar, atomically."""
+    import webdataset as wds  # here: it imports torch, which a shard reader (a pHash worker) does not need
+
     n = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as f, wds.TarWriter(f) as sink:
         for sample in samples:

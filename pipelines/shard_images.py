@@ -9,6 +9,7 @@ and CLIP filtering.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +39,9 @@ class Sample:
 
 
 def _message(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    """One line naming the error, without the object addresses some decoders put in it (PIL: "cannot identify
+    image file <_io.BytesIO object at 0x...>"), so a report reads the same from run to run."""
+    return re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", f"{type(e).__name__}: {e}".splitlines()[0])[:200]
 
 
 def _decode(data: bytes) -> tuple[Image.Image | None, str | None]:

@@ -6,6 +6,7 @@ downloads the next ones (the same tables and shards as hashing after the downloa
 import dataclasses
 import io
 import json
+import os
 import random
 import tarfile
 
@@ -222,3 +223,47 @@ def test_identify_language_gives_py3langids_rank_numbers():
     for languages in [("en",), ("en", "de"), ("de", "fr", "es", "en"), ("sr", "hr", "bs"), ()]:
         for text in texts:
             assert identify_language(text, languages) == by_rank(text, languages), (text, languages)
+
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3)))
+    img.paste(tuple(rng.randrange(256) for _ in range(3)), (rng.randrange(32), rng.randrange(32), 48, 48))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_hashing_in_worker_processes_equals_hashing_here(tmp_path, monkeypatch):
+    """A build with more than PROCESSES_FROM_BYTES of shards to hash spawns a process per core: the same pHash
+    table as one shard after the other here, an unreadable sample reported the same, a cached shard kept."""
+    from dalle_eval.pipelines import postfilter
+
+    for where in ("here", "processes"):
+        (tmp_path / where).mkdir()
+        for s in range(3):
+            samples = [{"__key__": f"{s:05d}{i:04d}", "jpg": _jpeg(10 * s + i), "txt": b"x"} for i in range(5)]
+            samples[s]["jpg"] = b"not a jpeg"
+            write_shard(tmp_path / where / f"{s:05d}.tar", samples)
+    shards = {w: sorted((tmp_path / w).glob("*.tar")) for w in ("here", "processes")}
+    here = postfilter._hashes(shards["here"])
+    cached = postfilter.cache_shard_hashes(shards["processes"][0])
+    before = cached.stat().st_mtime_ns
+    monkeypatch.setattr(postfilter, "PROCESSES_FROM_BYTES", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    spawned = []
+    real_pool = postfilter.ProcessPoolExecutor
+
+    def pool(*args, **kw):
+        spawned.append(args[0])
+        return real_pool(*args, **kw)
+
+    monkeypatch.setattr(postfilter, "ProcessPoolExecutor", pool)
+    there = postfilter._hashes(shards["processes"])
+    assert spawned == [2]  # the two shards without a cache
+    assert cached.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(here, there)
+    assert set(there.loc[there["status"] != "ok", "error"]) == {"UnidentifiedImageError: cannot identify image file"}
+    assert (there["status"] == "unreadable_image").sum() == 3 and there["phash"].notna().sum() == 12
