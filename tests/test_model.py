@@ -490,3 +490,23 @@ def test_dvae_losses_and_paper_schedules(shapes_data):
     assert task.tau(0) == 1 and task.tau(75_000) == pytest.approx(0.25) and task.tau(200_000) == pytest.approx(1 / 16)
     lr = task.schedule().lr
     assert lr(0) == pytest.approx(1e-4) and lr(cfg.train.dvae.steps) == pytest.approx(1.25e-6)
+
+
+@pytest.mark.parametrize("keys", [88, 600])
+def test_bf16_attention_on_cpu_runs_in_fp32_up_to_the_threshold(keys):
+    """Under bf16 autocast, attention over <= FP32_ATTENTION_UP_TO keys is fp32 SDPA of the bf16 inputs (faster
+    on the CPU, and more exact), returned in bf16 with gradients; over more keys it is the bf16 kernel."""
+    from dalle_eval.model.transformer import FP32_ATTENTION_UP_TO, attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, keys, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mask = torch.ones(keys, keys, dtype=torch.bool).tril()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, mask)
+    assert y.dtype == torch.bfloat16
+    fp32 = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    bf16 = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(y, (fp32 if keys <= FP32_ATTENTION_UP_TO else bf16).to(torch.bfloat16))
+    assert not torch.equal(fp32.to(torch.bfloat16), bf16)  # the two paths differ: the check above can tell them
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
